@@ -1,0 +1,128 @@
+"""The result record of shared/DESIGN.md: one JSON file per run.
+
+Every workload builds its record with :func:`new_record`, fills ``metrics`` / ``timings_s`` /
+``verification``, and writes it with :func:`write_record`.  A failed run is written with
+:func:`fail_record` and never carries ``status: ok``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = 1
+FRAMEWORKS = ("ray", "torch", "reference")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(hosts: list[str] | None = None) -> dict[str, Any]:
+    """Versions and machine facts recorded with every run."""
+    return {
+        "python": platform.python_version(),
+        "ray": _version("ray"),
+        "torch": _version("torch"),
+        "hosts": hosts or [socket.gethostname()],
+        "cpus_per_node": os.cpu_count() or 1,
+    }
+
+
+def new_record(workload: str, framework: str, *, workers: int, nodes: int = 1,
+               params: dict[str, Any] | None = None, dataset: dict[str, Any] | None = None,
+               run_id: str | None = None) -> dict[str, Any]:
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework must be one of {FRAMEWORKS}, not {framework!r}")
+    return {
+        "schema": SCHEMA,
+        "run_id": run_id or f"{workload}-{framework}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}",
+        "workload": workload,
+        "framework": framework,
+        "nodes": int(nodes),
+        "workers": int(workers),
+        "status": "failed",  # becomes "ok" only through finish_record()
+        "error": None,
+        "dataset": dataset or {"name": None, "uri": None, "bytes": None, "records": None},
+        "params": dict(params or {}),
+        "timings_s": {},
+        "metrics": {},
+        "verification": None,
+        "env": environment(),
+        "started_at": _now(),
+        "finished_at": None,
+    }
+
+
+def finish_record(rec: dict[str, Any]) -> dict[str, Any]:
+    rec["status"] = "ok"
+    rec["error"] = None
+    rec["finished_at"] = _now()
+    return rec
+
+
+def fail_record(rec: dict[str, Any], error: BaseException | str) -> dict[str, Any]:
+    rec["status"] = "failed"
+    rec["error"] = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    rec["finished_at"] = _now()
+    return rec
+
+
+def write_record(rec: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write atomically (temp file + rename) so a crash never leaves half a record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(rec, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    # numpy scalars/arrays without importing numpy here
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+@contextmanager
+def timer(timings: dict[str, float], key: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0)
+
+
+class UserError(Exception):
+    """An error the user can fix: printed as one line, no traceback, exit code 2."""
+
+
+def run_main(main, argv: list[str] | None = None) -> int:
+    """Run a workload's main(argv) -> int, turning UserError into one line on stderr."""
+    try:
+        return int(main(argv) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
