@@ -1,0 +1,1 @@
+"""scalelab controller side: the lab, inventory reading, the experiment runner, results and reports."""
