@@ -1,0 +1,68 @@
+# scalelab: `make demo` and `make test` do all setup on a fresh Debian/Ubuntu machine (as root).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest
+FAB    := $(VENV)/bin/fab
+LOCK   := requirements.lock
+STAMP  := $(VENV)/.installed-$(shell sha256sum $(LOCK) 2>/dev/null | cut -c1-12)
+LAB_DEBS := debootstrap systemd-container iptables dnsmasq-base openssh-client
+
+.PHONY: help setup lab-deps lock test test-unit test-lab demo bench lint clean lab-up lab-down
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): $(LOCK)
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11 (python3.11, python3.11-venv)"; exit 2; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch is pinned to its CPU build in the lock; PIP_FIND_LINKS/PIP_EXTRA_INDEX_URL say where it lies.
+	$(PY) -m pip install -q -r $(LOCK)
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)  ## create .venv from the lock (idempotent; CPU torch)
+
+lab-deps:  ## install the Debian packages the lab needs (root)
+	@missing=$$(for p in $(LAB_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+lock:  ## re-resolve requirements.in into requirements.lock (in a scratch venv)
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/pip install -q -r requirements.in
+	{ head -3 $(LOCK); .lockenv/bin/pip freeze | grep -v '^-e '; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
+	rm -rf .lockenv
+
+test-unit: setup  ## fast tests: units and local workload runs (no root needed)
+	$(PYTEST) tests/unit tests/workloads
+
+test-lab: setup lab-deps  ## lab tests: bring the lab up, test it, provision it, tear it down (root)
+	$(PYTEST) tests/e2e
+
+test: test-unit test-lab  ## everything CI runs
+
+lab-up: setup lab-deps  ## bring the local lab up
+	$(FAB) lab-up
+
+lab-down: setup  ## tear the local lab down
+	$(FAB) lab-down
+
+demo: setup lab-deps  ## lab up and its status (grows: provision, run, report)
+	$(FAB) lab-up
+	$(FAB) lab-status
+
+bench: setup  ## benchmarks (timings live here, never in tests)
+	$(PY) -m bench.graph_bench
+
+lint: setup  ## ruff and ansible-lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ansible-lint --offline -q site.yml
+
+clean:  ## remove the venv and caches (not the lab's base image)
+	rm -rf $(VENV) .pytest_cache .ruff_cache
