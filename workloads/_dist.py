@@ -1,0 +1,368 @@
+"""Launch plumbing shared by the graph workloads: local Ray / torch.distributed, records, errors.
+
+Two ways to run, both for each runtime:
+
+* **local** (default, DESIGN.md): Ray starts a private single-machine cluster with ``--workers`` CPUs
+  (auth disabled, 127.0.0.1 only); torch spawns ``--workers`` processes that rendezvous with gloo on
+  127.0.0.1.
+* **cluster**: with ``--address`` / ``RAY_ADDRESS`` the Ray driver joins that cluster; when torchrun's
+  variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``) are set, this process is one rank of the job.
+
+A workload supplies *bodies* (``body(args, info, rec, comm)``) that fill the result record; this module
+wraps them so that a user error prints one ``error: ...`` line, exits 2 and writes a failed record, and
+a torch run never leaves ranks blocked in a collective when one rank fails (:meth:`TorchComm.guard`).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing as mp
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workloads.graphio import InputInfo, inspect_input
+from workloads.record import UserError, fail_record, finish_record, new_record, write_record
+
+REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+Body = Callable[[argparse.Namespace, InputInfo, dict, Any], None]
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The DESIGN.md options every workload takes."""
+    p.add_argument("--framework", choices=("ray", "torch", "reference"), default="ray",
+                   help="runtime; 'reference' = single process, no runtime")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (ranks / Ray actors)")
+    p.add_argument("--input", required=True, help="edge list: local path, file:// or hdfs:// URI")
+    p.add_argument("--output", help="write the result record (JSON) here")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="join this Ray cluster instead of starting a local one (default: $RAY_ADDRESS)")
+    p.add_argument("--verify", action="store_true", help="also run the single-process reference and compare")
+    p.add_argument("--dataset", help="dataset name for the record (default: the file's stem)")
+    p.add_argument("--run-id", help=argparse.SUPPRESS)
+
+
+def check_common_args(args: argparse.Namespace) -> None:
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, not {args.workers}")
+    if torchrun_env() and args.framework == "torch":
+        args.workers = int(os.environ["WORLD_SIZE"])
+
+
+def progress_enabled() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("SCALELAB_NO_PROGRESS")
+
+
+@contextmanager
+def progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)``; shows a rich bar on a TTY, nothing otherwise."""
+    if not progress_enabled():
+        yield lambda n=1: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+# -------------------------------------------------------------------------------------- records
+def dataset_entry(info: InputInfo, name: str | None) -> dict[str, Any]:
+    stem = Path(info.uri.split("://", 1)[-1]).name.split(".")[0]
+    return {"name": name or stem, "uri": info.uri, "bytes": info.size, "records": None}
+
+
+def run_recorded(workload: str, args: argparse.Namespace, params: dict[str, Any], body: Body,
+                 comm: Any = None) -> int:
+    """Run ``body`` under the record/error contract; only rank 0 (or the driver) reports."""
+    leader = comm is None or comm.rank == 0
+    rec = new_record(workload, args.framework, workers=args.workers, params=params, run_id=args.run_id)
+    t0 = time.perf_counter()
+    try:
+        check_common_args(args)
+        info = inspect_input(args.input)
+        rec["dataset"] = dataset_entry(info, args.dataset)
+        body(args, info, rec, comm)
+        rec["timings_s"]["total"] = time.perf_counter() - t0
+        ver = rec.get("verification")
+        if ver is not None and not ver["passed"]:
+            raise UserError(f"verification against {ver['reference']} failed: error {ver['error']:.3g}")
+        finish_record(rec)
+    except UserError as exc:
+        return _report_failure(rec, args, leader, f"error: {exc}", str(exc), 2)
+    except Exception as exc:  # a bug or a runtime failure: keep the trace, never an ok record
+        detail = traceback.format_exc() if leader else ""
+        return _report_failure(rec, args, leader, detail.rstrip(), exc, 1)
+    if leader:
+        if args.output:
+            write_record(rec, args.output)
+        print(summary_line(rec))
+    return 0
+
+
+def _report_failure(rec: dict, args: argparse.Namespace, leader: bool, message: str, error: Any,
+                    code: int) -> int:
+    rec["timings_s"].setdefault("total", None)
+    fail_record(rec, error)
+    if leader:
+        if message:
+            print(message, file=sys.stderr)
+        if args.output:
+            write_record(rec, args.output)
+    return code
+
+
+def summary_line(rec: dict) -> str:
+    m = rec["metrics"]
+    keep = {k: v for k, v in m.items() if k not in ("top", "centroids")}
+    if "top" in m:
+        keep["top"] = m["top"][:3]
+    t = {k: round(v, 3) for k, v in rec["timings_s"].items() if isinstance(v, float)}
+    return (f"{rec['workload']} {rec['framework']} workers={rec['workers']} nodes={rec['nodes']}: "
+            f"{json.dumps(keep)} timings_s={json.dumps(t)}")
+
+
+# ------------------------------------------------------------------------------------------ Ray
+def start_local_ray(num_cpus: int) -> None:
+    """Start a private single-machine Ray (127.0.0.1, no dashboard, auth off unless set)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    pythonpath = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath, "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}})
+
+
+@contextmanager
+def ray_session(workers: int, address: str | None) -> Iterator[None]:
+    """Reuse a connected Ray, join ``address``, or start a local one; check there are CPUs for ``workers``."""
+    import ray
+
+    owned = False
+    if not ray.is_initialized():
+        if address:
+            try:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UserError(f"cannot join the Ray cluster at {address}: {exc}") from None
+        else:
+            start_local_ray(workers)
+        owned = True
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if cpus < workers:
+            raise UserError(f"--workers {workers} needs {workers} CPUs but the Ray cluster has {cpus}; "
+                            f"use --workers {max(cpus, 1)} or add nodes")
+        yield
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+def ray_actors(cls: type, workers: int, *args: Any) -> list[Any]:
+    """One actor per worker (1 CPU each), spread over the cluster's nodes."""
+    import ray
+
+    remote = ray.remote(num_cpus=1)(cls)
+    return [remote.options(scheduling_strategy="SPREAD").remote(rank, workers, *args) for rank in range(workers)]
+
+
+def ray_get(refs: Any) -> Any:
+    """ray.get that turns a UserError raised in an actor back into a UserError here."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, UserError):
+            raise UserError(str(cause)) from None
+        raise
+
+
+def ray_nodes(actors: Sequence[Any]) -> int:
+    return len(set(ray_get([a.node_id.remote() for a in actors])))
+
+
+class RayPart:
+    """Mixin for worker classes used as Ray actors."""
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+# ---------------------------------------------------------------------------------------- torch
+def torchrun_env() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
+
+
+class TorchComm:
+    """numpy-in, numpy-out wrappers around gloo collectives (zero-copy where torch allows)."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+
+    def _t(self, a: np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    def allreduce(self, a: np.ndarray, op: str = "sum") -> np.ndarray:
+        t = self._t(np.array(a, copy=True))
+        self.dist.all_reduce(t, op={"sum": self.dist.ReduceOp.SUM, "max": self.dist.ReduceOp.MAX,
+                                    "min": self.dist.ReduceOp.MIN}[op])
+        return t.numpy()
+
+    def allgather(self, a: np.ndarray) -> list[np.ndarray]:
+        """Gather arrays of different lengths from every rank (padded to the longest)."""
+        sizes = self.allreduce(np.eye(self.world, dtype=np.int64)[self.rank] * len(a))
+        longest = int(sizes.max())
+        buf = np.zeros(longest, dtype=a.dtype)
+        buf[:len(a)] = a
+        out = [self._t(np.empty(longest, dtype=a.dtype)) for _ in range(self.world)]
+        self.dist.all_gather(out, self._t(buf))
+        return [o.numpy()[:s] for o, s in zip(out, sizes.tolist(), strict=True)]
+
+    def alltoall(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """pieces[r] goes to rank r; returns what every rank sent here (1-D arrays, one dtype)."""
+        sizes = np.zeros((self.world, self.world), dtype=np.int64)
+        sizes[self.rank] = [len(p) for p in pieces]
+        sizes = self.allreduce(sizes)
+        longest = int(sizes.max())
+        send = []
+        for p in pieces:
+            buf = np.zeros(longest, dtype=pieces[0].dtype)
+            buf[:len(p)] = p
+            send.append(self._t(buf))
+        recv = [self._t(np.empty(longest, dtype=pieces[0].dtype)) for _ in range(self.world)]
+        self.dist.all_to_all(recv, send)
+        return [r.numpy()[:int(sizes[src, self.rank])] for src, r in enumerate(recv)]
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def guard(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one phase on every rank; if any rank failed, all raise the same error (no rank blocks)."""
+        result, err = None, None
+        try:
+            result = fn(*args)
+        except UserError as exc:
+            err = ("user", str(exc))
+        except Exception as exc:
+            err = ("bug", f"rank {self.rank}: {type(exc).__name__}: {exc}")
+            traceback.print_exc()
+        errors = [e for e in self.allgather_object(err) if e is not None]
+        if errors:
+            kind, msg = errors[0]
+            raise UserError(msg) if kind == "user" else RuntimeError(msg)
+        return result
+
+    def hosts(self) -> list[str]:
+        return sorted(set(self.allgather_object(socket.gethostname())))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _torch_rank_main(rank: int, world: int, env: dict[str, str], target: Callable[..., int],
+                     args: tuple[Any, ...]) -> None:
+    os.environ.update(env)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    sys.exit(torch_rank(target, args))
+
+
+def torch_rank(target: Callable[..., int], args: tuple[Any, ...]) -> int:
+    """Join the process group from the environment (torchrun or our spawn), run ``target(comm, *args)``."""
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="env://", timeout=dt.timedelta(minutes=10))
+    try:
+        return int(target(TorchComm(), *args) or 0)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_torch(workers: int, target: Callable[..., int], args: tuple[Any, ...],
+                grace_s: float = 30.0) -> list[int]:
+    """Start ``workers`` local ranks (gloo on 127.0.0.1); return their exit codes."""
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1",
+           "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
+           "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_torch_rank_main, args=(r, workers, env, target, args), daemon=False)
+             for r in range(workers)]
+    for p in procs:
+        p.start()
+    first_failure: float | None = None
+    while any(p.is_alive() for p in procs):
+        for p in procs:
+            p.join(timeout=0.2)
+        if first_failure is None and any(p.exitcode not in (None, 0) for p in procs):
+            first_failure = time.monotonic()
+        if first_failure is not None and time.monotonic() - first_failure > grace_s:
+            for p in procs:  # only our own children, by handle
+                if p.is_alive():
+                    p.terminate()
+    return [int(p.exitcode if p.exitcode is not None else 1) for p in procs]
+
+
+def execute(workload: str, args: argparse.Namespace, params: dict[str, Any], bodies: dict[str, Body]) -> int:
+    """Dispatch to the framework's body: reference / Ray in this process, torch in ranks."""
+    args.run_id = args.run_id or f"{workload}-{args.framework}-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(3).hex()}"
+    if args.framework != "torch":
+        return run_recorded(workload, args, params, bodies[args.framework])
+    if torchrun_env():
+        return torch_rank(_torch_target, (workload, args, params, bodies["torch"]))
+    if args.workers < 1:
+        return run_recorded(workload, args, params, bodies["torch"])  # reports the bad --workers
+    codes = spawn_torch(args.workers, _torch_target, (workload, args, params, bodies["torch"]))
+    if codes[0] == 0 and not any(codes):
+        return 0
+    if args.output and not _record_written(args.output, args.run_id):
+        rec = new_record(workload, "torch", workers=args.workers, params=params, run_id=args.run_id)
+        fail_record(rec, f"torch ranks exited with codes {codes}")
+        write_record(rec, args.output)
+        print(f"error: torch ranks exited with codes {codes}", file=sys.stderr)
+    return codes[0] or max(codes)
+
+
+def _torch_target(comm: TorchComm, workload: str, args: argparse.Namespace, params: dict[str, Any],
+                  body: Body) -> int:
+    return run_recorded(workload, args, params, body, comm)
+
+
+def _record_written(path: str, run_id: str) -> bool:
+    try:
+        return json.loads(Path(path).read_text()).get("run_id") == run_id
+    except (OSError, ValueError):
+        return False
+
+
+def maybe(flag: bool, cm: Any) -> Any:
+    return cm if flag else nullcontext()

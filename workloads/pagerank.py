@@ -1,0 +1,401 @@
+"""PageRank over an edge list: one kernel (partitioned CSR SpMV), a Ray and a torch.distributed driver.
+
+Semantics (DESIGN.md, networkx's ``pagerank``): damping ``d`` (0.85), uniform teleport, the rank of
+dangling nodes spread uniformly, start at 1/n, stop when the L1 change ``sum|x' - x| < n * tol``
+(networkx's test; ``--tol 0`` runs exactly ``--max-iter`` iterations).  Edges are undirected unless
+``--directed``; repeated lines count as parallel edges (networkx on a MultiGraph).  Nodes are the ids
+that occur in the file, relabelled densely in id order; reported ids are the file's int64 ids.
+
+How the work is split (the same for both runtimes, so they differ only in how data moves):
+
+1. each worker parses its byte range of the file (:mod:`workloads.graphio`);
+2. the workers agree on the node set: an OR of presence bitmaps (or, for ids too large for a bitmap,
+   a union of sorted unique ids) -> dense ids by a cumulative sum, never a Python dict;
+3. arcs are counted (out-degrees, summed over workers) and rows (destinations) are cut into
+   contiguous blocks with equal arc counts; every worker sends each arc to the block's owner;
+4. each worker builds the CSR block of its rows: ``x'[rows] = d * A[rows] @ x + (d*dangling + 1-d)/n``
+   with ``A[v, u] = 1/outdeg(u)``; an iteration is one local SpMV plus an all-gather of ``x'``.
+
+:func:`reference_pagerank` is the single-process scipy version used to verify a run (gapbs style).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from workloads import _dist
+from workloads.graphio import InputInfo, read_range, split_ranges
+from workloads.record import UserError, run_main, timer
+
+DENSE_ID_LIMIT = 1 << 28  # ids below this are relabelled with a bitmap of max_id+1 bytes
+
+
+# ------------------------------------------------------------------------------ pure functions
+def check_ids(min_id: int, n_edges: int, uri: str) -> None:
+    if n_edges == 0:
+        raise UserError(f"input file has no edges: {uri}")
+    if min_id < 0:
+        raise UserError(f"{uri}: node ids must be non-negative (found {min_id})")
+
+
+def presence_mask(src: np.ndarray, dst: np.ndarray, max_id: int) -> np.ndarray:
+    """uint8 bitmap of length max_id+1: 1 where the id occurs in src or dst."""
+    mask = np.zeros(max_id + 1, dtype=np.uint8)
+    mask[src] = 1
+    mask[dst] = 1
+    return mask
+
+
+def local_unique(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    return np.unique(np.concatenate([src, dst]))
+
+
+def relabel(arr: np.ndarray, node_set: np.ndarray, dense: bool) -> np.ndarray:
+    """Original ids -> dense int32 ids.  ``node_set`` is the OR-ed bitmap (dense) or sorted ids."""
+    if dense:
+        index = np.cumsum(node_set, dtype=np.int32)
+        index -= 1
+        return index[arr]
+    return np.searchsorted(node_set, arr).astype(np.int32)
+
+
+def node_ids(node_set: np.ndarray, dense: bool) -> np.ndarray:
+    """Dense id -> original int64 id."""
+    return np.flatnonzero(node_set).astype(np.int64) if dense else node_set.astype(np.int64)
+
+
+def make_arcs(src: np.ndarray, dst: np.ndarray, directed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Arcs (from, to).  Undirected: both directions, a self-loop once (as networkx counts it)."""
+    if directed:
+        return src, dst
+    back = src != dst
+    return np.concatenate([src, dst[back]]), np.concatenate([dst, src[back]])
+
+
+def row_bounds(row_weight: np.ndarray, parts: int) -> np.ndarray:
+    """Cut rows 0..n into ``parts`` contiguous blocks of about equal weight (arcs); length parts+1."""
+    n = len(row_weight)
+    cum = np.cumsum(row_weight, dtype=np.float64)
+    total = cum[-1] if n else 0.0
+    cuts = np.searchsorted(cum, total * np.arange(1, parts) / parts, side="left") + 1
+    bounds = np.concatenate([[0], np.minimum(cuts, n), [n]]).astype(np.int64)
+    return np.maximum.accumulate(bounds)
+
+
+def split_by_owner(frm: np.ndarray, to: np.ndarray, bounds: np.ndarray) -> list[np.ndarray]:
+    """Arcs grouped by the owner of their destination row: one int32 array [to..., from...] per owner."""
+    pieces = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        sel = (to >= lo) & (to < hi) if len(bounds) > 2 else slice(None)
+        pieces.append(np.concatenate([to[sel], frm[sel]]).astype(np.int32, copy=False))
+    return pieces
+
+
+def csr_block(to: np.ndarray, frm: np.ndarray, lo: int, hi: int, n: int, inv_out: np.ndarray) -> sp.csr_array:
+    """CSR of rows [lo, hi): A[v, u] = 1/outdeg(u), parallel arcs kept as repeated entries."""
+    rows = hi - lo
+    data = inv_out[frm]
+    try:  # scipy's counting sort without the canonicalising sort that tocsr() adds (2-3x faster)
+        from scipy.sparse._sparsetools import coo_tocsr
+
+        indptr = np.empty(rows + 1, dtype=np.int32)
+        indices = np.empty(len(frm), dtype=np.int32)
+        values = np.empty(len(frm), dtype=np.float64)
+        coo_tocsr(rows, n, len(frm), (to - lo).astype(np.int32, copy=False), frm.astype(np.int32, copy=False),
+                  data, indptr, indices, values)
+        return sp.csr_array((values, indices, indptr), shape=(rows, n))
+    except ImportError:  # pragma: no cover - private scipy API moved
+        return sp.csr_array((data, ((to - lo), frm)), shape=(rows, n))
+
+
+def pagerank_step(block: sp.csr_array, x: np.ndarray, dangling: np.ndarray, damping: float) -> np.ndarray:
+    """One power-iteration step for the block's rows, given the full previous vector ``x``."""
+    n = len(x)
+    base = (damping * x[dangling].sum() + (1.0 - damping)) / n
+    out = block @ x
+    out *= damping
+    out += base
+    return out
+
+
+def top_k(ids: np.ndarray, x: np.ndarray, k: int) -> list[list[Any]]:
+    """[[node_id, score], ...] by score descending, ties by id ascending."""
+    k = min(k, len(x))
+    if k <= 0:
+        return []
+    cand = np.argpartition(-x, k - 1)[:k] if k < len(x) else np.arange(len(x))
+    thr = x[cand].min()
+    cand = np.flatnonzero(x >= thr)  # include every tie at the threshold, then order
+    order = np.lexsort((ids[cand], -x[cand]))[:k]
+    return [[int(ids[cand[i]]), float(x[cand[i]])] for i in order]
+
+
+def converged(err: float, n: int, tol: float) -> bool:
+    return err < n * tol
+
+
+def power_iterate(step_all: Callable[[np.ndarray], np.ndarray], n: int, tol: float, max_iter: int,
+                  advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, int, bool]:
+    """The driver loop of both runtimes: ``step_all(x)`` returns the next full vector."""
+    x = np.full(n, 1.0 / n)
+    for it in range(1, max_iter + 1):
+        new = step_all(x)
+        err = float(np.abs(new - x).sum())
+        x = new
+        if advance:
+            advance(1)
+        if converged(err, n, tol):
+            return x, it, True
+    return x, max_iter, False
+
+
+def reference_matrix(src: np.ndarray, dst: np.ndarray, directed: bool
+                     ) -> tuple[np.ndarray, sp.csr_array, np.ndarray]:
+    """Single-process transition matrix: (ids, M with M[v, u] = 1/outdeg(u), dangling mask)."""
+    ids, inverse = np.unique(np.concatenate([src, dst]), return_inverse=True)
+    n = len(ids)
+    s, d = inverse[:len(src)], inverse[len(src):]
+    frm, to = make_arcs(s, d, directed)
+    adj = sp.csr_array((np.ones(len(frm)), (to, frm)), shape=(n, n))  # summed duplicates: multigraph
+    outdeg = np.asarray(adj.sum(axis=0)).ravel()
+    dangling = outdeg == 0
+    scale = np.where(dangling, 0.0, 1.0 / np.where(dangling, 1.0, outdeg))
+    return ids, sp.csr_array(adj @ sp.diags_array(scale)), dangling
+
+
+def reference_iterate(m: sp.csr_array, dangling: np.ndarray, *, damping: float, tol: float, max_iter: int
+                      ) -> tuple[np.ndarray, int, bool]:
+    """networkx's power iteration with scipy: (ranks, iterations, converged)."""
+    n = m.shape[0]
+    x = np.full(n, 1.0 / n)
+    for it in range(1, max_iter + 1):
+        new = damping * (m @ x) + (damping * x[dangling].sum() + 1.0 - damping) / n
+        err = float(np.abs(new - x).sum())
+        x = new
+        if converged(err, n, tol):
+            return x, it, True
+    return x, max_iter, False
+
+
+def reference_pagerank(src: np.ndarray, dst: np.ndarray, *, directed: bool = False, damping: float = 0.85,
+                       tol: float = 1e-6, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """Single-process scipy PageRank (the verifier): (ids, ranks, iterations, converged)."""
+    ids, m, dangling = reference_matrix(src, dst, directed)
+    x, it, done = reference_iterate(m, dangling, damping=damping, tol=tol, max_iter=max_iter)
+    return ids, x, it, done
+
+
+# ------------------------------------------------------------------------------- worker state
+class PageRankPart(_dist.RayPart):
+    """One worker's share: its byte range, then its arcs, then its CSR row block."""
+
+    def __init__(self, rank: int, world: int, info: InputInfo, directed: bool, damping: float) -> None:
+        self.rank, self.world, self.info = rank, world, info
+        self.directed, self.damping = directed, damping
+        self.src = self.dst = self.frm = self.to = None
+        self.dense = True
+
+    def load(self) -> tuple[int, int, int]:
+        lo, hi = split_ranges(self.info, self.world)[self.rank]
+        self.src, self.dst = read_range(self.info, lo, hi)
+        if len(self.src) == 0:
+            return 0, 0, -1
+        return len(self.src), int(min(self.src.min(), self.dst.min())), int(max(self.src.max(), self.dst.max()))
+
+    def node_set(self, max_id: int) -> np.ndarray:
+        self.dense = max_id < DENSE_ID_LIMIT
+        if self.dense:
+            return presence_mask(self.src, self.dst, max_id)
+        return local_unique(self.src, self.dst)
+
+    def degrees(self, node_set: np.ndarray) -> np.ndarray:
+        """Relabel, make arcs; return local [outdeg] (undirected) or [outdeg, indeg] counts."""
+        n = int(node_set.sum()) if self.dense else len(node_set)
+        s, d = relabel(self.src, node_set, self.dense), relabel(self.dst, node_set, self.dense)
+        self.src = self.dst = None
+        self.frm, self.to = make_arcs(s, d, self.directed)
+        out = np.bincount(self.frm, minlength=n)
+        if not self.directed:
+            return out
+        return np.concatenate([out, np.bincount(self.to, minlength=n)])
+
+    def split(self, bounds: np.ndarray) -> list[np.ndarray]:
+        pieces = split_by_owner(self.frm, self.to, bounds)
+        self.frm = self.to = None
+        return pieces
+
+    def build(self, bounds: np.ndarray, outdeg: np.ndarray, *pieces: np.ndarray) -> int:
+        lo, hi = int(bounds[self.rank]), int(bounds[self.rank + 1])
+        halves = [p.reshape(2, -1) for p in pieces]
+        to = np.concatenate([h[0] for h in halves])
+        frm = np.concatenate([h[1] for h in halves])
+        n = len(outdeg)
+        with np.errstate(divide="ignore"):
+            inv_out = np.where(outdeg > 0, 1.0 / outdeg, 0.0)
+        self.block = csr_block(to, frm, lo, hi, n, inv_out)
+        self.dangling = np.flatnonzero(outdeg == 0)
+        self.spmv_s = 0.0
+        return int(self.block.nnz)
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = pagerank_step(self.block, x, self.dangling, self.damping)
+        self.spmv_s += time.perf_counter() - t0
+        return out
+
+    def spmv_time(self) -> float:
+        return self.spmv_s
+
+
+# ------------------------------------------------------------------------------------ drivers
+def _finish(args: argparse.Namespace, info: InputInfo, rec: dict, ids: np.ndarray, x: np.ndarray,
+            iterations: int, done: bool, n_edges: int, nnz: int) -> None:
+    rec["dataset"]["records"] = n_edges
+    rec["metrics"] = {"iterations": iterations, "converged": done, "nodes": len(x), "edges": n_edges,
+                      "arcs": nnz, "top": top_k(ids, x, args.top)}
+    if args.verify:
+        with timer(rec["timings_s"], "verify"):
+            rec["verification"] = verify(args, info, ids, x)
+
+
+def verify(args: argparse.Namespace, info: InputInfo, ids: np.ndarray, x: np.ndarray) -> dict[str, Any]:
+    """Compare with the single-process scipy reference: L1 distance of the rank vectors."""
+    src, dst = read_range(info, info.data_start, info.size)
+    rids, rx, _, _ = reference_pagerank(src, dst, directed=args.directed, damping=args.damping,
+                                        tol=args.tol, max_iter=args.max_iter)
+    if len(rids) != len(ids) or not np.array_equal(rids, ids):
+        return {"reference": "scipy single-process", "error": float("inf"), "passed": False}
+    err = float(np.abs(rx - x).sum())
+    return {"reference": "scipy single-process", "error": err, "passed": err <= 1e-9 + 2 * len(x) * args.tol}
+
+
+def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
+    t = rec["timings_s"]
+    t["startup"] = 0.0
+    with timer(t, "load"):
+        src, dst = read_range(info, info.data_start, info.size)
+    check_ids(int(min(src.min(), dst.min())) if len(src) else 0, len(src), info.uri)
+    with timer(t, "build"):
+        ids, m, dangling = reference_matrix(src, dst, args.directed)
+    with timer(t, "compute"):
+        x, iters, done = reference_iterate(m, dangling, damping=args.damping, tol=args.tol,
+                                           max_iter=args.max_iter)
+    rec["nodes"] = 1
+    _finish(args, info, rec, ids, x, iters, done, len(src), int(m.nnz))
+    rec["metrics"]["spmv_s_per_iter"] = t["compute"] / max(iters, 1)
+
+
+def run_ray(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
+    import ray
+
+    t = rec["timings_s"]
+    w = args.workers
+    t0 = time.perf_counter()
+    with _dist.ray_session(w, args.address):
+        actors = _dist.ray_actors(PageRankPart, w, info, args.directed, args.damping)
+        rec["nodes"] = _dist.ray_nodes(actors)
+        t["startup"] = time.perf_counter() - t0
+        with timer(t, "load"):
+            stats = _dist.ray_get([a.load.remote() for a in actors])
+        n_edges = sum(s[0] for s in stats)
+        check_ids(min(s[1] for s in stats if s[0]) if n_edges else 0, n_edges, info.uri)
+        max_id = max(s[2] for s in stats)
+        with timer(t, "build"):
+            sets = _dist.ray_get([a.node_set.remote(max_id) for a in actors])
+            dense = max_id < DENSE_ID_LIMIT
+            node_set = np.bitwise_or.reduce(sets) if dense else np.unique(np.concatenate(sets))
+            del sets
+            set_ref = ray.put(node_set)
+            counts = np.sum(_dist.ray_get([a.degrees.remote(set_ref) for a in actors]), axis=0)
+            n = len(counts) // (1 if not args.directed else 2)
+            outdeg, indeg = counts[:n], counts[n:] if args.directed else counts[:n]
+            bounds = row_bounds(indeg, w)
+            pieces = [a.split.options(num_returns=w).remote(bounds) for a in actors]
+            pieces = [[p] if w == 1 else p for p in pieces]
+            out_ref = ray.put(outdeg)
+            nnz = sum(_dist.ray_get([a.build.remote(bounds, out_ref, *[pieces[v][r] for v in range(w)])
+                                     for r, a in enumerate(actors)]))
+            del pieces
+        ids = node_ids(node_set, dense)
+        def step_all(x: np.ndarray) -> np.ndarray:
+            x_ref = ray.put(x)
+            return np.concatenate(_dist.ray_get([a.step.remote(x_ref) for a in actors]))
+
+        with timer(t, "compute"), _dist.progress("pagerank (ray)", args.max_iter) as advance:
+            x, iters, done = power_iterate(step_all, n, args.tol, args.max_iter, advance)
+        rec["metrics_spmv_s"] = max(_dist.ray_get([a.spmv_time.remote() for a in actors]))
+        for a in actors:
+            ray.kill(a)
+    _finish(args, info, rec, ids, x, iters, done, n_edges, nnz)
+    rec["metrics"]["spmv_s_per_iter"] = rec.pop("metrics_spmv_s") / max(iters, 1)
+
+
+def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.TorchComm) -> None:
+    t = rec["timings_s"]
+    t["startup"] = 0.0
+    w = comm.world
+    part = PageRankPart(comm.rank, w, info, args.directed, args.damping)
+    rec["nodes"] = len(comm.hosts())
+    with timer(t, "load"):
+        m, lo_id, hi_id = comm.guard(part.load)
+        n_edges = int(comm.allreduce(np.array([m], dtype=np.int64))[0])
+        neg_min, max_id = comm.allreduce(np.array([-lo_id if m else -(2**62), hi_id], dtype=np.int64), "max")
+    comm.guard(check_ids, -int(neg_min), n_edges, info.uri)
+    max_id = int(max_id)
+    with timer(t, "build"):
+        dense = max_id < DENSE_ID_LIMIT
+        local = comm.guard(part.node_set, max_id)
+        if dense:
+            node_set = comm.allreduce(local, "max")
+        else:
+            node_set = np.unique(np.concatenate(comm.allgather(local)))
+        del local
+        counts = comm.allreduce(comm.guard(part.degrees, node_set))
+        n = len(counts) // (2 if args.directed else 1)
+        outdeg, indeg = counts[:n], counts[n:] if args.directed else counts[:n]
+        bounds = row_bounds(indeg, w)
+        received = comm.alltoall(comm.guard(part.split, bounds))
+        nnz = int(comm.allreduce(np.array([comm.guard(part.build, bounds, outdeg, *received)]))[0])
+        del received
+    ids = node_ids(node_set, dense)
+    with timer(t, "compute"), _dist.maybe(comm.rank == 0, _dist.progress("pagerank (torch)", args.max_iter)) as adv:
+        x, iters, done = power_iterate(lambda x: np.concatenate(comm.allgather(part.step(x))), n, args.tol,
+                                       args.max_iter, adv)
+    spmv = float(comm.allreduce(np.array([part.spmv_time()]), "max")[0])
+    if comm.rank == 0:
+        _finish(args, info, rec, ids, x, iters, done, n_edges, nnz)
+        rec["metrics"]["spmv_s_per_iter"] = spmv / max(iters, 1)
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m workloads.pagerank", description=__doc__.split("\n")[0])
+    _dist.add_common_args(p)
+    p.add_argument("--damping", type=float, default=0.85, help="0.95 = torch_ppr's alpha=0.05 (the seed)")
+    p.add_argument("--tol", type=float, default=1e-6, help="stop when sum|x'-x| < n*tol (networkx); 0 = never")
+    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--top", type=int, default=10, help="report the K best nodes")
+    p.add_argument("--directed", action="store_true", help="treat node1 -> node2 as directed arcs")
+    args = p.parse_args(argv)
+    if not 0.0 < args.damping < 1.0:
+        p.error("--damping must be in (0, 1)")
+    if args.tol < 0 or args.max_iter < 1 or args.top < 0:
+        p.error("--tol >= 0, --max-iter >= 1 and --top >= 0 please")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    params = {k: getattr(args, k) for k in ("damping", "tol", "max_iter", "top", "directed")}
+    return _dist.execute("pagerank", args, params,
+                         {"reference": run_reference, "ray": run_ray, "torch": run_torch})
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
