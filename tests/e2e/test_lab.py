@@ -1,0 +1,127 @@
+"""The lab itself: three booted hosts with the seed's topology, power cuts, and a clean teardown.
+
+This module runs its own lab (name `sltest`, subnets 10.78.x) so it can end by tearing it down and
+checking that nothing is left behind.
+"""
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scalelab import lab
+from tests.e2e.labutil import BIN, fab, make_inventory, require_lab_machine, running_lab, ssh
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def tlab(tmp_path_factory):
+    require_lab_machine()
+    inv = make_inventory(tmp_path_factory.mktemp("inv") / "lab", "sltest", 78)
+    with running_lab(inv) as spec:
+        yield spec
+
+
+def test_three_hosts_with_distinct_identities(tlab) -> None:
+    seen = {}
+    for h in tlab.hosts:
+        out = ssh(tlab, h.name, "hostname; cat /etc/machine-id; cat /etc/ssh/ssh_host_ed25519_key.pub;"
+                                " systemctl is-system-running --wait").stdout.split("\n")
+        seen[h.name] = out
+        assert out[0] == h.name
+        assert out[3] in ("running", "degraded"), out
+    assert len({v[1] for v in seen.values()}) == 3, "machine-ids must differ"
+    assert len({v[2].split()[1] for v in seen.values()}) == 3, "ssh host keys must differ"
+
+
+def test_ansible_reaches_every_host_workers_through_the_master(tlab) -> None:
+    inv = tlab.inventory_dir
+    out = subprocess.run([str(BIN / "ansible"), "all", "-i", str(inv), "-m", "ping"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("SUCCESS") == 3
+    hosts = yaml.safe_load(tlab.hosts_file.read_text())
+    workers = hosts["all"]["children"]["cluster"]["children"]["workers"]["hosts"]
+    assert all(v["ansible_host"].startswith("10.78.1.") for v in workers.values())
+    assert f"ProxyJump root@{tlab.master_public_ip}" in tlab.ssh_config.read_text()
+    assert "StrictHostKeyChecking yes" in tlab.ssh_config.read_text()
+
+
+def test_controller_has_no_address_on_the_private_network(tlab) -> None:
+    addrs = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    assert "10.78.1." not in addrs
+    assert "10.78.0.1/24" in addrs
+    route = subprocess.run(["ip", "route", "get", "10.78.1.2"], capture_output=True, text=True)
+    assert route.returncode != 0 or "unreachable" in route.stdout
+    # and so a worker cannot be reached directly, only through the master
+    s = socket.socket()
+    s.settimeout(2)
+    assert s.connect_ex(("10.78.1.2", 22)) != 0
+    s.close()
+
+
+def test_workers_have_no_default_route_master_has_one(tlab) -> None:
+    assert "default via 10.78.0.1" in ssh(tlab, "master", "ip route").stdout
+    for w in ("worker1", "worker2"):
+        assert "default" not in ssh(tlab, w, "ip route").stdout
+    # the master sits on both networks, a worker only on the private one
+    assert "10.78.0.10/24" in ssh(tlab, "master", "ip -o -4 addr").stdout
+    assert "10.78.0." not in ssh(tlab, "worker1", "ip -o -4 addr").stdout
+
+
+def test_lab_egress_reaches_the_package_archive_only(tlab) -> None:
+    out = ssh(tlab, "master", "timeout 120 apt-get update -qq && echo APT-OK", timeout=180)
+    assert "APT-OK" in out.stdout
+    # the controller itself offers the lab nothing but DNS: its sshd is refused
+    probe = ("python3 -c 'import socket;s=socket.socket();s.settimeout(3);"
+             "print(s.connect_ex((\"10.78.0.1\",22)))'")
+    assert ssh(tlab, "master", probe).stdout.strip() != "0"
+    rules = subprocess.run(["iptables", "-S", tlab.chain], capture_output=True, text=True).stdout
+    assert "--dports 80,443 -j ACCEPT" in rules
+    assert rules.rstrip().splitlines()[-1].endswith("REJECT --reject-with icmp-admin-prohibited")
+
+
+@pytest.mark.parametrize("host", ["worker1", "master"])
+def test_kill_is_a_power_cut_and_start_keeps_the_disk(tlab, host: str) -> None:
+    inv = str(tlab.inventory_dir)
+    ssh(tlab, host, "echo precious > /root/keep.txt && sync")
+    fab("lab-kill", host, "--inventory", inv)
+    assert not lab.host_running(tlab, host)
+    gone = ssh(tlab, host, "true", timeout=30, check=False)
+    assert gone.returncode != 0
+    status = fab("lab-status", "--inventory", inv).stdout
+    assert any(host in line and "stopped" in line for line in status.splitlines()), status
+    fab("lab-start", host, "--inventory", inv)
+    assert ssh(tlab, host, "cat /root/keep.txt").stdout.strip() == "precious"
+    assert ssh(tlab, host, "hostname").stdout.strip() == host
+    # every host still answers after the power cut of one of them
+    for h in tlab.hosts:
+        ssh(tlab, h.name, "true")
+
+
+def test_bad_host_name_is_one_clear_line(tlab) -> None:
+    out = fab("lab-kill", "nosuchhost", "--inventory", str(tlab.inventory_dir), check=False)
+    assert out.returncode == 2
+    assert "no lab host named 'nosuchhost'" in out.stdout + out.stderr
+
+
+def test_down_leaves_nothing_behind(tlab) -> None:
+    fab("lab-down", "--inventory", str(tlab.inventory_dir))
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert tlab.public_bridge not in links and tlab.private_bridge not in links
+    assert "sltest" not in links
+    routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
+    assert "10.78." not in routes
+    mounts = Path("/proc/self/mounts").read_text()
+    assert str(tlab.state_dir) not in mounts
+    for table in ("filter", "nat"):
+        rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout
+        assert tlab.chain not in rules
+    procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tlab.state_dir) not in procs
+    assert not any(Path(r, tlab.name).exists() for r in lab.CGROUP_ROOTS)
+    assert not tlab.hosts_file.exists()
