@@ -70,4 +70,16 @@ def lab_start(c, host, inventory=None):
     console.print(f"{host} up in {time.monotonic() - t0:.1f} s")
 
 
-ns = Collection(lab_up, lab_down, lab_status, lab_kill, lab_start)
+@task(help={"results": "results directory (default: results/)", "out": "output directory (default: reports/latest)"})
+@user_errors
+def report(c, results=None, out=None):
+    """Build the Markdown + HTML report with tables and figures from the recorded results."""
+    from pathlib import Path
+
+    from scalelab import report as _report
+    from scalelab import results as _results
+    paths = _report.build(Path(results) if results else _results.RESULTS_DIR, Path(out) if out else None)
+    console.print(f"report: {paths['html']}\n        {paths['markdown']}")
+
+
+ns = Collection(report, lab_up, lab_down, lab_status, lab_kill, lab_start)

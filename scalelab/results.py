@@ -1,0 +1,120 @@
+"""Result records on the controller: load, validate, group, and the seed's own measured numbers."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scalelab.cli import REPO_ROOT
+
+RESULTS_DIR = REPO_ROOT / "results"
+SEED_RESULTS = Path(__file__).with_name("data") / "seed-results.csv"
+REQUIRED = ("schema", "run_id", "workload", "framework", "nodes", "workers", "status", "timings_s")
+SEED_FRAMEWORKS = {"Ray": "ray", "PyTorch": "torch"}
+
+
+class BadRecord(ValueError):
+    pass
+
+
+def validate(rec: Any, source: str = "record") -> dict[str, Any]:
+    """Check a record against the DESIGN.md schema (the fields the report relies on)."""
+    if not isinstance(rec, dict):
+        raise BadRecord(f"{source}: not a JSON object")
+    missing = [k for k in REQUIRED if k not in rec]
+    if missing:
+        raise BadRecord(f"{source}: missing {', '.join(missing)}")
+    if rec["status"] not in ("ok", "failed"):
+        raise BadRecord(f"{source}: status must be ok or failed, not {rec['status']!r}")
+    if rec["status"] == "ok" and rec.get("error"):
+        raise BadRecord(f"{source}: an ok record carries an error")
+    return rec
+
+
+def load_records(root: Path = RESULTS_DIR, workloads: Iterable[str] | None = None) -> tuple[list[dict], list[str]]:
+    """All records under results/<workload>/*.json; unreadable files are reported, not fatal."""
+    recs, problems = [], []
+    wanted = set(workloads) if workloads else None
+    for path in sorted(root.glob("*/*.json")):
+        if wanted and path.parent.name not in wanted:
+            continue
+        try:
+            recs.append(validate(json.loads(path.read_text()), str(path)))
+        except (OSError, json.JSONDecodeError, BadRecord) as exc:
+            problems.append(f"{path}: {exc}")
+    return recs, problems
+
+
+@dataclass(frozen=True)
+class SeedRow:
+    workload: str
+    framework: str
+    dataset: str
+    nodes: int
+    run: int
+    time_s: float
+    quality: float | None   # CH score (k-means) or accuracy (pneumonia)
+
+
+def _seed_dataset(raw: str) -> str:
+    """'data_1.csv(1.06GB)' -> 'data_1'; 'chest_xray(train5216/test624)' -> 'chest_xray'."""
+    return re.sub(r"(\.csv)?\(.*\)$", "", raw)
+
+
+def load_seed(path: Path = SEED_RESULTS) -> list[SeedRow]:
+    rows = []
+    with path.open() as f:
+        for r in csv.DictReader(f):
+            q = r.get("ch_score") or r.get("accuracy") or None
+            rows.append(SeedRow(r["experiment"], SEED_FRAMEWORKS.get(r["framework"], r["framework"].lower()),
+                                _seed_dataset(r["dataset"]), int(r["nodes"]), int(r["run"]),
+                                float(r["time_s"]), float(q) if q else None))
+    return rows
+
+
+def dataset_name(rec: dict) -> str:
+    return ((rec.get("dataset") or {}).get("name")) or "-"
+
+
+def total_time(rec: dict) -> float | None:
+    t = (rec.get("timings_s") or {}).get("total")
+    return float(t) if t is not None else None
+
+
+def quality(rec: dict) -> tuple[str, float] | None:
+    """The workload's quality number: accuracy, CH score, or (PageRank) the verification error."""
+    m = rec.get("metrics") or {}
+    for key in ("accuracy", "ch_score"):
+        if m.get(key) is not None:
+            return key, float(m[key])
+    v = rec.get("verification") or {}
+    if v.get("error") is not None:
+        return "verification error", float(v["error"])
+    return None
+
+
+def summarise(recs: list[dict]) -> list[dict[str, Any]]:
+    """One row per (workload, dataset, framework, nodes): runs, ok runs, mean/min time, verdicts."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in recs:
+        groups.setdefault((r["workload"], dataset_name(r), r["framework"], int(r["nodes"])), []).append(r)
+    rows = []
+    for (wl, ds, fw, n), rs in sorted(groups.items()):
+        ok = [r for r in rs if r["status"] == "ok"]
+        times = [t for r in ok if (t := total_time(r)) is not None]
+        verified = [r["verification"]["passed"] for r in ok if r.get("verification")]
+        q = [qq[1] for r in ok if (qq := quality(r))]
+        rows.append({
+            "workload": wl, "dataset": ds, "framework": fw, "nodes": n, "runs": len(rs), "ok": len(ok),
+            "time_mean_s": sum(times) / len(times) if times else None,
+            "time_min_s": min(times) if times else None,
+            "quality": sum(q) / len(q) if q else None,
+            "quality_name": (quality(ok[0]) or ("", 0))[0] if ok else "",
+            "verified": ("-" if not verified else ("pass" if all(verified) else
+                         f"FAIL ({verified.count(False)}/{len(verified)})")),
+        })
+    return rows
