@@ -17,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INVENTORY = "inventory/lab"
 
 console = Console()
+err_console = Console(stderr=True, soft_wrap=True)  # errors: one line, never wrapped
 
 
 def inventory_path(option: str | None = None) -> Path:
@@ -37,7 +38,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
             sys.exit(2)
     return wrapper
 
