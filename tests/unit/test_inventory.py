@@ -1,0 +1,53 @@
+"""Reading the cluster from the Ansible inventory (ansible-inventory itself, no hosts contacted)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scalelab import inventory, labspec
+from scalelab.errors import UserError
+from tests.unit.test_labspec import inv  # noqa: F401  (fixture)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def lab_inv(inv: Path) -> Path:  # noqa: F811
+    (inv / "hosts.yml").write_text(labspec.render_inventory(labspec.load_spec(inv)))
+    return inv
+
+
+def test_lab_inventory_master_first_and_ssh_argv(lab_inv: Path) -> None:
+    c = inventory.load(lab_inv)
+    assert [n.name for n in c.nodes] == ["master", "worker1", "worker2"]
+    assert c.master.private_ip == "10.77.1.1"
+    argv = c.node("worker2").ssh_argv()
+    assert argv[-1] == "root@10.77.1.3"
+    assert "-F" in argv and "BatchMode=yes" in argv
+
+
+def test_okeanos_inventory_reads() -> None:
+    c = inventory.load(REPO / "inventory/okeanos")
+    assert c.master.name == "master" and c.master.private_ip == "192.168.0.1"
+    assert {n.private_ip for n in c.nodes} == {"192.168.0.1", "192.168.0.2", "192.168.0.4"}
+
+
+def test_nodes_beyond_the_cluster_is_one_clear_line(lab_inv: Path) -> None:
+    c = inventory.load(lab_inv)
+    assert [n.name for n in c.first(2)] == ["master", "worker1"]
+    with pytest.raises(UserError, match=r"--nodes 4 but the cluster has 3 hosts \(master, worker1, worker2\)"):
+        c.first(4)
+    with pytest.raises(UserError, match="at least 1"):
+        c.first(0)
+
+
+def test_lab_not_up(inv: Path) -> None:  # noqa: F811
+    with pytest.raises(UserError, match="fab lab-up"):
+        inventory.load(inv)
+
+
+def test_no_master(tmp_path: Path) -> None:
+    (tmp_path / "hosts.yml").write_text("all:\n  children:\n    workers:\n      hosts:\n        w1: {scalelab_private_ip: 10.0.0.2}\n")
+    with pytest.raises(UserError, match="exactly one host in group 'master'"):
+        inventory.load(tmp_path / "hosts.yml")
