@@ -1,0 +1,128 @@
+"""Resource sampling on the nodes during a run: CPU and memory of every node, peak and mean.
+
+:data:`SCRIPT` runs on a node under the system ``python3`` (sent over ssh on stdin, nothing to
+install) and prints one JSON line per interval.  CPU is read from the cgroup (``cpu.stat``) so that a
+container (a lab host) reports its own use, not the machine's; memory from ``memory.current`` when the
+cgroup has it, else the resident set of the node's own processes in a container, else
+``MemTotal - MemAvailable``.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+SCRIPT = r'''
+import json, os, sys, time
+interval = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
+def in_container():
+    if os.path.exists("/run/systemd/container") or os.path.exists("/.dockerenv"):
+        return True
+    try:
+        return b"container=" in open("/proc/1/environ", "rb").read()
+    except OSError:
+        return False
+CONT = in_container()
+PAGE = os.sysconf("SC_PAGE_SIZE")
+def cpu_usec():
+    try:
+        for line in open("/sys/fs/cgroup/cpu.stat"):
+            k, v = line.split()
+            if k == "usage_usec":
+                return int(v)
+    except OSError:
+        pass
+    f = open("/proc/stat").readline().split()[1:]
+    busy = sum(int(x) for i, x in enumerate(f[:8]) if i not in (3, 4))
+    return busy * 1e6 / os.sysconf("SC_CLK_TCK")
+def mem_bytes():
+    try:
+        return int(open("/sys/fs/cgroup/memory.current").read())
+    except (OSError, ValueError):
+        pass
+    if CONT:
+        total = 0
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    total += int(open(f"/proc/{pid}/statm").read().split()[1]) * PAGE
+                except (OSError, IndexError, ValueError):
+                    pass
+        return total
+    info = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open("/proc/meminfo")}
+    return info["MemTotal"] - info["MemAvailable"]
+last_c, last_t = cpu_usec(), time.monotonic()
+while True:
+    time.sleep(interval)
+    c, t = cpu_usec(), time.monotonic()
+    pct = 100.0 * (c - last_c) / 1e6 / (t - last_t)
+    last_c, last_t = c, t
+    print(json.dumps({"cpu": round(pct, 1), "mem_mb": round(mem_bytes() / 2**20, 1)}), flush=True)
+'''
+
+
+@dataclass
+class HostSamples:
+    cpu: list[float] = field(default_factory=list)
+    mem: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float | int | None]:
+        def stats(xs: list[float]) -> tuple[float | None, float | None]:
+            return (round(sum(xs) / len(xs), 1), round(max(xs), 1)) if xs else (None, None)
+        cm, cp = stats(self.cpu)
+        mm, mp = stats(self.mem)
+        return {"cpu_mean": cm, "cpu_peak": cp, "mem_mean": mm, "mem_peak": mp, "samples": len(self.cpu)}
+
+
+class Sampler:
+    """One ssh per node streaming samples; :meth:`stop` ends those ssh processes (ours, by PID)."""
+
+    def __init__(self, hosts: dict[str, list[str]], interval: float = 1.0):
+        self.hosts = hosts  # name -> ssh argv (without the remote command)
+        self.interval = interval
+        self.samples = {h: HostSamples() for h in hosts}
+        self._procs: dict[str, subprocess.Popen[str]] = {}
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> Sampler:
+        for name, argv in self.hosts.items():
+            p = subprocess.Popen([*argv, f"python3 -u - {self.interval}"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            assert p.stdin is not None
+            p.stdin.write(SCRIPT)
+            p.stdin.close()
+            self._procs[name] = p
+            t = threading.Thread(target=self._read, args=(name, p), daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _read(self, name: str, p: subprocess.Popen[str]) -> None:
+        assert p.stdout is not None
+        for line in p.stdout:
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.samples[name].cpu.append(float(d["cpu"]))
+            self.samples[name].mem.append(float(d["mem_mb"]))
+
+    def latest(self) -> dict[str, tuple[float, float]]:
+        return {h: (s.cpu[-1], s.mem[-1]) for h, s in self.samples.items() if s.cpu}
+
+    def stop(self) -> dict[str, dict]:
+        for p in self._procs.values():
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + 5
+        for p in self._procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for t in self._threads:
+            t.join(timeout=2)
+        return {h: s.summary() for h, s in self.samples.items()}
