@@ -71,10 +71,10 @@ def fig_time_vs_nodes(summary: list[dict], seed: dict, outdir: Path) -> list[dic
         for fw in sorted({r["framework"] for r in rows}):
             pts = sorted((r["nodes"], r["time_mean_s"]) for r in rows if r["framework"] == fw and r["time_mean_s"])
             if pts:
-                ax.plot(*zip(*pts), marker="o", color=COLORS.get(fw), label=f"{fw} (scalelab)")
+                ax.plot(*zip(*pts, strict=True), marker="o", color=COLORS.get(fw), label=f"{fw} (scalelab)")
             spts = sorted((n, t) for (w, d, f, n), t in seed.items() if (w, d, f) == (wl, ds, fw))
             if spts:
-                ax.plot(*zip(*spts), marker="s", ls="--", color=COLORS.get(fw), alpha=0.6, label=f"{fw} (seed)")
+                ax.plot(*zip(*spts, strict=True), marker="s", ls="--", color=COLORS.get(fw), alpha=0.6, label=f"{fw} (seed)")
         ax.set(title=f"{wl} on {ds}: time vs nodes", xlabel="nodes", ylabel="total time (s)")
         ys = [y for line in ax.get_lines() for y in line.get_ydata() if y > 0]
         if ys and max(ys) / min(ys) > 20:
@@ -179,7 +179,7 @@ def build(results_dir: Path = results.RESULTS_DIR, out_dir: Path | None = None) 
                + fig_quality(recs, figdir) + fig_resources(recs, figdir))
     failed = [r for r in recs if r["status"] == "failed"]
     ctx = {
-        "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "n_records": len(recs), "n_failed": len(failed), "summary": summary, "figures": figures,
         "failed": failed, "problems": problems, "seed_note": SEED_NOTE, "fmt": _fmt,
         "results_dir": str(results_dir),
