@@ -82,4 +82,81 @@ def report(c, results=None, out=None):
     console.print(f"report: {paths['html']}\n        {paths['markdown']}")
 
 
-ns = Collection(report, lab_up, lab_down, lab_status, lab_kill, lab_start)
+def _cluster(inventory=None):
+    from scalelab import inventory as _inventory
+    from scalelab.cli import inventory_path
+    return _inventory.load(inventory_path(inventory))
+
+
+@task(help={"workload": "pagerank, kmeans, pneumonia, xgboost or cifar-pbt",
+            "nodes": "how many nodes: the master and the first N-1 workers",
+            "framework": "ray, torch, reference or both (default: both that apply)",
+            "dataset": "dataset name for graph workloads (tiny, test_data, data_1, data_2, data)",
+            "repeat": "runs per framework (default 1)", "inventory": "inventory (default: inventory/lab)",
+            "args": "extra workload options, quoted: --args '--damping 0.95 --max-iter 20'",
+            "timeout": "seconds a run may take before it is stopped and recorded failed (default 3600)"})
+@user_errors
+def run_experiment(c, workload, nodes, framework="both", dataset=None, repeat=1, inventory=None, args="",
+                   timeout=3600):
+    """Run WORKLOAD on N nodes of the cluster; records and logs land in results/<workload>/."""
+    import shlex
+    import sys
+
+    from scalelab import runner
+    cl = _cluster(inventory)
+    with console.status("starting") as st:
+        paths = runner.run_experiment(cl, workload, int(nodes), framework, dataset, int(repeat),
+                                      shlex.split(args), timeout_s=int(timeout), say=console.print,
+                                      status=st.update)
+    rows = [_row(p) for p in paths]
+    console.print(table(rows, title=f"{workload} on {nodes} node(s)"))
+    if any(r["status"] != "ok" for r in rows):
+        sys.exit(1)
+
+
+def _row(path):
+    import json
+    r = json.loads(path.read_text())
+    t = r.get("timings_s") or {}
+    v = r.get("verification") or {}
+    return {"run": r["run_id"], "framework": r["framework"], "nodes": r["nodes"], "status": r["status"],
+            "total_s": f"{t['total']:.2f}" if t.get("total") is not None else "-",
+            "verified": "-" if not v else ("pass" if v.get("passed") else "FAIL")}
+
+
+@task(help={"workloads": "comma-separated workloads (default: pagerank,kmeans)",
+            "frameworks": "ray, torch, both or all (default: both)", "nodes": "comma-separated node counts (default 1,2,3)",
+            "datasets": "comma-separated datasets for graph workloads (default: tiny)", "repeat": "runs per cell",
+            "inventory": "inventory (default: inventory/lab)", "timeout": "seconds per run"})
+@user_errors
+def run_matrix(c, workloads="pagerank,kmeans", frameworks="both", nodes="1,2,3", datasets="tiny", repeat=1,
+               inventory=None, timeout=3600):
+    """Run workloads x frameworks x node counts x datasets x repeats; resumable (recorded cells are skipped)."""
+    import sys
+
+    from scalelab import runner
+    cl = _cluster(inventory)
+    cells = runner.matrix(workloads.split(","), frameworks, [int(n) for n in nodes.split(",")],
+                          datasets.split(","))
+    with console.status("matrix") as st:
+        out = runner.run_matrix(cl, cells, int(repeat), timeout_s=int(timeout), say=console.print, status=st.update)
+    console.print(f"matrix done: {out['runs']} runs, {out['failed']} failed, {out['skipped_done']} already done; "
+                  "`fab report` builds the report")
+    if out["failed"]:
+        sys.exit(1)
+
+
+@task(help={"name": "tiny, test_data, data_1, data_2 or data", "from_snap": "cut the real SNAP Friendster file",
+            "out": "output directory (default: data/)"})
+@user_errors
+def gen_data(c, name, from_snap=None, out=None):
+    """Generate a dataset on the controller (synthetic Friendster-like, or cut from the SNAP file)."""
+    from pathlib import Path
+
+    from scalelab.cli import REPO_ROOT
+    from workloads import data
+    path = data.generate(name, Path(out) if out else REPO_ROOT / "data", from_snap=from_snap)
+    console.print(f"{name}: {path}")
+
+
+ns = Collection(run_experiment, run_matrix, gen_data, report, lab_up, lab_down, lab_status, lab_kill, lab_start)
