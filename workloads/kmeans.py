@@ -1,0 +1,421 @@
+"""k-means over the edge list's (node1, node2) pairs as 2-D points: one kernel, a Ray and a torch driver.
+
+Two definitions (DESIGN.md):
+
+* ``--method blockwise`` is the seed's: cut the file into fixed ``--block-mb`` (20 MiB) byte blocks,
+  run ``KMeans(n_clusters=16, random_state=42)`` on each block independently, report the unweighted
+  mean Calinski-Harabasz score.  Blocks do not depend on the worker count, and sklearn runs with one
+  thread, so every runtime and worker count gives the same score.
+* ``--method global`` is distributed Lloyd over all points with a seeded k-means++ start.  Cluster
+  sums are exact (integer coordinates, summed in int64 over chunks where float64 is exact) and the
+  per-point work is elementwise, so the centroids are the same for every runtime and worker count.
+
+The Calinski-Harabasz score is computed exactly over all points from cluster counts, integer sums and
+per-cluster squared distances (sklearn's loops over clusters in Python: perf-notes §4d).
+:func:`reference_kmeans` (single process) verifies a run.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+from workloads import _dist
+from workloads.graphio import InputInfo, block_ranges, read_range, split_ranges
+from workloads.record import UserError, run_main, timer
+
+CHUNK = 8192  # points per assignment chunk (keeps the score matrix in L2)
+_EXACT = float(2**53)
+
+
+# ------------------------------------------------------------------------------ pure functions
+def as_points(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ids -> float64 coordinates (exact below 2**53)."""
+    if len(a) and max(np.abs(a).max(), np.abs(b).max()) >= 2**53:
+        raise UserError("k-means needs coordinates below 2**53 to stay exact")
+    return a.astype(np.float64), b.astype(np.float64)
+
+
+def assign(x: np.ndarray, y: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre for each point (ties -> lowest index), int32.
+
+    Uses |p-c|^2 = |c|^2 - 2 p.c + |p|^2 without the constant |p|^2: one small GEMM per chunk.
+    """
+    labels = np.empty(len(x), dtype=np.int32)
+    coef = np.stack([-2.0 * centers[:, 0], -2.0 * centers[:, 1], (centers ** 2).sum(axis=1)])
+    buf = np.ones((CHUNK, 3))
+    for a in range(0, len(x), CHUNK):
+        m = min(CHUNK, len(x) - a)
+        buf[:m, 0] = x[a:a + m]
+        buf[:m, 1] = y[a:a + m]
+        labels[a:a + m] = (buf[:m] @ coef).argmin(axis=1)
+    return labels
+
+
+def exact_sums(labels: np.ndarray, v: np.ndarray, k: int) -> np.ndarray:
+    """Per-cluster sums of integer-valued ``v`` as exact int64 (float64 bincount over exact-size chunks)."""
+    out = np.zeros(k, dtype=np.int64)
+    if len(v) == 0:
+        return out
+    step = max(1, int(_EXACT // max(float(np.abs(v).max()), 1.0)))
+    for a in range(0, len(v), step):
+        out += np.rint(np.bincount(labels[a:a + step], weights=v[a:a + step], minlength=k)).astype(np.int64)
+    return out
+
+
+def cluster_stats(labels: np.ndarray, x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """int64 array (3, k): counts, sum x, sum y — exact, so any split of the points adds up the same."""
+    return np.stack([np.bincount(labels, minlength=k).astype(np.int64),
+                     exact_sums(labels, x, k), exact_sums(labels, y, k)])
+
+
+def means(stats: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """New centres from reduced stats; an empty cluster keeps its old centre."""
+    counts = stats[0]
+    safe = np.maximum(counts, 1)
+    new = np.stack([stats[1] / safe, stats[2] / safe], axis=1)
+    return np.where((counts > 0)[:, None], new, old)
+
+
+def sq_dist(x: np.ndarray, y: np.ndarray, cx: float | np.ndarray, cy: float | np.ndarray) -> np.ndarray:
+    dx = x - cx
+    dy = y - cy
+    return dx * dx + dy * dy
+
+
+def within_sse(labels: np.ndarray, x: np.ndarray, y: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Per-cluster sum of squared distances to ``centers`` (direct differences, no cancellation)."""
+    k = len(centers)
+    return np.bincount(labels, weights=sq_dist(x, y, centers[labels, 0], centers[labels, 1]), minlength=k)
+
+
+def calinski_harabasz(stats: np.ndarray, sse: np.ndarray) -> float:
+    """CH from reduced (counts, sums) and per-cluster SSE to the cluster means (sklearn's definition)."""
+    counts = stats[0]
+    n, nonempty = int(counts.sum()), counts > 0
+    k = int(nonempty.sum())
+    if k < 2 or k >= n:
+        raise UserError(f"Calinski-Harabasz needs 2 <= clusters < points (got {k} clusters, {n} points)")
+    mean = stats[1:].sum(axis=1) / n
+    cm = (stats[1:, nonempty] / counts[nonempty]).T
+    between = float((counts[nonempty] * ((cm - mean) ** 2).sum(axis=1)).sum())
+    within = float(sse.sum())
+    return 1.0 if within == 0.0 else between * (n - k) / (within * (k - 1))
+
+
+def ch_score(x: np.ndarray, y: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Single-process CH of given labels (equals sklearn.metrics.calinski_harabasz_score)."""
+    stats = cluster_stats(labels, x, y, k)
+    return calinski_harabasz(stats, within_sse(labels, x, y, means(stats, np.zeros((k, 2)))))
+
+
+def pick_index(weights_cum: np.ndarray, u: float) -> int:
+    """Index i with cum[i-1] <= u < cum[i] (clipped), for D^2 sampling."""
+    return int(min(np.searchsorted(weights_cum, u, side="right"), len(weights_cum) - 1))
+
+
+def owner_of(totals: list[float], u: float) -> tuple[int, float]:
+    """Worker whose share of the D^2 mass holds ``u`` (totals in worker order) and u within it."""
+    acc = 0.0
+    for w, s in enumerate(totals):
+        if u < acc + s or w == len(totals) - 1:
+            return w, u - acc
+        acc += s
+    raise AssertionError("unreachable")
+
+
+def blockwise_block(x: np.ndarray, y: np.ndarray, k: int, seed: int) -> tuple[float, float] | None:
+    """The seed's per-block step: sklearn KMeans(k, random_state) then CH; None if the block is too small."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    if len(x) <= k:
+        return None
+    pts = np.stack([x, y], axis=1)
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        km = KMeans(n_clusters=k, random_state=seed, n_init=1).fit(pts)
+    labels = km.labels_.astype(np.int32)
+    if len(np.unique(labels)) < 2:
+        return None
+    return ch_score(x, y, labels, k), float(km.inertia_)
+
+
+# ------------------------------------------------------------------------------- worker state
+class KMeansPart(_dist.RayPart):
+    """One worker's points (global method) or blocks (blockwise method)."""
+
+    def __init__(self, rank: int, world: int, info: InputInfo) -> None:
+        self.rank, self.world, self.info = rank, world, info
+        self.x = self.y = self.d2 = self.cum = self.labels = None
+
+    def load(self) -> int:
+        lo, hi = split_ranges(self.info, self.world)[self.rank]
+        self.x, self.y = as_points(*read_range(self.info, lo, hi))
+        return len(self.x)
+
+    def blocks(self, block_bytes: int, k: int, seed: int) -> list[tuple[int, float, float, int]]:
+        """Run the seed's KMeans on this worker's contiguous share of the fixed blocks."""
+        blocks = block_ranges(self.info, block_bytes)
+        cut = np.linspace(0, len(blocks), self.world + 1).round().astype(int)
+        out = []
+        for b in range(cut[self.rank], cut[self.rank + 1]):
+            x, y = as_points(*read_range(self.info, *blocks[b]))
+            res = blockwise_block(x, y, k, seed)
+            if res is not None:
+                out.append((b, res[0], res[1], len(x)))
+        return out
+
+    def point(self, i: int) -> np.ndarray:
+        return np.array([self.x[i], self.y[i]])
+
+    def add_center(self, c: np.ndarray) -> float:
+        """Update D^2 with a new centre; return this worker's D^2 mass."""
+        d = sq_dist(self.x, self.y, c[0], c[1])
+        self.d2 = d if self.d2 is None else np.minimum(self.d2, d)
+        self.cum = None
+        return float(self.d2.sum())
+
+    def pick(self, u: float) -> np.ndarray:
+        if self.cum is None:
+            self.cum = np.cumsum(self.d2)
+        return self.point(pick_index(self.cum, u))
+
+    def lloyd(self, centers: np.ndarray) -> tuple[np.ndarray, int]:
+        """Assign, return exact (3, k) stats and how many labels changed."""
+        self.d2 = self.cum = None
+        labels = assign(self.x, self.y, centers)
+        changed = len(labels) if self.labels is None else int((labels != self.labels).sum())
+        self.labels = labels
+        return cluster_stats(labels, self.x, self.y, len(centers)), changed
+
+    def sse(self, centers: np.ndarray) -> np.ndarray:
+        return within_sse(self.labels, self.x, self.y, centers)
+
+
+def kmeans_pp(k: int, seed: int, counts: list[int], point_at: Any, add_center: Any, pick: Any) -> np.ndarray:
+    """Seeded k-means++ over points spread across workers (the same draws for any split).
+
+    ``point_at(worker, i)``, ``add_center(c) -> [D^2 mass per worker]``, ``pick(worker, u)`` move data.
+    """
+    rng = np.random.default_rng(seed)
+    total = sum(counts)
+    offsets = np.cumsum([0, *counts])
+
+    def uniform_point() -> np.ndarray:
+        g = int(rng.integers(total))
+        w = int(np.searchsorted(offsets, g, side="right") - 1)
+        return point_at(w, g - int(offsets[w]))
+
+    centers = [uniform_point()]
+    for _ in range(1, k):
+        masses = add_center(centers[-1])
+        mass = math.fsum(masses)
+        if mass <= 0.0:
+            centers.append(uniform_point())
+            continue
+        w, u = owner_of(masses, float(rng.random()) * mass)
+        centers.append(pick(w, u))
+    return np.array(centers, dtype=np.float64)
+
+
+def lloyd_loop(centers: np.ndarray, max_iter: int, step: Any, advance: Any = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """``step(centers) -> (reduced stats, changed)``; stop when no label changes. (stats, centres, iters)."""
+    stats, iters = None, 0
+    while iters < max_iter:
+        iters += 1
+        stats, changed = step(centers)
+        centers = means(stats, centers)
+        if advance:
+            advance(1)
+        if changed == 0:
+            break
+    return stats, centers, iters
+
+
+def reference_kmeans(x: np.ndarray, y: np.ndarray, k: int, seed: int, max_iter: int) -> dict[str, Any]:
+    """The single-process run of the global method (the verifier)."""
+    part = KMeansPart(0, 1, None)  # type: ignore[arg-type]
+    part.x, part.y = x, y
+    init = kmeans_pp(k, seed, [len(x)], lambda w, i: part.point(i), lambda c: [part.add_center(c)],
+                     lambda w, u: part.pick(u))
+    stats, centers, iters = lloyd_loop(init, max_iter, lambda c: part.lloyd(c))
+    sse = part.sse(centers)
+    return {"centroids": centers, "ch_score": calinski_harabasz(stats, sse), "inertia": float(sse.sum()),
+            "iterations": iters}
+
+
+# ------------------------------------------------------------------------------------ drivers
+def _blockwise_metrics(args: argparse.Namespace, results: list[tuple[int, float, float, int]], n_blocks: int
+                       ) -> dict[str, Any]:
+    results = sorted(results)
+    if not results:
+        raise UserError(f"no block had more than {args.k} points; use a smaller --k or bigger --block-mb")
+    return {"method": "blockwise", "k": args.k, "ch_score": math.fsum(r[1] for r in results) / len(results),
+            "inertia": math.fsum(r[2] for r in results), "centroids": None, "blocks": n_blocks,
+            "blocks_skipped": n_blocks - len(results), "points": sum(r[3] for r in results)}
+
+
+def _global_metrics(args: argparse.Namespace, stats: np.ndarray, centers: np.ndarray, sse: np.ndarray,
+                    iters: int) -> dict[str, Any]:
+    return {"method": "global", "k": args.k, "ch_score": calinski_harabasz(stats, sse),
+            "inertia": float(sse.sum()), "centroids": centers.tolist(), "iterations": iters,
+            "points": int(stats[0].sum()), "cluster_sizes": stats[0].tolist()}
+
+
+def verify(args: argparse.Namespace, info: InputInfo, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Re-run single-process and compare (global: centroids and CH; blockwise: the mean CH)."""
+    if args.method == "blockwise":
+        part = KMeansPart(0, 1, info)
+        ref = _blockwise_metrics(args, part.blocks(args.block_mb << 20, args.k, args.seed),
+                                 len(block_ranges(info, args.block_mb << 20)))
+        err = abs(ref["ch_score"] - metrics["ch_score"]) / max(abs(ref["ch_score"]), 1e-300)
+        return {"reference": "single-process blockwise", "error": err, "passed": err <= 1e-9}
+    x, y = as_points(*read_range(info, info.data_start, info.size))
+    ref = reference_kmeans(x, y, args.k, args.seed, args.max_iter)
+    c, rc = np.asarray(metrics["centroids"]), ref["centroids"]
+    err = float(np.abs(c - rc).max() / max(np.abs(rc).max(), 1e-300))
+    err = max(err, abs(ref["ch_score"] - metrics["ch_score"]) / max(abs(ref["ch_score"]), 1e-300))
+    return {"reference": "single-process numpy Lloyd", "error": err, "passed": err <= 1e-9}
+
+
+def _check_points(total: int, k: int, uri: str) -> None:
+    if total == 0:
+        raise UserError(f"input file has no edges: {uri}")
+    if total <= k:
+        raise UserError(f"k-means with --k {k} needs more than {k} points; {uri} has {total}")
+
+
+def _record(args: argparse.Namespace, info: InputInfo, rec: dict, metrics: dict[str, Any]) -> None:
+    rec["metrics"] = metrics
+    rec["dataset"]["records"] = metrics["points"]
+    if args.verify:
+        with timer(rec["timings_s"], "verify"):
+            rec["verification"] = verify(args, info, metrics)
+
+
+def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
+    t = rec["timings_s"]
+    t["startup"] = 0.0
+    rec["nodes"] = 1
+    part = KMeansPart(0, 1, info)
+    if args.method == "blockwise":
+        with timer(t, "compute"):
+            res = part.blocks(args.block_mb << 20, args.k, args.seed)
+        _record(args, info, rec, _blockwise_metrics(args, res, len(block_ranges(info, args.block_mb << 20))))
+        return
+    with timer(t, "load"):
+        total = part.load()
+    _check_points(total, args.k, info.uri)
+    with timer(t, "build"):
+        init = kmeans_pp(args.k, args.seed, [total], lambda w, i: part.point(i),
+                         lambda c: [part.add_center(c)], lambda w, u: part.pick(u))
+    with timer(t, "compute"), _dist.progress("k-means (reference)", args.max_iter) as adv:
+        stats, centers, iters = lloyd_loop(init, args.max_iter, part.lloyd, adv)
+        sse = part.sse(centers)
+    _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters))
+
+
+def run_ray(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
+    t = rec["timings_s"]
+    g = _dist.ray_get
+    t0 = time.perf_counter()
+    with _dist.ray_session(args.workers, args.address):
+        actors = _dist.ray_actors(KMeansPart, args.workers, info)
+        rec["nodes"] = _dist.ray_nodes(actors)
+        t["startup"] = time.perf_counter() - t0
+        if args.method == "blockwise":
+            with timer(t, "compute"):
+                res = [r for part in g([a.blocks.remote(args.block_mb << 20, args.k, args.seed) for a in actors])
+                       for r in part]
+            _record(args, info, rec, _blockwise_metrics(args, res, len(block_ranges(info, args.block_mb << 20))))
+            return
+        with timer(t, "load"):
+            counts = g([a.load.remote() for a in actors])
+        _check_points(sum(counts), args.k, info.uri)
+        with timer(t, "build"):
+            init = kmeans_pp(args.k, args.seed, counts, lambda w, i: g(actors[w].point.remote(i)),
+                             lambda c: g([a.add_center.remote(c) for a in actors]),
+                             lambda w, u: g(actors[w].pick.remote(u)))
+
+        def step(c: np.ndarray) -> tuple[np.ndarray, int]:
+            parts = g([a.lloyd.remote(c) for a in actors])
+            return np.sum([p[0] for p in parts], axis=0), sum(p[1] for p in parts)
+
+        with timer(t, "compute"), _dist.progress("k-means (ray)", args.max_iter) as adv:
+            stats, centers, iters = lloyd_loop(init, args.max_iter, step, adv)
+            sse = np.sum(g([a.sse.remote(centers) for a in actors]), axis=0)
+    _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters))
+
+
+def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.TorchComm) -> None:
+    t = rec["timings_s"]
+    t["startup"] = 0.0
+    rec["nodes"] = len(comm.hosts())
+    part = KMeansPart(comm.rank, comm.world, info)
+    lead = comm.rank == 0
+    if args.method == "blockwise":
+        with timer(t, "compute"):
+            mine = comm.guard(part.blocks, args.block_mb << 20, args.k, args.seed)
+            res = [r for rs in comm.allgather_object(mine) for r in rs]
+        metrics = comm.guard(_blockwise_metrics, args, res, len(block_ranges(info, args.block_mb << 20)))
+        if lead:
+            _record(args, info, rec, metrics)
+        return
+    with timer(t, "load"):
+        counts = [int(c[0]) for c in comm.allgather(np.array([comm.guard(part.load)], dtype=np.int64))]
+    comm.guard(_check_points, sum(counts), args.k, info.uri)
+
+    def point_at(w: int, i: int) -> np.ndarray:
+        mine = part.point(i) if comm.rank == w else np.zeros(2)
+        return comm.allreduce(mine)  # exact: one non-zero contribution
+
+    def pick(w: int, u: float) -> np.ndarray:
+        mine = part.pick(u) if comm.rank == w else np.zeros(2)
+        return comm.allreduce(mine)
+
+    with timer(t, "build"):
+        init = kmeans_pp(args.k, args.seed, counts, point_at,
+                         lambda c: [float(v) for v in np.concatenate(comm.allgather(np.array([part.add_center(c)])))],
+                         pick)
+
+    def step(c: np.ndarray) -> tuple[np.ndarray, int]:
+        stats, changed = part.lloyd(c)
+        red = comm.allreduce(np.concatenate([stats.ravel(), [changed]]).astype(np.int64))
+        return red[:-1].reshape(3, -1), int(red[-1])
+
+    with timer(t, "compute"), _dist.maybe(lead, _dist.progress("k-means (torch)", args.max_iter)) as adv:
+        stats, centers, iters = lloyd_loop(init, args.max_iter, step, adv)
+        sse = comm.allreduce(part.sse(centers))
+    if lead:
+        _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters))
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m workloads.kmeans", description=__doc__.split("\n")[0])
+    _dist.add_common_args(p)
+    p.add_argument("--method", choices=("blockwise", "global"), default="global")
+    p.add_argument("--k", type=int, default=16, help="clusters (the seed: 16)")
+    p.add_argument("--seed", type=int, default=42, help="k-means++ / sklearn random_state (the seed: 42)")
+    p.add_argument("--max-iter", type=int, default=100, help="global: Lloyd iterations at most")
+    p.add_argument("--block-mb", type=int, default=20, help="blockwise: block size in MiB (the seed: 20)")
+    args = p.parse_args(argv)
+    if args.k < 2 or args.max_iter < 1 or args.block_mb < 1:
+        p.error("--k >= 2, --max-iter >= 1 and --block-mb >= 1 please")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    params = {k: getattr(args, k) for k in ("method", "k", "seed", "max_iter", "block_mb")}
+    return _dist.execute("kmeans", args, params, {"reference": run_reference, "ray": run_ray, "torch": run_torch})
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
