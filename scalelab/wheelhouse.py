@@ -1,0 +1,148 @@
+"""The wheelhouse: every wheel of requirements.lock, built once on the controller and shipped to the nodes.
+
+Workers sit behind the master's NAT; letting each of them download torch, Ray and pyarrow from the
+internet costs gigabytes per node.  The controller builds the wheels once (``pip wheel`` with its own
+pip configuration, which is where the CPU torch wheel comes from) into ``wheelhouse/<key>/`` and packs
+them into one uncompressed tar, ``wheelhouse/<key>.tar``, that the python_env role copies to each node
+and installs with ``pip install --no-index --find-links``.
+
+The key is a hash of the lock's requirement lines (comments and blank lines ignored) and of the
+controller's Python tag and platform: an unchanged lock gives the same key, so nothing is rebuilt and
+the nodes, which record the key they installed, do nothing either.
+
+    python -m scalelab.wheelhouse build [--lock requirements.lock] [--out wheelhouse]   # JSON on stdout
+    python -m scalelab.wheelhouse key   [--lock requirements.lock]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import time
+from pathlib import Path
+
+from scalelab.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_LOCK = REPO_ROOT / "requirements.lock"
+DEFAULT_OUT = REPO_ROOT / "wheelhouse"
+MANIFEST = "manifest.json"
+
+
+def requirement_lines(lock_text: str) -> list[str]:
+    """The lock's requirements, normalised: no comments, no blank lines, whitespace stripped."""
+    out = []
+    for raw in lock_text.splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out
+
+
+def target_tag() -> str:
+    """What the wheels are built for: the controller's interpreter and platform (e.g. cp311-linux_x86_64)."""
+    return f"cp{sys.version_info.major}{sys.version_info.minor}-{sysconfig.get_platform().replace('-', '_')}"
+
+
+def lock_key(lock_text: str, tag: str | None = None) -> str:
+    """16 hex digits naming a wheelhouse: same requirements and target -> same key."""
+    h = hashlib.sha256()
+    h.update((tag or target_tag()).encode())
+    h.update(b"\0")
+    h.update("\n".join(requirement_lines(lock_text)).encode())
+    return h.hexdigest()[:16]
+
+
+def read_lock(lock: Path) -> str:
+    try:
+        return lock.read_text()
+    except FileNotFoundError:
+        raise UserError(f"lock file {lock} is missing: restore requirements.lock from git or run `make lock`") from None
+
+
+def _machine() -> str:
+    return platform.machine()
+
+
+def tar_members(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix == ".whl")
+
+
+def write_tar(directory: Path, dest: Path) -> None:
+    """A deterministic, uncompressed tar of the wheels (wheels are compressed already)."""
+    tmp = dest.with_suffix(".tar.tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for p in tar_members(directory) + [directory / MANIFEST]:
+            info = tar.gettarinfo(str(p), arcname=p.name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "root", "root", 0o644
+            with p.open("rb") as fh:
+                tar.addfile(info, fh)
+    tmp.replace(dest)
+
+
+def status(lock: Path = DEFAULT_LOCK, out: Path = DEFAULT_OUT) -> dict:
+    text = read_lock(lock)
+    key = lock_key(text)
+    tar = out / f"{key}.tar"
+    return {"key": key, "tag": target_tag(), "machine": _machine(), "dir": str(out / key), "tar": str(tar),
+            "lock": str(lock), "ready": tar.exists() and (out / key / MANIFEST).exists()}
+
+
+def build(lock: Path = DEFAULT_LOCK, out: Path = DEFAULT_OUT, pip: list[str] | None = None,
+          say=lambda msg: print(msg, file=sys.stderr)) -> dict:
+    """Build the wheelhouse for `lock` unless it exists; returns status() plus built/seconds."""
+    info = status(lock, out)
+    if info["ready"]:
+        return {**info, "built": False, "seconds": 0.0}
+    key_dir, tar = Path(info["dir"]), Path(info["tar"])
+    work = out / f"{info['key']}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    t0 = time.monotonic()
+    say(f"wheelhouse: building {info['key']} from {lock} (one-off; takes a few minutes)")
+    cmd = [*(pip or [sys.executable, "-m", "pip"]), "wheel", "--disable-pip-version-check", "-q",
+           "--wheel-dir", str(work), "-r", str(lock)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PIP_NO_INPUT": "1"})
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"wheelhouse: pip wheel failed ({last}): check that the controller can install "
+                        f"{lock} (make setup) and try again")
+    wheels = [p.name for p in tar_members(work)]
+    (work / MANIFEST).write_text(json.dumps({"key": info["key"], "tag": info["tag"], "machine": _machine(),
+                                             "lock_sha256": hashlib.sha256(read_lock(lock).encode()).hexdigest(),
+                                             "wheels": wheels}, indent=1))
+    shutil.rmtree(key_dir, ignore_errors=True)
+    work.rename(key_dir)
+    write_tar(key_dir, tar)
+    seconds = round(time.monotonic() - t0, 1)
+    say(f"wheelhouse: {len(wheels)} wheels, {tar.stat().st_size / 2**20:.0f} MiB in {seconds} s")
+    return {**status(lock, out), "built": True, "seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m scalelab.wheelhouse", description=__doc__.split("\n")[0])
+    ap.add_argument("action", choices=["build", "key", "status"])
+    ap.add_argument("--lock", type=Path, default=DEFAULT_LOCK)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args(argv)
+    try:
+        if args.action == "key":
+            print(lock_key(read_lock(args.lock)))
+            return 0
+        result = build(args.lock, args.out) if args.action == "build" else status(args.lock, args.out)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
