@@ -1,0 +1,205 @@
+"""Fast tests of the graph workloads' pure functions: reader, relabelling, PageRank and k-means kernels, data."""
+from __future__ import annotations
+
+import gzip
+
+import networkx as nx
+import numpy as np
+import pytest
+from sklearn.metrics import calinski_harabasz_score
+
+from workloads import data, graphio, kmeans, pagerank
+from workloads.record import UserError
+
+
+def write(tmp_path, text: str, name: str = "g.csv"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+# ------------------------------------------------------------------------------------- reader
+def test_byte_ranges_own_every_line_exactly_once(tmp_path):
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 10**12, 5000), rng.integers(0, 10**6, 5000)
+    p = write(tmp_path, "node1,node2\n" + "".join(f"{x},{y}\n" for x, y in zip(a, b, strict=True)))
+    info = graphio.inspect_input(str(p))
+    assert info.data_start == len("node1,node2\n")
+    for parts in (1, 2, 3, 7, 64):
+        got = [graphio.read_range(info, lo, hi) for lo, hi in graphio.split_ranges(info, parts)]
+        assert np.array_equal(np.concatenate([g[0] for g in got]), a)
+        assert np.array_equal(np.concatenate([g[1] for g in got]), b)
+
+
+def test_reader_keeps_int64_ids_exact_and_accepts_no_header(tmp_path):
+    p = write(tmp_path, "9007199254740993,1\n2,4294967297\n")  # 2**53+1 is not a float64
+    info = graphio.inspect_input(str(p))
+    src, dst = graphio.read_range(info, info.data_start, info.size)
+    assert info.data_start == 0
+    assert src.dtype == np.int64 and src[0] == 2**53 + 1 and dst[1] == 2**32 + 1
+
+
+def test_malformed_line_names_file_line_and_offset(tmp_path):
+    p = write(tmp_path, "node1,node2\n1,2\n3,4\n5;6\n7,8\n")
+    info = graphio.inspect_input(str(p))
+    with pytest.raises(UserError) as exc:
+        graphio.read_range(info, info.data_start, info.size)
+    msg = str(exc.value)
+    offset = len("node1,node2\n1,2\n3,4\n")
+    assert str(p) in msg and "line 4" in msg and f"byte offset {offset}" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("", "empty"),
+    ("node1,node2\n", "no edges"),
+    ("hello\n1,2\n", "line 1"),
+    ("1,2\n3,99999999999999999999\n", "line 2"),
+    ("1,2\n3,\n", "line 2"),
+])
+def test_bad_inputs_are_user_errors(tmp_path, text, needle):
+    p = write(tmp_path, text)
+    with pytest.raises(UserError, match=needle):
+        info = graphio.inspect_input(str(p))
+        graphio.read_range(info, info.data_start, info.size)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(UserError, match="not found: .*nope.csv"):
+        graphio.inspect_input(str(tmp_path / "nope.csv"))
+
+
+def test_file_uri_goes_through_pyarrow_filesystem(tmp_path):
+    p = write(tmp_path, "node1,node2\n1,2\n")
+    info = graphio.inspect_input(p.as_uri())
+    assert graphio.read_range(info, info.data_start, info.size)[1].tolist() == [2]
+
+
+# ------------------------------------------------------------------------------------ PageRank
+def test_relabel_dense_and_sparse_agree():
+    ids = np.array([5, 10**10, 7, 5, 3], dtype=np.int64)
+    expect = np.unique(ids, return_inverse=True)[1]
+    small = ids[ids < 100]
+    mask = pagerank.presence_mask(small, small, int(small.max()))
+    assert np.array_equal(pagerank.relabel(small, mask, True), np.unique(small, return_inverse=True)[1])
+    assert np.array_equal(pagerank.node_ids(mask, True), np.unique(small))
+    assert np.array_equal(pagerank.relabel(ids, np.unique(ids), False), expect)
+
+
+def test_undirected_arcs_count_a_self_loop_once():
+    frm, to = pagerank.make_arcs(np.array([0, 1]), np.array([1, 1]), directed=False)
+    assert sorted(zip(frm.tolist(), to.tolist(), strict=True)) == [(0, 1), (1, 0), (1, 1)]
+
+
+def test_row_bounds_balance_weight():
+    w = np.array([100, 1, 1, 1, 1, 100, 1, 1])
+    b = pagerank.row_bounds(w, 2)
+    assert b[0] == 0 and b[-1] == 8 and list(b) == sorted(b)
+    assert w[:b[1]].sum() == w[b[1]:].sum() == 103
+    assert list(pagerank.row_bounds(np.ones(3, dtype=int), 5)) == sorted(pagerank.row_bounds(np.ones(3, dtype=int), 5))
+
+
+def test_split_and_blocks_reassemble_the_matrix():
+    rng = np.random.default_rng(0)
+    n = 50
+    frm, to = rng.integers(0, n, 400), rng.integers(0, n, 400)
+    outdeg = np.bincount(frm, minlength=n)
+    inv = np.where(outdeg > 0, 1.0 / np.maximum(outdeg, 1), 0.0)
+    bounds = pagerank.row_bounds(np.bincount(to, minlength=n), 3)
+    x = rng.random(n)
+    got = []
+    for w, piece in enumerate(pagerank.split_by_owner(frm, to, bounds)):
+        t, f = piece.reshape(2, -1)
+        got.append(pagerank.csr_block(t, f, int(bounds[w]), int(bounds[w + 1]), n, inv) @ x)
+    full = np.zeros(n)
+    np.add.at(full, to, inv[frm] * x[frm])
+    assert np.allclose(np.concatenate(got), full)
+
+
+def test_top_k_orders_ties_by_id():
+    ids = np.array([30, 10, 20, 40])
+    assert pagerank.top_k(ids, np.array([0.2, 0.3, 0.3, 0.2]), 3) == [[10, 0.3], [20, 0.3], [30, 0.2]]
+
+
+@pytest.mark.parametrize("directed", [False, True])
+def test_reference_matches_networkx(directed):
+    rng = np.random.default_rng(5)
+    src, dst = rng.integers(0, 60, 300) * 1000, rng.integers(0, 60, 300) * 1000
+    ids, x, _, done = pagerank.reference_pagerank(src, dst, directed=directed, tol=1e-10, max_iter=500)
+    g = (nx.MultiDiGraph if directed else nx.MultiGraph)()
+    g.add_edges_from(zip(src.tolist(), dst.tolist(), strict=True))
+    ref = nx.pagerank(g, tol=1e-10, max_iter=500)
+    assert done and np.abs(x - np.array([ref[i] for i in ids.tolist()])).max() < 1e-9
+
+
+# -------------------------------------------------------------------------------------- k-means
+def test_exact_sums_are_exact_beyond_float_precision():
+    v = np.full(1000, 2.0**50)
+    v[::2] += 1
+    labels = np.zeros(1000, dtype=np.int32)
+    assert kmeans.exact_sums(labels, v, 1)[0] == 1000 * 2**50 + 500
+
+
+def test_ch_equals_sklearn():
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 10**8, 3000).astype(float), rng.integers(0, 10**8, 3000).astype(float)
+    labels = rng.integers(0, 7, 3000).astype(np.int32)
+    ours = kmeans.ch_score(x, y, labels, 7)
+    theirs = calinski_harabasz_score(np.stack([x, y], 1), labels)
+    assert ours == pytest.approx(theirs, rel=1e-10)
+
+
+def test_assign_picks_the_nearest_centre():
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 10**7, 20000).astype(float), rng.integers(0, 10**7, 20000).astype(float)
+    c = rng.uniform(0, 10**7, (9, 2))
+    brute = ((x[:, None] - c[:, 0]) ** 2 + (y[:, None] - c[:, 1]) ** 2).argmin(axis=1)
+    assert (kmeans.assign(x, y, c) == brute).mean() > 0.9999
+
+
+def test_owner_of_walks_worker_masses():
+    assert kmeans.owner_of([1.0, 2.0, 3.0], 2.5) == (1, 1.5)
+    assert kmeans.owner_of([1.0, 0.0, 3.0], 5.9)[0] == 2
+
+
+# ----------------------------------------------------------------------------------------- data
+def test_degree_sequence_is_exact_and_heavy_tailed():
+    d = data.degree_sequence(10_000, 60_000, np.random.default_rng(0))
+    assert d.sum() == 120_000 and d.min() >= 1 and d.max() > 10 * d.mean()
+
+
+def test_sparse_ids_are_increasing_and_span_the_range():
+    ids = data.sparse_ids(1000, 100_000, np.random.default_rng(0))
+    assert (np.diff(ids) > 0).all() and 80_000 < ids[-1] < 120_000
+
+
+def test_tiny_synthetic_graph_has_the_spec_counts(tmp_path):
+    p = data.generate("tiny", tmp_path, seed=1)
+    lines = p.read_text().splitlines()
+    assert lines[0] == "node1,node2"
+    e = np.array([list(map(int, ln.split(","))) for ln in lines[1:]])
+    spec = data.DATASETS["tiny"]
+    assert len(e) == spec.edges and len(np.unique(e)) == spec.nodes
+    assert (e[:, 0] < e[:, 1]).all() and (np.diff(e[:, 0]) >= 0).all()
+    assert data.generate("tiny", tmp_path / "again", seed=1).read_bytes() == p.read_bytes()
+
+
+def test_snap_cut_is_a_prefix_with_header(tmp_path, monkeypatch):
+    body = "".join(f"{i}\t{i + j + 1}\n" for i in range(1, 400) for j in range(3))
+    src = tmp_path / "com-friendster.ungraph.txt.gz"
+    with gzip.open(src, "wt") as f:
+        f.write("# Undirected graph\n# Nodes: 1 Edges: 1\n# FromNodeId\tToNodeId\n" + body)
+    monkeypatch.setitem(data.DATASETS, "tiny", data.Spec("tiny", None, 100, 0, 0))
+    monkeypatch.setitem(data.DATASETS, "test_data", data.Spec("test_data", 1000, 0, 0, 0))
+    tiny = data.generate("tiny", tmp_path, from_snap=src).read_text()
+    assert tiny == "node1,node2\n" + "".join(body.splitlines(keepends=True)[:100]).replace("\t", ",")
+    cut = data.generate("test_data", tmp_path, from_snap=src).read_text()
+    assert body.replace("\t", ",").startswith(cut[len("node1,node2\n"):])
+    assert 1000 - 12 <= len(cut) - len("node1,node2\n") <= 1000 and cut.endswith("\n")
+
+
+def test_unknown_dataset_and_missing_snap_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="unknown dataset"):
+        data.generate("huge", tmp_path)
+    with pytest.raises(UserError, match="not found"):
+        data.generate("tiny", tmp_path, from_snap=tmp_path / "none.txt")
