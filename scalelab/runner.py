@@ -158,8 +158,10 @@ def _command(cluster: Cluster, wl: Workload, framework: str, nodes: int, run_id:
     limit = f"timeout --kill-after=15 {int(timeout_s)} "
     if framework == "torch":
         launcher = node_var(cluster, "scalelab_torchrun")
-        cmd = [launcher, "--nnodes", str(nodes), "--run-id", run_id, "--", "-m", wl.module, *args]
-        return mk + limit + shlex.join(cmd), out
+        src = node_var(cluster, "scalelab_src")
+        env = f"SCALELAB_NNODES={nodes} SCALELAB_RDZV_ID={run_id} SCALELAB_NO_PROGRESS=1 "
+        return (mk + f"cd {shlex.quote(src)} && " + env + limit
+                + shlex.join([launcher, "-m", wl.module, *args]), out)
     py = f"{node_var(cluster, 'scalelab_venv')}/bin/python"
     env = f"SCALELAB_RAY_NODES={nodes} SCALELAB_NO_PROGRESS=1 "
     return mk + _ray_prefix(cluster) + env + limit + shlex.join([py, "-m", wl.module, *args]), out

@@ -1,0 +1,35 @@
+"""site.yml on fresh lab hosts: succeeds, is idempotent, and what it sets up survives power cuts."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.labutil import fab
+
+pytestmark = pytest.mark.lab
+
+
+def test_second_run_changes_nothing(plab) -> None:
+    t0 = time.monotonic()
+    proc, rc = plab.playbook()
+    plab.timings["rerun"] = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    hosts = {h.name for h in plab.spec.hosts}
+    assert hosts <= set(rc), rc
+    changed = {h: v["changed"] for h, v in rc.items() if v["changed"]}
+    assert not changed, f"second site.yml run changed something: {changed}\n" + proc.stdout[-4000:]
+
+
+def test_base_infra(plab) -> None:
+    out = plab.infra("tests/infra/test_base.py")
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("host", ["worker1", "master"])
+def test_base_survives_a_power_cut(plab, host: str) -> None:
+    inv = str(plab.inventory)
+    fab("lab-kill", host, "--inventory", inv)
+    fab("lab-start", host, "--inventory", inv)
+    out = plab.infra("tests/infra/test_base.py", k="route or hosts or nat or forward")
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
