@@ -117,9 +117,9 @@ BROKEN = {
 }
 
 
-def run_playbook(playbook: Path, inventory: Path) -> subprocess.CompletedProcess:
+def run_playbook(playbook: Path, inventory: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), str(playbook), "-i", str(inventory)],
+        [str(ANSIBLE_PLAYBOOK), str(playbook), "-i", str(inventory), *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={"PATH": f"{ROOT / '.venv/bin'}:/usr/bin:/bin", "ANSIBLE_FORCE_COLOR": "0", "NO_COLOR": "1",
              "HOME": str(inventory.parent), "LANG": "C.UTF-8"},
@@ -129,7 +129,7 @@ def run_playbook(playbook: Path, inventory: Path) -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     """Every preflight run of this module, two at a time (each is ~2 s of CPU)."""
-    jobs: dict[str, tuple[Path, Path]] = {}
+    jobs: dict[str, tuple] = {}
     for case, (mutate, _) in BROKEN.items():
         doc = lab_like()
         mutate(doc)
@@ -142,15 +142,17 @@ def runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     jobs["good_okeanos"] = (PLAYBOOK, ROOT / "inventory/okeanos")
     if (ROOT / "inventory/lab/hosts.yml").exists():
         jobs["good_real_lab"] = (PLAYBOOK, ROOT / "inventory/lab")
-    # The whole site.yml on a broken inventory: must stop in preflight, no host play may start.
+    # The whole site.yml on a broken inventory: must stop in preflight, no host play may start,
+    # also with --limit (localhost is then not in the play; the check runs delegated to it).
     jobs["site_broken"] = (ROOT / "site.yml", jobs["duplicate_ip"][1])
+    jobs["site_broken_limit"] = (ROOT / "site.yml", jobs["missing_ip"][1], "--limit", "worker2")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(run_playbook, pb, i) for name, (pb, i) in jobs.items()}
+        futures = {name: pool.submit(run_playbook, *job) for name, job in jobs.items()}
         return {name: f.result() for name, f in futures.items()}
 
 
 def _fail_lines(out: str) -> list[str]:
-    return [line for line in out.splitlines() if line.startswith("fatal: [localhost]: FAILED!")]
+    return [line for line in out.splitlines() if re.match(r"fatal: \[(localhost|\S+ -> localhost)\]: FAILED!", line)]
 
 
 @pytest.mark.parametrize("case", list(BROKEN))
@@ -181,11 +183,13 @@ def test_okeanos_placeholder_is_reported(runs):
         "good_okeanos"].stdout
 
 
-def test_site_stops_in_preflight(runs):
-    result = runs["site_broken"]
+@pytest.mark.parametrize(("case", "message"), [("site_broken", "preflight: duplicate scalelab_private_ip"),
+                                               ("site_broken_limit", "preflight: host 'worker1' has no scalelab_private_ip")])
+def test_site_stops_in_preflight(runs, case, message):
+    result = runs[case]
     out = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "preflight: duplicate scalelab_private_ip" in out
+    assert len(_fail_lines(out)) == 1 and message in _fail_lines(out)[0], out
     plays = re.findall(r"^PLAY \[(.*?)\]", out, flags=re.M)
     assert plays == ["Preflight - check the inventory before touching any host"], plays
     assert "Gathering Facts" not in out and "UNREACHABLE" not in out
