@@ -160,3 +160,71 @@ def gen_data(c, name, from_snap=None, out=None):
 
 
 ns = Collection(run_experiment, run_matrix, gen_data, report, lab_up, lab_down, lab_status, lab_kill, lab_start)
+
+
+# --- cluster services (scalelab/cluster.py) ---------------------------------------------------------
+INV_HELP = "inventory directory (default: $SCALELAB_INVENTORY or inventory/lab)"
+
+
+@task(help={"inventory": INV_HELP, "tags": "only these tags (ansible-playbook --tags)",
+            "limit": "only these hosts (ansible-playbook --limit)"})
+@user_errors
+def provision(c, inventory=None, tags=None, limit=None):
+    """Provision the cluster: ansible-playbook site.yml -i INVENTORY."""
+    import sys
+
+    from scalelab import cluster
+    from scalelab.cli import inventory_path
+    extra = (["--tags", tags] if tags else []) + (["--limit", limit] if limit else [])
+    rc = cluster.provision(inventory_path(inventory), extra)
+    if rc:
+        sys.exit(rc)
+
+
+@task(help={"inventory": INV_HELP})
+@user_errors
+def status(c, inventory=None):
+    """Hosts up, failed units, Ray nodes alive, HDFS report when it runs."""
+    import sys
+
+    from scalelab import cluster
+    from scalelab.cli import inventory_path
+    st = cluster.status(inventory_path(inventory))
+    console.print(table(st["hosts"], title="hosts"))
+    for line in st["lines"]:
+        console.print(line, highlight=False)
+    if not st["ok"]:
+        sys.exit(1)
+
+
+@task(help={"inventory": INV_HELP, "port": "local port (default 8265)"})
+@user_errors
+def dashboard(c, inventory=None, port=8265):
+    """Ray dashboard on http://localhost:PORT through an SSH tunnel to the master (Ctrl-C ends it)."""
+    import subprocess
+
+    from scalelab import cluster, inventory as inv
+    from scalelab.cli import inventory_path
+    path = inventory_path(inventory)
+    cl = inv.load(path)
+    console.print(f"dashboard: http://localhost:{port}  (token: {cluster.token_file(path)}); Ctrl-C to close")
+    try:
+        subprocess.run(cluster.dashboard_argv(cl, int(port)), check=False)
+    except KeyboardInterrupt:
+        pass
+
+
+@task(help={"name": "dataset name (data/NAME.csv on the controller)", "inventory": INV_HELP})
+@user_errors
+def put_data(c, name, inventory=None):
+    """Put a dataset on the cluster: HDFS /data when HDFS runs, else the same local path on every node."""
+    from scalelab import cluster
+    from scalelab.cli import inventory_path
+    out = cluster.put_data(inventory_path(inventory), name, say=console.print)
+    console.print(f"{name}: {out['uri']}")
+
+
+ns.add_task(provision)
+ns.add_task(status)
+ns.add_task(dashboard)
+ns.add_task(put_data)

@@ -1,0 +1,282 @@
+"""Cluster services from the controller: provision, status, dashboard tunnel, dataset placement.
+
+Everything about the cluster (hosts, addresses, how to reach them, paths on the nodes) comes from the
+Ansible inventory through :mod:`scalelab.inventory`; the commands that run on the nodes are the ones
+the roles install (Ray's environment file, Hadoop's profile).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from scalelab import inventory as _inventory
+from scalelab.cli import REPO_ROOT
+from scalelab.errors import UserError
+from scalelab.inventory import Cluster, Node
+
+BIN = Path(sys.executable).parent
+# Defaults of the roles' variables, used when the inventory does not set them.
+NODE_DEFAULTS = {
+    "scalelab_venv": "/opt/scalelab/venv",
+    "scalelab_data_dir": "/srv/scalelab/data",
+    "scalelab_ray_env": "/etc/scalelab/ray.env",
+    "ray_dashboard_port": 8265,
+    "hadoop_home": "/opt/hadoop",
+    "hadoop_data_path": "/data",
+    "hadoop_user": "hadoop",
+}
+SERVICE_UNITS = ("ray-head", "ray-worker", "hadoop-namenode", "hadoop-datanode", "hadoop-resourcemanager",
+                 "hadoop-nodemanager")
+
+
+def node_var(cluster: Cluster, key: str) -> Any:
+    """A variable as the inventory sets it (group_vars), else the role's default.  Templated values
+    (``{{ ... }}``) are not expanded by ansible-inventory: those fall back to the default too."""
+    value = cluster.groupvars.get(key)
+    if value is None or (isinstance(value, str) and "{{" in value):
+        return NODE_DEFAULTS[key]
+    return value
+
+
+def _parallel(fn: Callable[[Node], Any], nodes: Sequence[Node]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def run(n: Node) -> None:
+        try:
+            out[n.name] = fn(n)
+        except Exception as exc:  # reported per node by the caller
+            out[n.name] = exc
+    threads = [threading.Thread(target=run, args=(n,)) for n in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {n.name: out.get(n.name) for n in nodes}
+
+
+# --- provision -----------------------------------------------------------------------------------
+
+def provision_argv(inventory: Path, extra: Sequence[str] = ()) -> list[str]:
+    return [str(BIN / "ansible-playbook"), "site.yml", "-i", str(inventory), *extra]
+
+
+def provision(inventory: Path, extra: Sequence[str] = ()) -> int:
+    """`ansible-playbook site.yml -i INVENTORY` from the repository root (ansible.cfg applies)."""
+    if not (REPO_ROOT / "site.yml").exists():
+        raise UserError("site.yml is missing from the repository: restore it from git")
+    if inventory.is_dir() and inventory.name == "lab" and not (inventory / "hosts.yml").exists():
+        raise UserError("the lab is not up (hosts.yml is missing): run `fab lab-up` first")
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg")}
+    return subprocess.run(provision_argv(inventory, extra), cwd=REPO_ROOT, env=env).returncode
+
+
+# --- Ray -----------------------------------------------------------------------------------------
+
+def token_file(inventory: Path) -> Path:
+    """The Ray token the ray role copied to the controller (<inventory>/artifacts/ray_auth_token)."""
+    base = inventory if inventory.is_dir() else inventory.parent
+    return base / "artifacts" / "ray_auth_token"
+
+
+def ray_token(inventory: Path) -> str:
+    path = token_file(inventory)
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        raise UserError(f"no Ray token at {path}: run `fab provision` (the ray role fetches it)") from None
+    if not token:
+        raise UserError(f"{path} is empty: run `fab provision` again")
+    return token
+
+
+_ACTIVE = re.compile(r"^\s*(\d+)\s+node_[0-9a-f]+", re.M)
+_CPU = re.compile(r"([\d.]+)/([\d.]+)\s+CPU\b")
+
+
+def parse_ray_status(text: str) -> dict[str, Any]:
+    """`ray status` -> {"alive": nodes listed under Active, "cpus": total CPUs}."""
+    active = text.split("Active:", 1)[1] if "Active:" in text else ""
+    for end in ("Pending:", "Idle:"):
+        active = active.split(end, 1)[0]
+    alive = sum(int(m.group(1)) for m in _ACTIVE.finditer(active))
+    cpu = _CPU.search(text)
+    return {"alive": alive, "cpus": float(cpu.group(2)) if cpu else 0.0}
+
+
+def ray_status_command(cluster: Cluster) -> str:
+    env = shlex.quote(str(node_var(cluster, "scalelab_ray_env")))
+    ray = shlex.quote(f"{node_var(cluster, 'scalelab_venv')}/bin/ray")
+    return f"set -a; . {env}; set +a; {ray} status"
+
+
+def ray_line(cluster: Cluster) -> tuple[str, bool]:
+    proc = cluster.ssh(cluster.master, ray_status_command(cluster), timeout=60, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
+        return f"ray: not answering on {cluster.master.name} ({tail[:120]})", False
+    st = parse_ray_status(proc.stdout)
+    total = len(cluster.nodes)
+    return f"ray: {st['alive']}/{total} nodes alive, {st['cpus']:g} CPUs", st["alive"] == total
+
+
+# --- HDFS ----------------------------------------------------------------------------------------
+
+def _hdfs(cluster: Cluster, args: str) -> str:
+    home = shlex.quote(str(node_var(cluster, "hadoop_home")))
+    user = shlex.quote(str(node_var(cluster, "hadoop_user")))
+    return (f". /etc/profile.d/scalelab-java.sh; . /etc/profile.d/scalelab-hadoop.sh; "
+            f"sudo -n -E -u {user} {home}/bin/hdfs {args}")
+
+
+def hdfs_running(cluster: Cluster) -> bool:
+    proc = cluster.ssh(cluster.master, "systemctl is-active --quiet hadoop-namenode", timeout=30, check=False)
+    return proc.returncode == 0
+
+
+_LIVE = re.compile(r"Live datanodes \((\d+)\)")
+
+
+def hdfs_line(cluster: Cluster) -> tuple[str, bool]:
+    if not hdfs_running(cluster):
+        return "hdfs: not running (no hadoop archive given: datasets are local files on every node)", True
+    proc = cluster.ssh(cluster.master, _hdfs(cluster, "dfsadmin -report"), timeout=60, check=False)
+    live = _LIVE.search(proc.stdout)
+    safemode = cluster.ssh(cluster.master, _hdfs(cluster, "dfsadmin -safemode get"), timeout=60, check=False)
+    n = int(live.group(1)) if live else 0
+    mode = "off" if "OFF" in safemode.stdout else "ON"
+    ok = proc.returncode == 0 and n == len(cluster.nodes) and mode == "off"
+    cap = re.search(r"Configured Capacity: \d+ \(([^)]+)\)", proc.stdout)
+    return f"hdfs: {n}/{len(cluster.nodes)} DataNodes live, safemode {mode}" + (
+        f", capacity {cap.group(1)}" if cap else ""), ok
+
+
+# --- status --------------------------------------------------------------------------------------
+
+def _host_probe(cluster: Cluster, n: Node) -> dict[str, Any]:
+    units = " ".join(SERVICE_UNITS)
+    cmd = ("systemctl is-system-running 2>/dev/null; echo ---; "
+           "systemctl --failed --no-legend --plain 2>/dev/null | awk '{print $1}'; echo ---; "
+           f"for u in {units}; do s=$(systemctl is-active $u 2>/dev/null); "
+           "[ \"$s\" = inactive ] && ! systemctl cat $u >/dev/null 2>&1 && continue; echo $u=$s; done")
+    proc = cluster.ssh(n, cmd, timeout=20, check=False)
+    if proc.returncode == 255:
+        return {"host": n.name, "address": n.private_ip, "up": "DOWN", "services": "", "failed units": ""}
+    state, failed, services = (proc.stdout.split("---\n") + ["", "", ""])[:3]
+    return {"host": n.name, "address": n.private_ip, "up": state.strip() or "up",
+            "services": " ".join(s for s in services.split() if "=" in s),
+            "failed units": " ".join(failed.split()) or "-"}
+
+
+def status(inventory: Path) -> dict[str, Any]:
+    """Hosts (up, failed units, our services), Ray's live nodes, HDFS when it runs."""
+    cluster = _inventory.load(inventory)
+    probes = _parallel(lambda n: _host_probe(cluster, n), cluster.nodes)
+    hosts = []
+    for n in cluster.nodes:
+        p = probes[n.name]
+        hosts.append(p if isinstance(p, dict) else {"host": n.name, "address": n.private_ip, "up": f"? ({p})",
+                                                    "services": "", "failed units": ""})
+    master_up = hosts[0]["up"] != "DOWN"
+    lines = []
+    ok = all(h["up"] != "DOWN" and h["failed units"] == "-" for h in hosts)
+    for fn in (ray_line, hdfs_line):
+        if master_up:
+            line, good = fn(cluster)
+        else:
+            line, good = f"{fn.__name__.split('_')[0]}: master is down", False
+        lines.append(line)
+        ok = ok and good
+    return {"hosts": hosts, "lines": lines, "ok": ok}
+
+
+# --- dashboard -----------------------------------------------------------------------------------
+
+def dashboard_argv(cluster: Cluster, local_port: int) -> list[str]:
+    """ssh -N -L localhost:PORT:<master private address>:<dashboard port> to the master."""
+    remote = int(node_var(cluster, "ray_dashboard_port"))
+    argv = cluster.master.ssh_argv()
+    target = argv.pop()
+    return [*argv, "-N", "-o", "ExitOnForwardFailure=yes",
+            "-L", f"127.0.0.1:{local_port}:{cluster.master.private_ip}:{remote}", target]
+
+
+# --- datasets ------------------------------------------------------------------------------------
+
+def local_dataset(name: str, data_dir: Path | None = None) -> Path:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise UserError(f"dataset name {name!r}: use letters, digits, '_', '-', '.'")
+    path = (data_dir or REPO_ROOT / "data") / f"{name}.csv"
+    if not path.is_file():
+        raise UserError(f"dataset {name} is not on the controller ({path}): run `fab gen-data {name}` first")
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _stream(node: Node, src: Path, command: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
+    with src.open("rb") as fh:
+        return subprocess.run([*node.ssh_argv(), command], stdin=fh, capture_output=True, timeout=timeout)
+
+
+def put_local(cluster: Cluster, src: Path, say: Callable[[str], None]) -> dict[str, str]:
+    """Copy src to <scalelab_data_dir>/<name> on every node (skipped where the same file is there)."""
+    digest = sha256_file(src)
+    dest = f"{node_var(cluster, 'scalelab_data_dir')}/{src.name}"
+    q = shlex.quote(dest)
+
+    def one(n: Node) -> str:
+        have = cluster.ssh(n, f"cat {q}.sha256 2>/dev/null", timeout=30, check=False).stdout.strip()
+        if have == digest:
+            return "unchanged"
+        cmd = (f"mkdir -p $(dirname {q}) && cat > {q}.part && "
+               f"echo {digest} > {q}.sha256.part && mv {q}.part {q} && mv {q}.sha256.part {q}.sha256")
+        proc = _stream(n, src, cmd, timeout=3600)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or "copy failed")
+        return "copied"
+
+    res = _parallel(one, cluster.nodes)
+    bad = {k: v for k, v in res.items() if isinstance(v, Exception)}
+    if bad:
+        raise UserError("put-data failed on " + "; ".join(f"{k}: {v}" for k, v in bad.items()))
+    say(f"{src.name} -> {dest} on {', '.join(f'{k} ({v})' for k, v in res.items())}")
+    return {"uri": f"file://{dest}", **res}
+
+
+def put_hdfs(cluster: Cluster, src: Path, say: Callable[[str], None]) -> dict[str, str]:
+    """Stream src into HDFS <hadoop_data_path>/<name> through the master (replaced if the size differs)."""
+    dest = f"{node_var(cluster, 'hadoop_data_path')}/{src.name}"
+    size = cluster.ssh(cluster.master, _hdfs(cluster, f"dfs -stat %b {shlex.quote(dest)} 2>/dev/null"),
+                       timeout=60, check=False).stdout.strip()
+    if size == str(src.stat().st_size):
+        say(f"{src.name}: already in HDFS at {dest}")
+        return {"uri": f"hdfs://{cluster.master.name}{dest}", "master": "unchanged"}
+    proc = _stream(cluster.master, src, _hdfs(cluster, f"dfs -put -f - {shlex.quote(dest)}"), timeout=3600)
+    if proc.returncode != 0:
+        tail = (proc.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+        raise UserError(f"hdfs put of {src.name} failed ({tail}): check `fab status`")
+    say(f"{src.name} -> hdfs://{cluster.master.name}{dest}")
+    return {"uri": f"hdfs://{cluster.master.name}{dest}", "master": "copied"}
+
+
+def put_data(inventory: Path, name: str, say: Callable[[str], None] = print,
+             data_dir: Path | None = None) -> dict[str, str]:
+    src = local_dataset(name, data_dir)
+    cluster = _inventory.load(inventory)
+    if hdfs_running(cluster):
+        return put_hdfs(cluster, src, say)
+    return put_local(cluster, src, say)
