@@ -78,6 +78,10 @@ def progress(description: str, total: int | None) -> Iterator[Callable[[int], No
 
 
 # -------------------------------------------------------------------------------------- records
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def dataset_entry(info: InputInfo, name: str | None) -> dict[str, Any]:
     stem = Path(info.uri.split("://", 1)[-1]).name.split(".")[0]
     return {"name": name or stem, "uri": info.uri, "bytes": info.size, "records": None}
@@ -134,16 +138,24 @@ def summary_line(rec: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ Ray
-def start_local_ray(num_cpus: int) -> None:
+def start_local_ray(num_cpus: int, attempts: int = 3) -> None:
     """Start a private single-machine Ray (127.0.0.1, no dashboard, auth off unless set)."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     pythonpath = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath, "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}})
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     log_to_driver=False, configure_logging=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": pythonpath,
+                                               "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}})
+            return
+        except Exception as exc:  # Ray's raylet waits only 30 s, which a loaded machine can miss
+            ray.shutdown()
+            if attempt == attempts or "timed out during startup" not in str(exc):
+                raise UserError(f"local Ray did not start: {_first_line(exc)}") from None
 
 
 @contextmanager
@@ -339,8 +351,11 @@ def execute(workload: str, args: argparse.Namespace, params: dict[str, Any], bod
         return run_recorded(workload, args, params, bodies[args.framework])
     if torchrun_env():
         return torch_rank(_torch_target, (workload, args, params, bodies["torch"]))
-    if args.workers < 1:
-        return run_recorded(workload, args, params, bodies["torch"])  # reports the bad --workers
+    try:  # fail fast, before starting ranks, on what the parent can see (bad --workers, missing input)
+        check_common_args(args)
+        inspect_input(args.input)
+    except UserError:
+        return run_recorded(workload, args, params, bodies["torch"])  # reports it, writes the record
     codes = spawn_torch(args.workers, _torch_target, (workload, args, params, bodies["torch"]))
     if codes[0] == 0 and not any(codes):
         return 0

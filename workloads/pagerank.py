@@ -230,6 +230,11 @@ class PageRankPart(_dist.RayPart):
         self.frm = self.to = None
         return pieces
 
+    def split_ray(self, bounds: np.ndarray) -> Any:
+        """split() shaped for Ray's num_returns=world (one value, not a list, when world is 1)."""
+        pieces = self.split(bounds)
+        return pieces[0] if len(pieces) == 1 else tuple(pieces)
+
     def build(self, bounds: np.ndarray, outdeg: np.ndarray, *pieces: np.ndarray) -> int:
         lo, hi = int(bounds[self.rank]), int(bounds[self.rank + 1])
         halves = [p.reshape(2, -1) for p in pieces]
@@ -316,7 +321,7 @@ def run_ray(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> 
             n = len(counts) // (1 if not args.directed else 2)
             outdeg, indeg = counts[:n], counts[n:] if args.directed else counts[:n]
             bounds = row_bounds(indeg, w)
-            pieces = [a.split.options(num_returns=w).remote(bounds) for a in actors]
+            pieces = [a.split_ray.options(num_returns=w).remote(bounds) for a in actors]
             pieces = [[p] if w == 1 else p for p in pieces]
             out_ref = ray.put(outdeg)
             nnz = sum(_dist.ray_get([a.build.remote(bounds, out_ref, *[pieces[v][r] for v in range(w)])

@@ -1,0 +1,126 @@
+"""`make bench`: PageRank and k-means (global) on one synthetic graph, Ray vs torch vs the scipy reference.
+
+    .venv/bin/python -m bench.graph_bench            # data_1 size (66.8 M edges, ~1.1 GB)
+    .venv/bin/python -m bench.graph_bench --quick    # test_data size (0.67 M edges), a smoke run
+
+Each run is a fresh ``python -m workloads.<name>`` process (as a user runs it), with fixed iteration
+counts (``--tol 0``), so the runtimes do the same work.  Prints the per-step timings side by side and the
+ratios the DESIGN.md targets are about, and writes everything to ``results/bench/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from workloads import data
+
+REPO = Path(__file__).resolve().parent.parent
+FRAMEWORKS = ("ray", "torch", "reference")
+STEPS = ("startup", "load", "build", "compute", "total")
+
+
+def run_workload(module: str, framework: str, inp: Path, out: Path, workers: int, extra: list[str]) -> dict[str, Any]:
+    """Run one workload process; return its record plus the wall time seen from outside."""
+    cmd = [sys.executable, "-m", f"workloads.{module}", "--framework", framework, "--workers", str(workers),
+           "--input", str(inp), "--output", str(out), *extra]
+    env = {**os.environ, "SCALELAB_NO_PROGRESS": "1", "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise SystemExit(f"error: {module} {framework} failed (exit {proc.returncode}): {' | '.join(tail)}")
+    rec = json.loads(out.read_text())
+    rec["wall_s"] = wall
+    return rec
+
+
+def work_time(rec: dict[str, Any]) -> float:
+    """load + build + compute: the job without runtime start-up."""
+    t = rec["timings_s"]
+    return sum(t.get(k) or 0.0 for k in ("load", "build", "compute"))
+
+
+def table(title: str, recs: dict[str, dict[str, Any]], iters: int, per_iter_key: str | None) -> list[str]:
+    cols = ["step (s)", *recs]
+    rows = [[s, *[f"{(r['timings_s'].get(s) or 0.0):.2f}" for r in recs.values()]] for s in STEPS]
+    rows.append(["load+build+compute", *[f"{work_time(r):.2f}" for r in recs.values()]])
+    rows.append(["process wall", *[f"{r['wall_s']:.2f}" for r in recs.values()]])
+    rows.append([f"compute / iter ({iters})", *[f"{r['timings_s']['compute'] / iters:.3f}" for r in recs.values()]])
+    if per_iter_key:
+        rows.append(["SpMV / iter (slowest worker)",
+                     *[f"{r['metrics'].get(per_iter_key, float('nan')):.3f}" for r in recs.values()]])
+    width = [max(len(str(row[i])) for row in [cols, *rows]) for i in range(len(cols))]
+    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(width))
+    return [title, fmt.format(*cols), *[fmt.format(*row) for row in rows]]
+
+
+def ratios(recs: dict[str, dict[str, Any]], iters: int, per_iter_key: str | None) -> dict[str, float]:
+    ray, torch, ref = recs["ray"], recs["torch"], recs["reference"]
+    out = {
+        "ray/torch load+build+compute": work_time(ray) / work_time(torch),
+        "ray/torch total": ray["timings_s"]["total"] / torch["timings_s"]["total"],
+        "ray compute-per-iter / scipy": ray["timings_s"]["compute"] / ref["timings_s"]["compute"],
+        "torch compute-per-iter / scipy": torch["timings_s"]["compute"] / ref["timings_s"]["compute"],
+    }
+    if per_iter_key:
+        for fw in ("ray", "torch"):
+            out[f"{fw} SpMV-per-iter / scipy"] = recs[fw]["metrics"][per_iter_key] / ref["metrics"][per_iter_key]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.graph_bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="test_data size instead of data_1")
+    p.add_argument("--dataset", help="dataset name (default data_1, or test_data with --quick)")
+    p.add_argument("--data-dir", default=str(REPO / "data"))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--skip", choices=("pagerank", "kmeans"), action="append", default=[])
+    args = p.parse_args(argv)
+    name = args.dataset or ("test_data" if args.quick else "data_1")
+    inp = Path(args.data_dir) / f"{name}.csv"
+    if not inp.exists():
+        print(f"generating {name} into {args.data_dir} (once; reused by later runs)", flush=True)
+        data.generate(name, args.data_dir)
+    outdir = REPO / "results" / "bench" / time.strftime("graph-%Y%m%dT%H%M%S")
+    outdir.mkdir(parents=True, exist_ok=True)
+    spec = data.DATASETS[name]
+    report: dict[str, Any] = {"dataset": name, "bytes": inp.stat().st_size, "edges": spec.edges,
+                              "workers": args.workers, "iterations": args.iters, "cpus": os.cpu_count()}
+    lines = [f"dataset {name}: {inp} ({inp.stat().st_size / 1e9:.2f} GB, {spec.edges:,} edges), "
+             f"{args.workers} workers, {args.iters} iterations, {os.cpu_count()} CPUs"]
+    jobs = {"pagerank": ["--tol", "0", "--max-iter", str(args.iters)],
+            "kmeans": ["--method", "global", "--k", str(args.k), "--max-iter", str(args.iters)]}
+    for module, extra in jobs.items():
+        if module in args.skip:
+            continue
+        recs = {}
+        for fw in FRAMEWORKS:
+            print(f"running {module} {fw} ...", flush=True)
+            recs[fw] = run_workload(module, fw, inp, outdir / f"{module}-{fw}.json", args.workers, extra)
+        iters = recs["reference"]["metrics"]["iterations"]
+        key = "spmv_s_per_iter" if module == "pagerank" else None
+        lines += ["", *table(f"{module} ({'global, k=' + str(args.k) if module == 'kmeans' else 'undirected'})",
+                             recs, iters, key)]
+        r = ratios(recs, iters, key)
+        lines += [f"  {k}: {v:.2f}x" for k, v in r.items()]
+        report[module] = {"ratios": r, "records": {fw: rec["run_id"] for fw, rec in recs.items()},
+                          "timings_s": {fw: rec["timings_s"] for fw, rec in recs.items()},
+                          "wall_s": {fw: rec["wall_s"] for fw, rec in recs.items()}}
+    (outdir / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    (outdir / "summary.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nrecords and summary: {outdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

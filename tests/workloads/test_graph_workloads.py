@@ -1,0 +1,215 @@
+"""PageRank and k-means run for real on Ray and torch.distributed (1-3 local workers) against references.
+
+One local Ray cluster (3 CPUs, 127.0.0.1) serves the whole module; the drivers reuse it.  torch runs
+spawn their own gloo ranks.  Graphs are tiny: this checks semantics, not speed (that is bench/).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+from sklearn.metrics import calinski_harabasz_score
+
+from workloads import _dist, kmeans, pagerank
+
+REPO = Path(__file__).resolve().parents[2]
+RUNS = [("ray", 1), ("ray", 2), ("ray", 3), ("torch", 1), ("torch", 2), ("torch", 3)]
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    import ray
+
+    os.environ["SCALELAB_NO_PROGRESS"] = "1"
+    if not ray.is_initialized():
+        _dist.start_local_ray(3)
+    yield
+    ray.shutdown()
+
+
+def write_edges(path: Path, edges: list[tuple[int, int]] | np.ndarray, header: bool = True) -> Path:
+    with open(path, "w") as f:
+        if header:
+            f.write("node1,node2\n")
+        f.writelines(f"{a},{b}\n" for a, b in edges)
+    return path
+
+
+def run(module, tmp_path: Path, framework: str, workers: int, inp: Path, *extra: str) -> tuple[int, dict]:
+    out = tmp_path / f"{framework}{workers}.json"
+    rc = module.main(["--framework", framework, "--workers", str(workers), "--input", str(inp),
+                      "--output", str(out), *extra])
+    return rc, json.loads(out.read_text())
+
+
+# ----------------------------------------------------------------------------------- graphs
+def mixed_shapes() -> list[tuple[int, int]]:
+    """Several shapes as components of one graph: a 30-leaf star, a triangle, a path, a 2-clique,
+    a self-loop and a repeated edge (parallel edges count, as in a networkx MultiGraph)."""
+    star = [(500, 500 + i) for i in range(1, 31)]
+    return star + [(1, 2), (2, 3), (3, 1), (10, 11), (11, 12), (12, 13), (20, 21), (30, 30), (30, 31), (1, 2)]
+
+
+def sparse_big_ids() -> np.ndarray:
+    """Random graph whose ids exceed int32 and the bitmap limit (5e9 .. 2**40): the sorted-union path."""
+    rng = np.random.default_rng(7)
+    ids = np.sort(rng.choice(2**40, 120, replace=False)) + 5_000_000_000
+    return ids[rng.integers(0, 120, (500, 2))]
+
+
+def nx_pagerank(edges, directed: bool = False, **kw) -> dict[int, float]:
+    g = nx.MultiDiGraph() if directed else nx.MultiGraph()
+    g.add_edges_from((int(a), int(b)) for a, b in edges)
+    return nx.pagerank(g, **kw)
+
+
+def check_against_networkx(tmp_path: Path, edges, framework: str, workers: int) -> dict:
+    inp = write_edges(tmp_path / "g.csv", edges)
+    rc, rec = run(pagerank, tmp_path, framework, workers, inp, "--tol", "1e-12", "--max-iter", "500",
+                  "--top", "1000", "--verify")
+    assert rc == 0 and rec["status"] == "ok", rec["error"]
+    ref = nx_pagerank(edges, tol=1e-12, max_iter=500)
+    got = {node: score for node, score in rec["metrics"]["top"]}
+    assert set(got) == set(ref)  # exact int64 ids, no rounding
+    assert max(abs(got[k] - ref[k]) for k in ref) < 1e-10
+    assert rec["verification"]["passed"] and rec["metrics"]["converged"]
+    scores = [s for _, s in rec["metrics"]["top"]]
+    assert scores == sorted(scores, reverse=True)
+    assert rec["framework"] == framework and rec["workers"] == workers
+    return rec
+
+
+# -------------------------------------------------------------------------------- PageRank
+@pytest.mark.parametrize("framework, workers", RUNS)
+def test_pagerank_matches_networkx_on_mixed_shapes(tmp_path, framework, workers):
+    check_against_networkx(tmp_path, mixed_shapes(), framework, workers)
+
+
+@pytest.mark.parametrize("framework, workers", [("ray", 2), ("torch", 3)])
+def test_pagerank_matches_networkx_with_ids_beyond_int32(tmp_path, framework, workers):
+    rec = check_against_networkx(tmp_path, sparse_big_ids(), framework, workers)
+    assert min(node for node, _ in rec["metrics"]["top"]) > 2**32
+
+
+@pytest.mark.parametrize("framework", ["ray", "torch"])
+def test_pagerank_directed_with_dangling_nodes_and_seed_damping(tmp_path, framework):
+    edges = [(1, 2), (2, 3), (3, 1), (3, 4), (4, 5), (6, 5), (7, 7)]  # 5 is dangling
+    inp = write_edges(tmp_path / "d.csv", edges)
+    rc, rec = run(pagerank, tmp_path, framework, 3, inp, "--directed", "--damping", "0.95", "--tol", "1e-12",
+                  "--max-iter", "1000", "--top", "10")
+    ref = nx_pagerank(edges, directed=True, alpha=0.95, tol=1e-12, max_iter=1000)
+    assert rc == 0
+    assert max(abs(s - ref[n]) for n, s in rec["metrics"]["top"]) < 1e-10
+
+
+# ---------------------------------------------------------------------------------- k-means
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """Five well separated integer blobs (ids up to ~1e9, beyond what float32 keeps exact)."""
+    rng = np.random.default_rng(11)
+    centres = np.array([[1e8, 1e8], [5e8, 2e8], [3e8, 8e8], [9e8, 9e8], [7e8, 5e8]])
+    pts = np.concatenate([rng.normal(c, 2e6, size=(400, 2)) for c in centres]).round().astype(np.int64)
+    pts = pts[rng.permutation(len(pts))]
+    return write_edges(tmp_path_factory.mktemp("km") / "blobs.csv", pts), centres
+
+
+def test_kmeans_global_same_centroids_everywhere_and_recovers_clusters(tmp_path, planted):
+    inp, centres = planted
+    recs = {}
+    for framework, workers in [("reference", 1), *RUNS]:
+        rc, rec = run(kmeans, tmp_path, framework, workers, inp, "--method", "global", "--k", "5")
+        assert rc == 0 and rec["status"] == "ok", rec["error"]
+        recs[framework, workers] = rec
+    base = np.array(recs["reference", 1]["metrics"]["centroids"])
+    for key, rec in recs.items():
+        assert np.abs(np.array(rec["metrics"]["centroids"]) - base).max() <= 1e-9 * np.abs(base).max(), key
+        assert rec["metrics"]["ch_score"] == pytest.approx(recs["reference", 1]["metrics"]["ch_score"], rel=1e-9)
+    found = base[np.argsort(base[:, 0] * 10 + base[:, 1])]
+    want = centres[np.argsort(centres[:, 0] * 10 + centres[:, 1])]
+    assert np.abs(found - want).max() < 1e6  # within half a blob sd of every planted centre
+    assert sorted(recs["reference", 1]["metrics"]["cluster_sizes"]) == [400] * 5
+
+
+def test_kmeans_ch_equals_sklearn_on_the_same_labels(planted):
+    inp, _ = planted
+    a = np.loadtxt(inp, delimiter=",", skiprows=1)
+    res = kmeans.reference_kmeans(a[:, 0], a[:, 1], 5, 42, 100)
+    labels = kmeans.assign(a[:, 0], a[:, 1], res["centroids"])
+    assert res["ch_score"] == pytest.approx(calinski_harabasz_score(a, labels), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_kmeans_blockwise_same_score_on_both_runtimes_and_any_worker_count(tmp_path):
+    rng = np.random.default_rng(5)
+    inp = write_edges(tmp_path / "b.csv", rng.integers(0, 10**8, (140_000, 2)))  # ~2.4 MB -> 3 blocks
+    scores = set()
+    for framework, workers in [("ray", 1), ("ray", 3), ("torch", 2), ("torch", 3)]:
+        rc, rec = run(kmeans, tmp_path, framework, workers, inp, "--method", "blockwise", "--block-mb", "1")
+        assert rc == 0 and rec["metrics"]["blocks"] == 3
+        scores.add(rec["metrics"]["ch_score"])
+    assert len(scores) == 1
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SCALELAB_NO_PROGRESS": "1"}
+    return subprocess.run([sys.executable, "-m", f"workloads.{module}", *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120)
+
+
+@pytest.mark.parametrize("module", ["pagerank", "kmeans"])
+@pytest.mark.parametrize("case", ["missing", "empty", "header_only"])
+def test_cli_bad_input_one_line_exit_2_failed_record(tmp_path, module, case):
+    inp = tmp_path / "in.csv"
+    if case != "missing":
+        inp.write_text("" if case == "empty" else "node1,node2\n")
+    out = tmp_path / "rec.json"
+    framework = "torch" if case == "empty" else "ray"
+    p = cli(module, "--framework", framework, "--workers", "2", "--input", str(inp), "--output", str(out))
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(inp) in lines[0], p.stderr
+    assert {"missing": "not found", "empty": "empty", "header_only": "no edges"}[case] in lines[0]
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "failed" and rec["error"]
+
+
+def test_cli_malformed_line_reference(tmp_path):
+    inp = write_edges(tmp_path / "bad.csv", [(1, 2), (2, 3)])
+    with open(inp, "a") as f:
+        f.write("4,x\n")
+    p = cli("pagerank", "--framework", "reference", "--input", str(inp))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert f"error: {inp}: line 4 (byte offset 20)" in p.stderr
+
+
+@pytest.mark.parametrize("module, framework", [(pagerank, "ray"), (kmeans, "torch")])
+def test_malformed_line_in_another_workers_range_fails_the_run(tmp_path, capsys, module, framework):
+    edges = [(i, i + 1) for i in range(1, 2000)]
+    inp = write_edges(tmp_path / "bad.csv", edges)
+    text = inp.read_text().splitlines(keepends=True)
+    text[1500] = "1500,15o1\n"  # in the second half: read by worker 1 of 2
+    inp.write_text("".join(text))
+    rc, rec = run(module, tmp_path, framework, 2, inp)
+    assert rc == 2 and rec["status"] == "failed"
+    assert "line 1501" in rec["error"] and "byte offset" in rec["error"] and "15o1" in rec["error"]
+    assert "error:" in capsys.readouterr().err or framework == "torch"  # torch: printed by rank 0's process
+
+
+def test_negative_ids_are_rejected_for_pagerank(tmp_path):
+    inp = write_edges(tmp_path / "neg.csv", [(1, 2), (-3, 4)])
+    rc, rec = run(pagerank, tmp_path, "ray", 2, inp)
+    assert rc == 2 and "non-negative" in rec["error"]
+
+
+def test_more_workers_than_cpus_is_a_clear_error(tmp_path):
+    inp = write_edges(tmp_path / "g.csv", mixed_shapes())
+    rc, rec = run(pagerank, tmp_path, "ray", 64, inp)
+    assert rc == 2 and "needs 64 CPUs" in rec["error"]
