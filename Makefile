@@ -53,9 +53,8 @@ lab-up: setup lab-deps  ## bring the local lab up
 lab-down: setup  ## tear the local lab down
 	$(FAB) lab-down
 
-demo: setup lab-deps  ## lab up and its status (grows: provision, run, report)
-	$(FAB) lab-up
-	$(FAB) lab-status
+demo: setup lab-deps  ## lab up, provision, datasets, PageRank + k-means on Ray and torch, report
+	$(FAB) demo
 
 bench: setup  ## benchmarks (timings live here, never in tests)
 	$(PY) -m bench.graph_bench

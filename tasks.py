@@ -203,7 +203,8 @@ def dashboard(c, inventory=None, port=8265):
     """Ray dashboard on http://localhost:PORT through an SSH tunnel to the master (Ctrl-C ends it)."""
     import subprocess
 
-    from scalelab import cluster, inventory as inv
+    from scalelab import cluster
+    from scalelab import inventory as inv
     from scalelab.cli import inventory_path
     path = inventory_path(inventory)
     cl = inv.load(path)
@@ -228,3 +229,23 @@ ns.add_task(provision)
 ns.add_task(status)
 ns.add_task(dashboard)
 ns.add_task(put_data)
+
+
+@task(help={"inventory": "lab inventory (default: inventory/lab)", "nodes": "nodes per experiment (default 2)"})
+@user_errors
+def demo(c, inventory=None, nodes=2):
+    """Lab up, provision, datasets, PageRank and k-means on Ray and torch, report: prints the comparison."""
+    import time
+
+    from scalelab import demo as _demo
+    from scalelab.cli import inventory_path
+    t0 = time.monotonic()
+    with console.status("demo") as st:
+        tbl, out, steps = _demo.run(inventory_path(inventory), say=console.print, status=st.update, nodes=int(nodes))
+    console.print(tbl)
+    console.print("steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in steps.items())
+                  + f"; total {time.monotonic() - t0:.0f}")
+    console.print(f"report: {out['html']}\n        {out['markdown']}")
+
+
+ns.add_task(demo)
