@@ -290,16 +290,23 @@ class FakeFirewall:
         }}))
 
 
+@pytest.fixture
+def applied(rendered, tmp_path) -> FakeFirewall:
+    """A fake ruleset with foreign rules, after one apply of the lab master's rules files."""
+    fw = FakeFirewall(tmp_path)
+    fw.seed_foreign()
+    fw.load(rendered["lab"]["master"])
+    fw.run()
+    return fw
+
+
 def _jumps(rules: dict, family="iptables") -> list[str]:
     return sorted(f"{t} {c} {r}" for t, chains in rules[family].items() for c, rs in chains.items()
                   for r in rs if " -j SCALELAB-" in f" {r}" and not c.startswith("SCALELAB-"))
 
 
-def test_loader_applies_own_chains_and_keeps_foreign_rules(rendered, tmp_path):
-    fw = FakeFirewall(tmp_path)
-    fw.seed_foreign()
-    fw.load(rendered["lab"]["master"])
-    fw.run()
+def test_loader_applies_own_chains_and_keeps_foreign_rules(applied):
+    fw = applied
     rules = fw.rules()
     v4 = rules["iptables"]
     assert "-i eth2 -p tcp -m tcp --dport 10022 -j DNAT --to-destination 10.77.1.2:22" in v4["nat"]["SCALELAB-PREROUTING"]
@@ -331,11 +338,8 @@ def test_loader_is_idempotent(rendered, tmp_path):
     assert fw.rules() == first
 
 
-def test_loader_replaces_stale_rules_and_jumps(rendered, tmp_path):
-    fw = FakeFirewall(tmp_path)
-    fw.seed_foreign()
-    fw.load(rendered["lab"]["master"])
-    fw.run()
+def test_loader_replaces_stale_rules_and_jumps(rendered, applied):
+    fw = applied
     # The public interface is renamed and the second forward dropped: old jumps and rules must go.
     for f in fw.dir.iterdir():
         f.unlink()
@@ -352,11 +356,8 @@ def test_loader_replaces_stale_rules_and_jumps(rendered, tmp_path):
     assert "-i lo -j ACCEPT" in rules["iptables"]["filter"]["INPUT"]
 
 
-def test_loader_stop_removes_only_its_own(rendered, tmp_path):
-    fw = FakeFirewall(tmp_path)
-    fw.seed_foreign()
-    fw.load(rendered["lab"]["master"])
-    fw.run()
+def test_loader_stop_removes_only_its_own(applied):
+    fw = applied
     fw.run("stop")
     rules = fw.rules()
     for family in rules.values():
