@@ -3,6 +3,9 @@
     fab lab-up && ansible-playbook site.yml -i inventory/lab
     .venv/bin/pytest tests/infra --hosts=ansible://all --ansible-inventory=inventory/lab
 
+(tests/e2e/test_provision.py runs these on a lab of its own, after a second site.yml run that must
+change nothing, and again after power cuts of a worker and of the master.)
+
 Per-host tests get testinfra's `host` (one run per inventory host); controller-side tests (port
 probes, the DNAT forward) use the `cluster` fixture, read once from the same inventory with
 `ansible-inventory --list`.  The only addresses the controller contacts are the master's public
@@ -29,14 +32,40 @@ if str(VENV_BIN) not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "/usr/bin:/bin")])
 
 
+def inventory_path(config) -> Path:
+    """--ansible-inventory, else $SCALELAB_INVENTORY, else inventory/lab."""
+    inv = config.getoption("ansible_inventory", default=None) or os.environ.get("SCALELAB_INVENTORY") \
+        or str(DEFAULT_INVENTORY)
+    return Path(inv) if Path(inv).is_absolute() else ROOT / inv
+
+
+_SKIP = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    """Decide once whether there is a cluster to check.  Without --hosts testinfra's `host` would be
+    this machine; an inventory directory without hosts.yml is a lab that is not up (and testinfra
+    would fail to expand it): then every test here is skipped with the reason."""
+    inv = inventory_path(config)
+    if not config.getoption("hosts", default=None):
+        reason = "run with --hosts=ansible://all --ansible-inventory=inventory/lab"
+    elif inv.is_dir() and not any((inv / n).exists() for n in ("hosts.yml", "hosts.yaml", "hosts")):
+        reason = (f"{inv} has no hosts.yml: bring the lab up (fab lab-up) and provision it "
+                  f"(ansible-playbook site.yml -i {inv}) first")
+        config.option.hosts = None  # nothing for testinfra to expand; every test is skipped below
+    else:
+        reason = ""
+    config.stash[_SKIP] = reason
+
+
 def pytest_collection_modifyitems(config, items):
-    """Without --hosts, testinfra's `host` is this machine: never run the cluster checks here."""
-    if config.getoption("hosts", default=None):
+    reason = config.stash.get(_SKIP, "")
+    if not reason:
         return
-    skip = pytest.mark.skip(reason="run with --hosts=ansible://all --ansible-inventory=inventory/lab")
+    here = Path(__file__).parent
     for item in items:
-        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
-            item.add_marker(skip)
+        if Path(str(item.fspath)).is_relative_to(here):
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @dataclass
@@ -94,8 +123,7 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster(request) -> Cluster:
-    inv = request.config.getoption("ansible_inventory", default=None) or str(DEFAULT_INVENTORY)
-    inv_path = Path(inv) if Path(inv).is_absolute() else ROOT / inv
+    inv_path = inventory_path(request.config)
     out = subprocess.run([str(VENV_BIN / "ansible-inventory"), "-i", str(inv_path), "--list"],
                          cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
     data = json.loads(out.stdout)
