@@ -81,9 +81,9 @@ def provision(inventory: Path, extra: Sequence[str] = ()) -> int:
 # --- Ray -----------------------------------------------------------------------------------------
 
 def token_file(inventory: Path) -> Path:
-    """The Ray token the ray role copied to the controller (<inventory>/artifacts/ray_auth_token)."""
+    """The Ray token the ray role copied to the controller (<inventory>/artifacts/ray_auth_token.txt)."""
     base = inventory if inventory.is_dir() else inventory.parent
-    return base / "artifacts" / "ray_auth_token"
+    return base / "artifacts" / "ray_auth_token.txt"
 
 
 def ray_token(inventory: Path) -> str:

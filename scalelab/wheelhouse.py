@@ -12,6 +12,7 @@ the nodes, which record the key they installed, do nothing either.
 
     python -m scalelab.wheelhouse build [--lock requirements.lock] [--out wheelhouse]   # JSON on stdout
     python -m scalelab.wheelhouse key   [--lock requirements.lock]
+    python -m scalelab.wheelhouse pack  --src workloads --out wheelhouse/workloads.tar   # the workloads package
 """
 from __future__ import annotations
 
@@ -126,13 +127,40 @@ def build(lock: Path = DEFAULT_LOCK, out: Path = DEFAULT_OUT, pip: list[str] | N
     return {**status(lock, out), "built": True, "seconds": seconds}
 
 
+def pack_tree(src: Path, dest: Path) -> bool:
+    """A deterministic tar of a source tree (no caches, no dot files); rewritten only when it changes."""
+    files = sorted(p for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                   and p.suffix != ".pyc" and not any(part.startswith(".") for part in p.relative_to(src).parts))
+    if not files:
+        raise UserError(f"{src} has no files to ship")
+    tmp = dest.with_suffix(".tmp")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for p in files:
+            info = tar.gettarinfo(str(p), arcname=f"{src.name}/{p.relative_to(src)}")
+            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "root", "root", 0o644
+            with p.open("rb") as fh:
+                tar.addfile(info, fh)
+    if dest.exists() and dest.read_bytes() == tmp.read_bytes():
+        tmp.unlink()
+        return False
+    tmp.replace(dest)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m scalelab.wheelhouse", description=__doc__.split("\n")[0])
-    ap.add_argument("action", choices=["build", "key", "status"])
+    ap.add_argument("action", choices=["build", "key", "status", "pack"])
     ap.add_argument("--lock", type=Path, default=DEFAULT_LOCK)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--src", type=Path, help="pack: the directory to pack into --out (a .tar file)")
     args = ap.parse_args(argv)
     try:
+        if args.action == "pack":
+            if not args.src:
+                ap.error("pack needs --src DIR")
+            print(json.dumps({"tar": str(args.out), "changed": pack_tree(args.src, args.out)}))
+            return 0
         if args.action == "key":
             print(lock_key(read_lock(args.lock)))
             return 0

@@ -1,0 +1,87 @@
+"""Cluster services on a provisioned lab: testinfra checks, `fab status`, `fab put-data`, and a Ray
+worker that is power-cut and booted again rejoins by itself.
+
+Uses the session lab of tests/e2e/conftest.py (`plab`: its own lab `sle2e`, made with make_inventory,
+site.yml run once, torn down at the end even on failure); tests/e2e/test_provision.py asserts that a
+second site.yml run over it changes nothing (all layers, these services included).
+With HADOOP_ARCHIVE=/path/to/hadoop-3.x.y.tar.gz set, site.yml installs HDFS too and the HDFS daemon
+checks of tests/infra/test_services.py run; without it they are skipped with that reason.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from scalelab import cluster as _cluster
+from scalelab import inventory as _inventory
+from tests.e2e.labutil import REPO, fab
+
+pytestmark = pytest.mark.lab
+
+
+def test_services_infra(plab) -> None:
+    out = plab.infra("tests/infra/test_services.py")
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+
+
+def test_fab_status_reports_every_ray_node(plab) -> None:
+    proc = fab("status", "--inventory", str(plab.inventory), check=False)
+    n = len(plab.spec.hosts)
+    assert f"ray: {n}/{n} nodes alive" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_put_data_copies_to_the_same_path_on_every_node(plab, tmp_path) -> None:
+    cl = _inventory.load(plab.inventory)
+    if _cluster.hdfs_running(cl):
+        pytest.skip("HDFS runs: put-data goes to HDFS (covered by the HDFS checks)")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "svc_e2e.csv").write_text("".join(f"{i},{i + 1}\n" for i in range(1000)))
+    out = _cluster.put_data(plab.inventory, "svc_e2e", say=lambda m: None, data_dir=data)
+    assert out["uri"] == "file:///srv/scalelab/data/svc_e2e.csv"
+    assert {v for k, v in out.items() if k != "uri"} == {"copied"}
+    again = _cluster.put_data(plab.inventory, "svc_e2e", say=lambda m: None, data_dir=data)
+    assert {v for k, v in again.items() if k != "uri"} == {"unchanged"}
+    for node in cl.nodes:
+        r = cl.ssh(node, "wc -l < /srv/scalelab/data/svc_e2e.csv")
+        assert r.stdout.strip() == "1000"
+
+
+def _alive(cl) -> int:
+    proc = cl.ssh(cl.master, _cluster.ray_status_command(cl), timeout=60, check=False)
+    return _cluster.parse_ray_status(proc.stdout)["alive"] if proc.returncode == 0 else -1
+
+
+def test_killed_worker_rejoins_ray_within_60s(plab) -> None:
+    cl = _inventory.load(plab.inventory)
+    n = len(cl.nodes)
+    deadline = time.monotonic() + 180
+    while _alive(cl) != n:                       # an earlier power cut may still be settling
+        assert time.monotonic() < deadline, "Ray was not complete before the test"
+        time.sleep(3)
+    inv = str(plab.inventory)
+    fab("lab-kill", "worker1", "--inventory", inv)
+    fab("lab-start", "worker1", "--inventory", inv)
+    t0 = time.monotonic()
+    while True:
+        alive = _alive(cl)
+        elapsed = time.monotonic() - t0
+        if alive == n and cl.ssh("worker1", "systemctl is-active ray-worker", check=False).stdout.strip() == "active":
+            break
+        assert elapsed < 60, f"worker1 not back in `ray status` 60 s after boot ({alive}/{n} alive)"
+        time.sleep(2)
+    plab.timings["ray_rejoin"] = elapsed
+    print(f"worker1 back in ray status {elapsed:.1f} s after lab-start")
+
+
+def test_provision_reports_one_line_without_site(tmp_path, monkeypatch) -> None:
+    """`fab provision` refuses a lab that is not up, in one line."""
+    inv = tmp_path / "lab"
+    shutil.copytree(REPO / "inventory/lab/group_vars", inv / "group_vars")
+    proc = subprocess.run([str(REPO / ".venv/bin/fab"), "provision", "--inventory", str(inv)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "fab lab-up" in proc.stdout + proc.stderr

@@ -1,0 +1,256 @@
+"""testinfra checks of the cluster services: Java, Hadoop, the Python environment, Ray, torchrun.
+
+    .venv/bin/pytest tests/infra/test_services.py --hosts=ansible://all --ansible-inventory=inventory/lab
+
+HDFS daemons run only when a Hadoop release was given (lab: HADOOP_ARCHIVE=/path/to/hadoop-3.x.y.tar.gz,
+see inventory/lab/group_vars/all/hadoop.yml); without one, their checks are skipped with that reason
+and only the configuration and unit files are checked.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import xml.etree.ElementTree as ET
+
+import pytest
+
+VENV = "/opt/scalelab/venv"
+RAY_ENV = "/etc/scalelab/ray.env"
+TOKEN = "/etc/scalelab/ray_auth_token"
+LAUNCHER = "/usr/local/bin/scalelab-torchrun"
+HADOOP_CONF = "/etc/hadoop"
+HADOOP_HOME = "/opt/hadoop"
+# Ray 2.60 ports (roles/ray/defaults/main.yml): every one pinned.
+RAY_PORTS = {6379, 6380, 6381, 6382, 6383, 6384, 6385, 6386, 6387, 8265, 10001}
+RAY_WORKER_PORTS = range(10002, 11000)
+
+
+def _hdfs_installed(host) -> bool:
+    return host.file(f"{HADOOP_HOME}/bin/hdfs").exists
+
+
+def _need_hdfs(host):
+    if not _hdfs_installed(host):
+        if os.environ.get("HADOOP_ARCHIVE"):
+            pytest.fail(f"HADOOP_ARCHIVE is set but {HADOOP_HOME}/bin/hdfs is missing: provision again")
+        pytest.skip("HDFS daemons not installed: HADOOP_ARCHIVE is unset (no Hadoop release can be downloaded "
+                    "here; export HADOOP_ARCHIVE=/path/to/hadoop-3.x.y.tar.gz and provision to run these)")
+
+
+def _props(host, name: str) -> dict[str, str]:
+    text = host.file(f"{HADOOP_CONF}/{name}").content_string
+    root = ET.fromstring(text.encode())
+    return {p.findtext("name"): p.findtext("value") for p in root.findall("property")}
+
+
+# --- Java --------------------------------------------------------------------------------------------
+
+def test_java_runs(host):
+    r = host.run("java -version")
+    assert r.rc == 0, r.stderr
+    assert "openjdk" in (r.stderr + r.stdout).lower()
+    home = re.search(r"^JAVA_HOME=(\S+)", host.file("/etc/environment").content_string, re.M)
+    assert home and host.file(f"{home.group(1)}/bin/java").exists
+
+
+# --- Hadoop configuration (always) -----------------------------------------------------------------------
+
+def test_hadoop_site_files(host, cluster, name):
+    core, hdfs = _props(host, "core-site.xml"), _props(host, "hdfs-site.xml")
+    yarn, mapred = _props(host, "yarn-site.xml"), _props(host, "mapred-site.xml")
+    ip = cluster.private_ip(name)
+    assert core["fs.defaultFS"] == f"hdfs://{cluster.master}:9000"
+    assert hdfs["dfs.replication"] == str(min(len(cluster.nodes), 3))
+    for key in ("dfs.namenode.name.dir", "dfs.datanode.data.dir"):
+        assert hdfs[key].startswith("file:///var/lib/hadoop/"), hdfs[key]
+    assert not any("/tmp" in v for v in (core["hadoop.tmp.dir"], hdfs["dfs.namenode.name.dir"], hdfs["dfs.datanode.data.dir"]))
+    assert hdfs["dfs.datanode.address"] == f"{ip}:9866"
+    assert hdfs["dfs.namenode.http-address"] == f"{cluster.private_ip(cluster.master)}:9870"
+    assert yarn["yarn.nodemanager.hostname"] == ip
+    assert mapred["mapreduce.framework.name"] == "yarn"
+    assert host.file(f"{HADOOP_CONF}/workers").content_string.split() == [cluster.private_ip(n) for n in cluster.nodes]
+    assert "JAVA_HOME=" in host.file(f"{HADOOP_CONF}/hadoop-env.sh").content_string
+    # the master's name resolves to its private address (the hosts role), so fs.defaultFS stays private
+    assert host.run(f"getent hosts {cluster.master}").stdout.split()[0] == cluster.private_ip(cluster.master)
+
+
+def test_hadoop_user_and_dirs(host, name, cluster):
+    assert host.user("hadoop").exists
+    d = host.file("/var/lib/hadoop/hdfs/data")
+    assert d.is_directory and d.user == "hadoop"
+    if name == cluster.master:
+        assert host.file("/var/lib/hadoop/hdfs/name").is_directory
+
+
+def _units(name, cluster):
+    units = ["hadoop-datanode", "hadoop-nodemanager"]
+    if name == cluster.master:
+        units += ["hadoop-namenode", "hadoop-resourcemanager"]
+    return units
+
+
+def test_hadoop_unit_files(host, name, cluster):
+    for unit in _units(name, cluster):
+        f = host.file(f"/etc/systemd/system/{unit}.service")
+        assert f.exists, unit
+        assert "User=hadoop" in f.content_string
+
+
+# --- Hadoop daemons (with an archive) ---------------------------------------------------------------------
+
+def test_hadoop_units_enabled_and_running(host, name, cluster):
+    _need_hdfs(host)
+    assert host.file(HADOOP_HOME).is_symlink and re.search(r"hadoop-3\.", host.file(HADOOP_HOME).linked_to)
+    for unit in _units(name, cluster):
+        s = host.service(unit)
+        assert s.is_enabled and s.is_running, unit
+
+
+def test_hadoop_ports_on_the_private_address(host, name, cluster):
+    _need_hdfs(host)
+    ip = cluster.private_ip(name)
+    ports = [9866, 9864, 8042] + ([9000, 9870, 8032, 8088] if name == cluster.master else [])
+    for port in ports:
+        assert host.socket(f"tcp://{ip}:{port}").is_listening, port
+    assert not host.socket("tcp://0.0.0.0:9870").is_listening
+
+
+def test_hdfs_report_every_datanode_live_safemode_off(host, name, cluster):
+    if name != cluster.master:
+        pytest.skip("runs on the master")
+    _need_hdfs(host)
+    env = ". /etc/profile.d/scalelab-java.sh; . /etc/profile.d/scalelab-hadoop.sh;"
+    report = host.run(f"{env} sudo -E -u hadoop {HADOOP_HOME}/bin/hdfs dfsadmin -report")
+    assert report.rc == 0, report.stderr
+    assert f"Live datanodes ({len(cluster.nodes)})" in report.stdout
+    assert "OFF" in host.run(f"{env} sudo -E -u hadoop {HADOOP_HOME}/bin/hdfs dfsadmin -safemode get").stdout
+
+
+# --- Python environment -----------------------------------------------------------------------------------
+
+def test_venv_has_the_lock_and_workloads(host):
+    r = host.run(f"{VENV}/bin/python -c 'import ray, torch, workloads; print(ray.__version__, torch.__version__)'")
+    assert r.rc == 0, r.stderr
+    ray_v, torch_v = r.stdout.split()
+    assert ray_v == "2.60.0" and torch_v.endswith("+cpu")
+    assert re.fullmatch(r"[0-9a-f]{16}\n", host.file(f"{VENV}/.scalelab-lock-key").content_string)
+    assert not host.file("/var/cache/scalelab/wheelhouse").exists or \
+        not host.run("ls /var/cache/scalelab/wheelhouse").stdout.strip()
+
+
+# --- Ray ----------------------------------------------------------------------------------------------
+
+def test_ray_unit_active(host, name, cluster):
+    unit = "ray-head" if name == cluster.master else "ray-worker"
+    s = host.service(unit)
+    assert s.is_enabled and s.is_running, unit
+    other = "ray-worker" if unit == "ray-head" else "ray-head"
+    assert not host.file(f"/etc/systemd/system/{other}.service").exists
+
+
+def test_ray_token_auth(host, cluster):
+    env = host.file(RAY_ENV).content_string
+    assert "RAY_AUTH_MODE=token" in env and f"RAY_AUTH_TOKEN_PATH={TOKEN}" in env
+    tok = host.file(TOKEN)
+    assert tok.mode == 0o640 and tok.user == "root" and tok.group == cluster.cluster_user
+    assert re.fullmatch(r"[0-9a-f]{64}", tok.content_string.strip())
+    controller_copy = cluster.inventory / "artifacts/ray_auth_token.txt"
+    assert controller_copy.read_text().strip() == tok.content_string.strip()
+
+
+def _ray_listeners(host) -> list[tuple[str, int, str]]:
+    """(address, port, process) of every TCP listener of a process in the Ray unit's cgroup."""
+    out = host.run("ss -ltnpH").stdout
+    res = []
+    for line in out.splitlines():
+        cols = line.split()
+        local, procs = cols[3], " ".join(cols[5:])
+        addr, _, port = local.rpartition(":")
+        for pid in re.findall(r"pid=(\d+)", procs):
+            cg = host.run(f"cat /proc/{pid}/cgroup 2>/dev/null").stdout
+            if "ray-head.service" in cg or "ray-worker.service" in cg:
+                res.append((addr.strip("[]"), int(port), re.search(r'\("([^"]+)"', procs).group(1)))
+                break
+    return res
+
+
+def test_ray_ports_pinned_and_never_public(host, name, cluster):
+    listeners = _ray_listeners(host)
+    assert listeners, "no Ray listener found"
+    public = cluster.hostvars[name].get("scalelab_public_ip")
+    ip = cluster.private_ip(name)
+    for addr, port, proc in listeners:
+        assert port in RAY_PORTS or port in RAY_WORKER_PORTS, f"unpinned Ray port {addr}:{port} ({proc})"
+        assert addr != public, f"Ray listens on the public address: {addr}:{port} ({proc})"
+        assert addr in (ip, f"::ffff:{ip}", "127.0.0.1", "::ffff:127.0.0.1", "*", "0.0.0.0", "::"), (addr, port)
+    bound = {(a, p) for a, p, _ in listeners}
+    if name == cluster.master:   # what Ray lets us bind is bound to the private address
+        assert (ip, 8265) in bound, "dashboard not on the private address"
+        assert not {("0.0.0.0", 8265), ("*", 8265), ("::", 8265)} & bound
+        assert any(a.endswith(ip) and p == 10001 for a, p in bound), "client server not on the private address"
+
+
+@pytest.mark.xfail(strict=True, reason="Ray 2.60's C++ gRPC servers (GCS, raylet, object manager, workers) and "
+                   "its Prometheus endpoints always listen on every address; on the master the public firewall "
+                   "drops them on the public interface (test_ray_ports_closed_on_the_public_address)")
+def test_no_ray_port_on_a_wildcard_address(host):
+    wild = [(a, p, n) for a, p, n in _ray_listeners(host) if a in ("*", "0.0.0.0", "::")]
+    assert not wild, wild
+
+
+def test_ray_ports_closed_on_the_public_address(cluster):
+    """From the controller (the public side), no Ray port on the master's public address answers."""
+    import socket
+    opened = []
+    for port in sorted(RAY_PORTS):
+        s = socket.socket()
+        s.settimeout(2)
+        try:
+            if s.connect_ex((cluster.public_ip, port)) == 0:
+                opened.append(port)
+        finally:
+            s.close()
+    assert not opened, f"Ray ports reachable on the public address {cluster.public_ip}: {opened}"
+
+
+RAY_NODES = ("import json, ray; ray.init(address='auto', logging_level='ERROR', log_to_driver=False); "
+             "print(json.dumps([[n['NodeManagerAddress'], n['Resources'].get('CPU', 0)] for n in ray.nodes() if n['Alive']]))")
+
+
+def test_ray_lists_every_node_with_the_configured_cpus(host, name, cluster):
+    if name != cluster.master:
+        pytest.skip("runs on the master")
+    r = host.run(f"set -a; . {RAY_ENV}; set +a; {VENV}/bin/python -c \"{RAY_NODES}\"")
+    assert r.rc == 0, r.stderr[-2000:]
+    alive = dict(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert set(alive) == {cluster.private_ip(n) for n in cluster.nodes}
+    want = cluster.hostvars[cluster.master].get("ray_num_cpus")
+    if isinstance(want, int) or (isinstance(want, str) and want.isdigit()):
+        assert all(int(c) == int(want) for c in alive.values()), alive
+    status = host.run(f"set -a; . {RAY_ENV}; set +a; {VENV}/bin/ray status")
+    assert status.rc == 0 and status.stdout.count(" node_") == len(cluster.nodes), status.stdout
+
+
+# --- torchrun --------------------------------------------------------------------------------------------
+
+def test_torchrun_allreduce_across_every_node(cluster):
+    """One launcher command per node, started together; every rank gets 1+2+...+N."""
+    n = len(cluster.nodes)
+    results: dict[str, object] = {}
+    job = f"infra-{os.getpid()}"
+
+    def run(node):
+        results[node] = cluster.ssh(node, f"SCALELAB_RDZV_ID={job} {LAUNCHER} /usr/local/lib/scalelab/allreduce_check.py",
+                                    timeout=300)
+    threads = [threading.Thread(target=run, args=(node,)) for node in cluster.nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = n * (n + 1) // 2
+    for node, proc in results.items():
+        assert proc.returncode == 0, f"{node}: {proc.stderr[-1500:]}"
+        assert f"world={n} sum={expected} expected={expected} ok=True" in proc.stdout, proc.stdout
+        assert "iface=" + str(cluster.hostvars[node].get("scalelab_private_interface", "eth1")) in proc.stdout
