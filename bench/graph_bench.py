@@ -112,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
                              recs, iters, key)]
         r = ratios(recs, iters, key)
         lines += [f"  {k}: {v:.2f}x" for k, v in r.items()]
+        print("\n".join(lines), flush=True)
         report[module] = {"ratios": r, "records": {fw: rec["run_id"] for fw, rec in recs.items()},
                           "timings_s": {fw: rec["timings_s"] for fw, rec in recs.items()},
                           "wall_s": {fw: rec["wall_s"] for fw, rec in recs.items()}}
     (outdir / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
     (outdir / "summary.txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
     print(f"\nrecords and summary: {outdir}")
     return 0
 

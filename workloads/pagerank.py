@@ -56,12 +56,17 @@ def local_unique(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([src, dst]))
 
 
+def dense_index(mask: np.ndarray) -> np.ndarray:
+    """Bitmap -> array mapping each present id to its dense id (id order), int32."""
+    index = np.cumsum(mask, dtype=np.int32)
+    index -= 1
+    return index
+
+
 def relabel(arr: np.ndarray, node_set: np.ndarray, dense: bool) -> np.ndarray:
-    """Original ids -> dense int32 ids.  ``node_set`` is the OR-ed bitmap (dense) or sorted ids."""
+    """Original ids -> dense int32 ids.  ``node_set`` is a :func:`dense_index` (dense) or sorted ids."""
     if dense:
-        index = np.cumsum(node_set, dtype=np.int32)
-        index -= 1
-        return index[arr]
+        return node_set[arr]
     return np.searchsorted(node_set, arr).astype(np.int32)
 
 
@@ -158,9 +163,16 @@ def power_iterate(step_all: Callable[[np.ndarray], np.ndarray], n: int, tol: flo
 def reference_matrix(src: np.ndarray, dst: np.ndarray, directed: bool
                      ) -> tuple[np.ndarray, sp.csr_array, np.ndarray]:
     """Single-process transition matrix: (ids, M with M[v, u] = 1/outdeg(u), dangling mask)."""
-    ids, inverse = np.unique(np.concatenate([src, dst]), return_inverse=True)
+    max_id = int(max(src.max(), dst.max())) if len(src) else 0
+    if max_id < DENSE_ID_LIMIT and len(src):
+        mask = presence_mask(src, dst, max_id)
+        index = dense_index(mask)
+        ids, s, d = node_ids(mask, True), relabel(src, index, True), relabel(dst, index, True)
+        del index
+    else:
+        ids, inverse = np.unique(np.concatenate([src, dst]), return_inverse=True)
+        s, d = inverse[:len(src)], inverse[len(src):]
     n = len(ids)
-    s, d = inverse[:len(src)], inverse[len(src):]
     frm, to = make_arcs(s, d, directed)
     adj = sp.csr_array((np.ones(len(frm)), (to, frm)), shape=(n, n))  # summed duplicates: multigraph
     outdeg = np.asarray(adj.sum(axis=0)).ravel()
@@ -217,7 +229,9 @@ class PageRankPart(_dist.RayPart):
     def degrees(self, node_set: np.ndarray) -> np.ndarray:
         """Relabel, make arcs; return local [outdeg] (undirected) or [outdeg, indeg] counts."""
         n = int(node_set.sum()) if self.dense else len(node_set)
-        s, d = relabel(self.src, node_set, self.dense), relabel(self.dst, node_set, self.dense)
+        lookup = dense_index(node_set) if self.dense else node_set
+        s, d = relabel(self.src, lookup, self.dense), relabel(self.dst, lookup, self.dense)
+        del lookup
         self.src = self.dst = None
         self.frm, self.to = make_arcs(s, d, self.directed)
         out = np.bincount(self.frm, minlength=n)

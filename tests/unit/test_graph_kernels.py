@@ -81,7 +81,8 @@ def test_relabel_dense_and_sparse_agree():
     expect = np.unique(ids, return_inverse=True)[1]
     small = ids[ids < 100]
     mask = pagerank.presence_mask(small, small, int(small.max()))
-    assert np.array_equal(pagerank.relabel(small, mask, True), np.unique(small, return_inverse=True)[1])
+    assert np.array_equal(pagerank.relabel(small, pagerank.dense_index(mask), True),
+                          np.unique(small, return_inverse=True)[1])
     assert np.array_equal(pagerank.node_ids(mask, True), np.unique(small))
     assert np.array_equal(pagerank.relabel(ids, np.unique(ids), False), expect)
 
