@@ -278,7 +278,10 @@ def _iptables_rules(spec: LabSpec, registry_ips: list[str]) -> list[tuple[str, l
         ["-A", f"{c}-IN", "-i", pub, "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"],
         ["-A", f"{c}-IN", "-i", prv, "-j", "DROP"],
     ]
-    nat = [["-A", c, "-s", spec.public_cidr, "!", "-o", pub, "-j", "MASQUERADE"]]
+    # Masquerade only what leaves the machine: never traffic bridged between lab hosts (br_netfilter
+    # runs it through POSTROUTING too, e.g. the controller's own connection DNAT-ed by the master).
+    nat = [["-A", c, "-o", pub, "-j", "RETURN"], ["-A", c, "-o", prv, "-j", "RETURN"],
+           ["-A", c, "-s", spec.public_cidr, "-j", "MASQUERADE"]]
     return [("filter", r) for r in filt] + [("filter", r) for r in inp] + [("nat", r) for r in nat]
 
 

@@ -30,7 +30,10 @@ def test_only_registry_addresses_are_accepted_out_of_the_lab() -> None:
 def test_nat_only_for_the_public_lab_subnet() -> None:
     spec, rules = _rules()
     nat = [r for t, r in rules if t == "nat"]
-    assert nat == [["-A", spec.chain, "-s", spec.public_cidr, "!", "-o", spec.public_bridge, "-j", "MASQUERADE"]]
+    assert nat[-1] == ["-A", spec.chain, "-s", spec.public_cidr, "-j", "MASQUERADE"]
+    # traffic that stays on a lab bridge is returned before it could be masqueraded
+    assert nat[:2] == [["-A", spec.chain, "-o", spec.public_bridge, "-j", "RETURN"],
+                       ["-A", spec.chain, "-o", spec.private_bridge, "-j", "RETURN"]]
 
 
 def test_controller_offers_the_lab_dns_only() -> None:
