@@ -131,12 +131,13 @@ def inventory_errors(groups: Mapping, hostvars: Mapping) -> list[str]:
         if port in seen_ports:
             errors.append(f"{label}: public port {port} is already forwarded by forward #{seen_ports[port]}")
         seen_ports.setdefault(port, i)
+    errors += placeholder_errors(groups, hostvars)
     return errors
 
 
-def inventory_warnings(groups: Mapping, hostvars: Mapping) -> list[str]:
-    """Things that are allowed but probably a mistake, e.g. a documentation placeholder left in."""
-    warnings: list[str] = []
+def placeholder_errors(groups: Mapping, hostvars: Mapping) -> list[str]:
+    """A documentation address left in: provisioning would try to reach it, so stop here instead."""
+    errors: list[str] = []
     masters, workers = _nodes(groups)
     for host in masters + workers:
         seen = set()
@@ -146,14 +147,20 @@ def inventory_warnings(groups: Mapping, hostvars: Mapping) -> list[str]:
             except ValueError:
                 continue
             if addr not in seen and any(addr in net for net in _DOC_NETS):
-                warnings.append(
+                errors.append(
                     f"host '{host}': {name} {addr} is a documentation placeholder; "
                     "put your real address in the inventory before provisioning"
                 )
             seen.add(addr)
+    return errors
+
+
+def inventory_warnings(groups: Mapping, hostvars: Mapping) -> list[str]:
+    """Things that are allowed but probably a mistake."""
+    _masters, workers = _nodes(groups)
     if not workers:
-        warnings.append("group 'workers' is empty: a one-node cluster (no NAT clients, no port forwards)")
-    return warnings
+        return ["group 'workers' is empty: a one-node cluster (no NAT clients, no port forwards)"]
+    return []
 
 
 class FilterModule:

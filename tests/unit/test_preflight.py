@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import re
+import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -139,7 +140,12 @@ def runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     d = tmp_path_factory.mktemp("good_lab")
     (d / "hosts.yml").write_text(yaml.safe_dump(lab_like()))
     jobs["good_lab"] = (PLAYBOOK, d / "hosts.yml")
-    jobs["good_okeanos"] = (PLAYBOOK, ROOT / "inventory/okeanos")
+    jobs["okeanos_as_shipped"] = (PLAYBOOK, ROOT / "inventory/okeanos")
+    filled = tmp_path_factory.mktemp("good_okeanos") / "okeanos"
+    shutil.copytree(ROOT / "inventory/okeanos", filled)
+    hosts = filled / "hosts.yml"
+    hosts.write_text(hosts.read_text().replace("203.0.113.10", "10.250.0.10"))  # a user's real address
+    jobs["good_okeanos"] = (PLAYBOOK, filled)
     if (ROOT / "inventory/lab/hosts.yml").exists():
         jobs["good_real_lab"] = (PLAYBOOK, ROOT / "inventory/lab")
     # The whole site.yml on a broken inventory: must stop in preflight, no host play may start,
@@ -178,9 +184,14 @@ def test_good_inventory_passes(runs, case):
     assert "failed=0" in result.stdout
 
 
-def test_okeanos_placeholder_is_reported(runs):
-    assert "preflight warning: host 'master': scalelab_public_ip 203.0.113.10 is a documentation placeholder" in runs[
-        "good_okeanos"].stdout
+def test_okeanos_placeholder_stops_preflight(runs):
+    """As shipped, inventory/okeanos holds a documentation address: preflight stops before contacting it."""
+    result = runs["okeanos_as_shipped"]
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    fails = _fail_lines(out)
+    assert len(fails) == 1, out
+    assert "scalelab_public_ip 203.0.113.10 is a documentation placeholder" in fails[0]
 
 
 @pytest.mark.parametrize(("case", "message"), [("site_broken", "preflight: duplicate scalelab_private_ip"),
