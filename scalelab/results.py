@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any
 
 from scalelab.cli import REPO_ROOT
 
-RESULTS_DIR = REPO_ROOT / "results"
+RESULTS_DIR = Path(os.environ.get("SCALELAB_RESULTS") or REPO_ROOT / "results")
 SEED_RESULTS = Path(__file__).with_name("data") / "seed-results.csv"
 REQUIRED = ("schema", "run_id", "workload", "framework", "nodes", "workers", "status", "timings_s")
 SEED_FRAMEWORKS = {"Ray": "ray", "PyTorch": "torch"}

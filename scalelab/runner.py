@@ -154,8 +154,11 @@ def _command(cluster: Cluster, wl: Workload, framework: str, nodes: int, run_id:
     if wl.data == "graph" and dataset:
         args += ["--input", dataset_path(cluster, dataset), "--dataset", dataset]
     args += list(extra)
-    mk = f"mkdir -p {shlex.quote(run_dir)} && "
-    limit = f"timeout --kill-after=15 {int(timeout_s)} "
+    # sshd makes the remote shell a process-group leader: its PID, written first, names the group
+    # that abort() ends if the run has to be stopped (a peer died, the time ran out).
+    pidfile = shlex.quote(f"{run_dir}/{run_id}.pgid")
+    mk = f"mkdir -p {shlex.quote(run_dir)} && echo $$ > {pidfile} && "
+    limit = f"exec timeout --kill-after=15 {int(timeout_s)} "
     if framework == "torch":
         launcher = node_var(cluster, "scalelab_torchrun")
         src = node_var(cluster, "scalelab_src")
@@ -191,6 +194,7 @@ def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Nod
     sampler = Sampler({n.name: n.ssh_argv() for n in nodes}).start()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     t0 = time.monotonic()
+    stopped = False
     try:
         for n in targets:
             log = open(logdir / f"{n.name}.log", "wb")
@@ -203,26 +207,24 @@ def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Nod
                 usage = " ".join(f"{h} {c:.0f}% {m / 1024:.1f}G" for h, (c, m) in sorted(sampler.latest().items()))
                 status(f"{wl.name} · {framework} · {len(nodes)} node(s) · {time.monotonic() - t0:5.0f} s · {usage}")
             if time.monotonic() > deadline:
-                for p in procs.values():
-                    if p.poll() is None:
-                        p.kill()
+                stopped = True
                 break
             # one rank failing: give the others a bounded time to notice, then stop them
             if any(p.poll() not in (None, 0) for p in procs.values()):
                 grace = time.monotonic() + 120
                 while any(p.poll() is None for p in procs.values()) and time.monotonic() < grace:
                     time.sleep(0.5)
-                for p in procs.values():
-                    if p.poll() is None:
-                        p.kill()
+                stopped = True
                 break
             time.sleep(0.5)
     finally:
+        stopped = stopped or any(p.poll() is None for p in procs.values())
         for p in procs.values():
             if p.poll() is None:
                 p.kill()
             p.wait()
         resources = sampler.stop()
+        _abort(cluster, targets, run_id, hard=stopped)
     wall = time.monotonic() - t0
     codes = {h: p.returncode for h, p in procs.items()}
     rec = _fetch_record(cluster, nodes, remote_out)
@@ -242,6 +244,14 @@ def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Nod
     say(f"{'ok' if rec['status'] == 'ok' else 'FAILED'}: {wl.name} {framework} on {len(nodes)} node(s) in "
         f"{wall:.1f} s -> {path}" + ("" if rec["status"] == "ok" else f"\n  {rec['error']}"))
     return path
+
+
+def _abort(cluster: Cluster, nodes: Sequence[Node], run_id: str, hard: bool) -> None:
+    """End what is left of the run on the nodes (its process groups, by PID) and drop the pid files."""
+    pidfile = shlex.quote(f"{node_var(cluster, 'scalelab_run_dir')}/{run_id}.pgid")
+    kill = (f"p=$(cat {pidfile} 2>/dev/null) && kill -TERM -- -$p 2>/dev/null; sleep 2; "
+            f"kill -KILL -- -$p 2>/dev/null; " if hard else "")
+    _parallel(lambda n: cluster.ssh(n, f"{kill}rm -f {pidfile}; true", timeout=30, check=False), nodes)
 
 
 def _log_tail(logdir: Path, hosts: Sequence[str]) -> str:

@@ -64,5 +64,5 @@ def plab(tmp_path_factory) -> ProvisionedLab:
             pytest.fail(f"site.yml failed on the fresh lab:\n{tail}\n{proc.stderr[-2000:]}")
         yield lab
     finally:
-        print(f"\nlab timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in lab.timings.items()))
+        print("\nlab timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in lab.timings.items()))
         fab("lab-down", "--inventory", str(inv), check=False)

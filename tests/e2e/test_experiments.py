@@ -1,0 +1,119 @@
+"""fab run-experiment on the provisioned lab: both runtimes, 1..3 nodes, checks, a failure, the report."""
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from scalelab import cluster as _cluster
+from scalelab import inventory as _inventory
+from tests.e2e.labutil import BIN, REPO, fab
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def exp(plab, tmp_path_factory):
+    """The lab with the tiny graph on every node, and a results directory of this module's own."""
+    data = tmp_path_factory.mktemp("data")
+    subprocess.run([str(BIN / "python"), "-m", "workloads.data", "tiny", "--out", str(data)], cwd=REPO,
+                   check=True, capture_output=True, timeout=300)
+    _cluster.put_data(plab.inventory, "tiny", say=lambda m: None, data_dir=data)
+    results = tmp_path_factory.mktemp("results")
+    return plab, results
+
+
+def run(plab, results: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "fab"), "run-experiment", *args, "--inventory", str(plab.inventory)],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**__import__("os").environ, "SCALELAB_RESULTS": str(results)})
+
+
+def records(results: Path, workload: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((results / workload).glob("*.json"))]
+
+
+@pytest.mark.parametrize("workload, extra", [("pagerank", "--verify"), ("kmeans", "--verify --method global --k 4")])
+def test_both_runtimes_agree_across_node_counts(exp, workload: str, extra: str) -> None:
+    plab, results = exp
+    for nodes in (1, 2, 3):
+        out = run(plab, results, workload, "--nodes", str(nodes), "--framework", "both", "--dataset", "tiny",
+                  "--args", extra)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    recs = records(results, workload)
+    assert len(recs) == 6
+    assert all(r["status"] == "ok" for r in recs), [r.get("error") for r in recs]
+    assert all(r["verification"] and r["verification"]["passed"] for r in recs)
+    assert {(r["framework"], r["nodes"]) for r in recs} == {(f, n) for f in ("ray", "torch") for n in (1, 2, 3)}
+    for r in recs:  # the run's environment and resource use of every node it used
+        assert len(r["env"]["hosts"]) == r["nodes"]
+        assert set(r["resources"]["hosts"]) == set(r["env"]["hosts"])
+        assert all(h["samples"] >= 1 for h in r["resources"]["hosts"].values())
+    if workload == "pagerank":
+        tops = {tuple(x[0] for x in r["metrics"]["top"]) for r in recs}
+        assert len(tops) == 1, tops
+    else:
+        ch = [r["metrics"]["ch_score"] for r in recs]
+        assert max(ch) - min(ch) <= 1e-9 * abs(ch[0])
+
+
+def test_more_nodes_than_exist_fails_fast(exp) -> None:
+    plab, results = exp
+    t0 = time.monotonic()
+    out = run(plab, results, "pagerank", "--nodes", "4", "--dataset", "tiny")
+    elapsed = time.monotonic() - t0
+    assert out.returncode == 2
+    assert "--nodes 4 but the cluster has 3 hosts" in out.stderr
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+
+
+def test_missing_dataset_names_the_command(exp) -> None:
+    plab, results = exp
+    out = run(plab, results, "kmeans", "--nodes", "2", "--dataset", "data_2")
+    assert out.returncode == 2
+    assert "fab gen-data data_2" in out.stderr and "fab put-data data_2" in out.stderr
+    assert not list((results / "kmeans").glob("*data_2*.json"))
+
+
+def test_killed_worker_gives_a_failed_record_not_a_hang(exp) -> None:
+    """A worker power-cut mid-run: the run ends in bounded time with a failed record (or recovers)."""
+    plab, results = exp
+    res = results / "kill"
+    inv = str(plab.inventory)
+    killer = threading.Timer(8.0, lambda: fab("lab-kill", "worker2", "--inventory", inv, check=False))
+    killer.start()
+    t0 = time.monotonic()
+    try:
+        out = run(plab, res, "pagerank", "--nodes", "3", "--framework", "torch", "--dataset", "tiny",
+                  "--args", "--max-iter 100000 --tol 0", "--timeout", "240", timeout=600)
+    finally:
+        killer.join()
+        fab("lab-start", "worker2", "--inventory", inv)
+    elapsed = time.monotonic() - t0
+    (rec,) = records(res, "pagerank")
+    assert elapsed < 420
+    if rec["status"] == "ok":   # recovered: then it must have done the whole work
+        assert out.returncode == 0 and rec["metrics"]["iterations"] == 100000
+    else:
+        assert out.returncode != 0 and rec["error"]
+    # the cluster is usable again afterwards
+    cl = _inventory.load(plab.inventory)
+    deadline = time.monotonic() + 120
+    while _cluster.parse_ray_status(cl.ssh(cl.master, _cluster.ray_status_command(cl), check=False).stdout
+                                    ).get("alive") != 3:
+        assert time.monotonic() < deadline, "Ray did not recover after the power cut"
+        time.sleep(3)
+
+
+def test_report_from_the_recorded_runs(exp, tmp_path) -> None:
+    plab, results = exp
+    out = fab("report", "--results", str(results), "--out", str(tmp_path / "rep"))
+    assert "report:" in out.stdout
+    md = (tmp_path / "rep/report.md").read_text()
+    assert "| pagerank | tiny | ray | 3 |" in md and "| kmeans | tiny | torch | 1 |" in md
+    figs = {p.name for p in (tmp_path / "rep/figures").glob("*.png")}
+    assert {"time_vs_nodes_pagerank_tiny.png", "time_vs_nodes_kmeans_tiny.png", "resources.png"} <= figs
