@@ -167,7 +167,9 @@ def ray_session(workers: int, address: str | None) -> Iterator[None]:
     if not ray.is_initialized():
         if address:
             try:
-                ray.init(address=address, log_to_driver=False, configure_logging=False)
+                # the workloads package sits at the same path on every node (shipped by the roles)
+                ray.init(address=address, log_to_driver=False, configure_logging=False,
+                         runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT}})
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise UserError(f"cannot join the Ray cluster at {address}: {exc}") from None
         else:
@@ -184,12 +186,40 @@ def ray_session(workers: int, address: str | None) -> Iterator[None]:
             ray.shutdown()
 
 
+PLACEMENT_TIMEOUT_S = 60
+
+
+def ray_nodes_wanted() -> int | None:
+    """SCALELAB_RAY_NODES=N (set by `fab run-experiment`): run on exactly N distinct nodes."""
+    raw = os.environ.get("SCALELAB_RAY_NODES")
+    return int(raw) if raw else None
+
+
 def ray_actors(cls: type, workers: int, *args: Any) -> list[Any]:
-    """One actor per worker (1 CPU each), spread over the cluster's nodes."""
+    """One actor per worker (1 CPU each).  With SCALELAB_RAY_NODES=N they go into a STRICT_SPREAD
+    placement group of N bundles, i.e. exactly N distinct nodes, the same nodes torchrun would use;
+    otherwise they are spread over the cluster's nodes."""
     import ray
 
     remote = ray.remote(num_cpus=1)(cls)
-    return [remote.options(scheduling_strategy="SPREAD").remote(rank, workers, *args) for rank in range(workers)]
+    nodes = ray_nodes_wanted()
+    if not nodes:
+        return [remote.options(scheduling_strategy="SPREAD").remote(rank, workers, *args)
+                for rank in range(workers)]
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    per_node = -(-workers // nodes)
+    pg = placement_group([{"CPU": per_node}] * nodes, strategy="STRICT_SPREAD")
+    try:
+        ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        alive = sum(1 for n in ray.nodes() if n["Alive"])
+        raise UserError(f"Ray could not place {workers} workers on {nodes} distinct nodes within "
+                        f"{PLACEMENT_TIMEOUT_S} s ({alive} nodes alive): check `fab status`") from None
+    return [remote.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+                pg, placement_group_bundle_index=rank % nodes)).remote(rank, workers, *args)
+            for rank in range(workers)]
 
 
 def ray_get(refs: Any) -> Any:
