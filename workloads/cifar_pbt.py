@@ -77,11 +77,11 @@ def synthetic_image(label: int, rng: np.random.Generator) -> np.ndarray:
     coords = np.arange(32, dtype=np.float32)
     wave = 0.5 + 0.5 * np.sin(2 * np.pi * coords / rng.uniform(5, 9) + rng.uniform(0, 2 * np.pi))
     pattern = np.tile(wave[:, None], (1, 32)) if label < 5 else np.tile(wave[None, :], (32, 1))
-    img = 0.25 + 0.6 * pattern[..., None] * color[None, None, :] + 0.2 * rng.standard_normal((32, 32, 3))
+    img = 0.25 + 0.5 * pattern[..., None] * color[None, None, :] + 0.35 * rng.standard_normal((32, 32, 3))
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-def synthetic_cifar(cache_dir: Path | None = None, per_batch: int = 800, test: int = 1000, seed: int = 0) -> Path:
+def synthetic_cifar(cache_dir: Path | None = None, per_batch: int = 400, test: int = 1000, seed: int = 0) -> Path:
     """Create (once) a synthetic set in the CIFAR-10 python format; returns its directory."""
     root = (cache_dir or vision.default_cache_dir()) / f"cifar10-synthetic-v1-{per_batch}x5-{test}-s{seed}"
     if (root / ".complete").exists():
@@ -113,8 +113,8 @@ def cifar_net(dropout: float):
 
     def block(cin: int, cout: int) -> list:
         return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
-    return nn.Sequential(*block(3, 32), *block(32, 32), nn.MaxPool2d(2), *block(32, 64), *block(64, 64),
-                         nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(dropout), nn.Linear(64 * 8 * 8, 128), nn.ReLU(),
+    return nn.Sequential(*block(3, 16), *block(16, 16), nn.MaxPool2d(2), *block(16, 32), *block(32, 32),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(dropout), nn.Linear(32 * 8 * 8, 128), nn.ReLU(),
                          nn.Dropout(dropout), nn.Linear(128, 10))
 
 

@@ -125,20 +125,20 @@ def scan_image_folder(uri: str, splits: tuple[str, ...], classes: tuple[str, ...
     if info.type != pafs.FileType.Directory:
         raise UserError(f"--input {uri} is not a directory; give the root of a tree "
                         f"{'|'.join(splits)}/{'|'.join(classes)}/*.jpeg")
-    out: dict[str, list[tuple[str, int]]] = {}
-    for split in splits:
-        out[split] = []
-        for label, cls in enumerate(classes):
-            cdir = f"{root.rstrip('/')}/{split}/{cls}"
-            if fs.get_file_info(cdir).type != pafs.FileType.Directory:
-                raise UserError(f"--input {uri} has no {split}/{cls}/ directory; expected the tree "
-                                f"{'|'.join(splits)}/{'|'.join(classes)}/*.jpeg (the Kaggle chest_xray layout)")
-            entries = fs.get_file_info(pafs.FileSelector(cdir, recursive=False))
-            files = sorted(e.path for e in entries
-                           if e.type == pafs.FileType.File and e.path.lower().endswith(IMAGE_EXTENSIONS))
-            if not files:
-                raise UserError(f"--input {uri}: {split}/{cls}/ holds no .jpeg/.jpg/.png images")
-            out[split].extend((f, label) for f in files)
+    layout = f"{'|'.join(splits)}/{'|'.join(classes)}/*.jpeg"
+    dirs = {(split, cls): f"{root.rstrip('/')}/{split}/{cls}" for split in splits for cls in classes}
+    missing = [f"{s}/{c}/" for (s, c), d in dirs.items() if fs.get_file_info(d).type != pafs.FileType.Directory]
+    if missing:
+        raise UserError(f"--input {uri} has no {', '.join(missing)} director{'y' if len(missing) == 1 else 'ies'}; "
+                        f"expected the tree {layout} (the Kaggle chest_xray layout)")
+    out: dict[str, list[tuple[str, int]]] = {split: [] for split in splits}
+    for (split, cls), cdir in dirs.items():
+        entries = fs.get_file_info(pafs.FileSelector(cdir, recursive=False))
+        files = sorted(e.path for e in entries
+                       if e.type == pafs.FileType.File and e.path.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise UserError(f"--input {uri}: {split}/{cls}/ holds no .jpeg/.jpg/.png images")
+        out[split].extend((f, classes.index(cls)) for f in files)
     return out
 
 

@@ -1,0 +1,165 @@
+"""Fast checks of the learning workloads' pieces: transforms, global batches, data formats, CLI errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workloads import cifar_pbt, pneumonia, vision
+from workloads import xgboost as xgb_workload
+
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+
+
+def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+# ---------------------------------------------------------------- transforms ---------------
+
+def test_center_crop_takes_the_middle():
+    arr = np.arange(10 * 10).reshape(10, 10, 1)
+    out = vision.center_crop(arr, 4)
+    assert out.shape == (4, 4, 1) and out[0, 0, 0] == 33
+
+
+def test_rotation_keeps_size_and_fills_black():
+    from PIL import Image
+    img = Image.fromarray(np.full((40, 40, 3), 255, np.uint8))
+    seed = next(s for s in range(100) if abs(np.random.default_rng(s).uniform(-20, 20)) > 10)
+    out = np.asarray(vision.random_rotation(img, 20, np.random.default_rng(seed)))
+    assert out.shape == (40, 40, 3)
+    assert out[0, 0].sum() == 0 or out[0, -1].sum() == 0   # a rotated corner is filled with 0
+    assert out[20, 20].tolist() == [255, 255, 255]
+
+
+def test_normalize_uses_imagenet_stats():
+    batch = np.full((1, 2, 2, 3), 255, np.uint8)
+    t = vision.to_normalized_tensor(batch)
+    assert t.shape == (1, 3, 2, 2) and t.is_contiguous()
+    expected = [(1 - m) / s for m, s in zip(vision.IMAGENET_MEAN, vision.IMAGENET_STD, strict=True)]
+    assert t[0, :, 0, 0].tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_train_resize_keeps_the_seeds_ratio():
+    assert vision.train_resize_size(224) == 256
+    assert vision.train_resize_size(64) == 73
+
+
+def test_seed_model_shape_and_size():
+    import torch
+    model = pneumonia.classify(224)
+    assert sum(p.numel() for p in model.parameters()) == 811_214   # the audit's "about 811k"
+    assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 2)
+    assert pneumonia.classify(64)(torch.zeros(1, 3, 64, 64)).shape == (1, 2)
+
+
+# ---------------------------------------------------------------- global batches -----------
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_global_batches_are_identical_at_every_world_size(world):
+    n, g = 1043, 64
+    one = list(vision.rank_batches(n, g, 0, 1, epoch=3, seed=0))
+    parts = [list(vision.rank_batches(n, g, r, world, epoch=3, seed=0)) for r in range(world)]
+    assert all(len(p) == n // g == 16 for p in parts)                       # same optimiser steps
+    for step, full in enumerate(one):
+        merged = np.concatenate([parts[r][step] for r in range(world)])
+        assert merged.tolist() == full.tolist()                            # same samples per step
+    sizes = {len(parts[r][0]) for r in range(world)}
+    assert max(sizes) - min(sizes) <= 1 and sum(len(parts[r][0]) for r in range(world)) == g
+
+
+def test_epochs_reshuffle():
+    a = next(vision.rank_batches(100, 10, 0, 1, epoch=1, seed=0))
+    b = next(vision.rank_batches(100, 10, 0, 1, epoch=2, seed=0))
+    assert a.tolist() != b.tolist()
+
+
+# ---------------------------------------------------------------- data formats -------------
+
+def test_synthetic_pneumonia_tree_and_balance(tmp_path):
+    counts = {"train": (5, 7), "val": (2, 2), "test": (234, 390)}
+    root = vision.synthetic_pneumonia(tmp_path, size=32, counts=counts)
+    files = vision.scan_image_folder(str(root), pneumonia.SPLITS, pneumonia.CLASSES)
+    labels = np.array([lab for _, lab in files["test"]])
+    assert (labels == 0).sum() == 234 and (labels == 1).sum() == 390
+    assert (labels == 1).mean() == pytest.approx(0.625)
+    assert len(files["train"]) == 12 and len(files["val"]) == 4
+    assert vision.synthetic_pneumonia(tmp_path, size=32, counts=counts) == root     # cached
+    data = vision.load_images(str(root), files["val"], 16)
+    assert data.images.shape == (4, 16, 16, 3) and data.images.dtype == np.uint8
+
+
+def test_wrong_tree_layout_is_a_user_error(tmp_path):
+    (tmp_path / "train" / "NORMAL").mkdir(parents=True)
+    with pytest.raises(vision.UserError, match="PNEUMONIA"):
+        vision.scan_image_folder(str(tmp_path), pneumonia.SPLITS, pneumonia.CLASSES)
+
+
+def test_cifar_batches_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 7)
+    cifar_pbt.write_batch(tmp_path / "b", images, labels, "b")
+    back, lab = cifar_pbt.read_batch(tmp_path / "b")
+    assert np.array_equal(back, images) and lab.tolist() == labels.tolist()
+
+
+def test_synthetic_cifar_is_in_the_real_format(tmp_path):
+    import pickle
+    root = cifar_pbt.synthetic_cifar(tmp_path, per_batch=20, test=30)
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == sorted(
+        [*cifar_pbt.TRAIN_FILES, "test_batch", "batches.meta"])
+    with open(root / "data_batch_1", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    assert raw[b"data"].shape == (20, 3072) and raw[b"data"].dtype == np.uint8 and len(raw[b"labels"]) == 20
+    data = cifar_pbt.load_cifar(str(root), 0.1)
+    assert [len(data[k][1]) for k in ("train", "val", "test")] == [90, 10, 30]
+
+
+def test_breast_cancer_split_has_no_id_column():
+    split = xgb_workload.load_split(13)
+    assert split["train"][0].shape[1] == 30
+    assert sum(len(v[1]) for v in split.values()) == 569
+    assert [len(split[k][1]) for k in ("train", "valid", "test")] == [341, 114, 114]
+    assert split["test"][1].mean() == pytest.approx(212 / 569, abs=0.01)   # 212 malignant = label 1
+
+
+# ---------------------------------------------------------------- CLI errors ---------------
+
+@pytest.mark.parametrize("module,args,needle", [
+    ("workloads.pneumonia", ["--framework", "torch", "--input", "/nonexistent/xray"], "not a directory"),
+    ("workloads.pneumonia", ["--framework", "ray", "--workers", "0"], "--workers must be >= 1"),
+    ("workloads.xgboost", ["--framework", "ray", "--workers", "0"], "--workers must be >= 1"),
+    ("workloads.xgboost", ["--framework", "reference", "--depths", "a,b"], "--depths"),
+    ("workloads.cifar_pbt", ["--framework", "ray", "--input", "/nonexistent/cifar"], "not a directory"),
+    ("workloads.cifar_pbt", ["--framework", "ray", "--trials", "0"], "--trials must be >= 1"),
+])
+def test_user_errors_are_one_line_exit_2_and_a_failed_record(tmp_path, module, args, needle):
+    out = tmp_path / "rec.json"
+    proc = run_module(module, *args, "--output", str(out), env={"SCALELAB_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "failed" and needle in rec["error"]
+
+
+def test_pneumonia_wrong_layout_cli(tmp_path):
+    (tmp_path / "x" / "train" / "NORMAL").mkdir(parents=True)
+    proc = run_module("workloads.pneumonia", "--framework", "torch", "--input", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "has no train/PNEUMONIA/, val/NORMAL/" in proc.stderr, proc.stderr
+
+
+def test_xgboost_module_imports_the_real_package():
+    proc = run_module("workloads.xgboost", "--help")
+    assert proc.returncode == 0
+    assert xgb_workload.xgb.__name__ == "xgboost" and hasattr(xgb_workload.xgb, "train")
+    assert "site-packages" in xgb_workload.xgb.__file__

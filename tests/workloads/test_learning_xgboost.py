@@ -1,0 +1,45 @@
+"""Breast-cancer XGBoost: plain reference and Ray Train + Tune grid, tuned on validation logloss."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(tmp: Path, *args: str) -> dict:
+    out = tmp / "rec.json"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "workloads.xgboost", *args, "--output", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=500, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "ok"
+    return rec
+
+
+def check_tuned(rec: dict) -> None:
+    m = rec["metrics"]
+    assert m["accuracy"] >= 0.93, m
+    assert 0 < m["logloss"] < 0.3
+    assert sorted(g["max_depth"] for g in m["grid"]) == [1, 5, 50, 100]            # a real grid, every value once
+    best = min(m["grid"], key=lambda g: g["valid_logloss"])
+    assert m["best_config"]["max_depth"] == best["max_depth"] and m["selected_on"] == "valid-logloss"
+    assert len(m["loss_per_epoch"]) == 30 and len(m["valid_logloss_per_round"]) == 30   # 30 rounds
+    assert m["loss_per_epoch"][-1] < m["loss_per_epoch"][0]
+
+
+def test_reference_grid(tmp_path):
+    check_tuned(run(tmp_path, "--framework", "reference", "--threads", "1"))
+
+
+@pytest.mark.slow
+def test_ray_train_tune_grid(tmp_path):
+    rec = run(tmp_path, "--framework", "ray", "--workers", "2", "--threads", "1", "--storage", str(tmp_path / "ray"))
+    check_tuned(rec)
+    assert rec["workers"] == 2 and rec["params"]["concurrent_trials"] >= 1
