@@ -78,7 +78,7 @@ def test_same_optimiser_steps_and_same_computation(torch_rec, ray_rec):
 def test_torchrun_launch_matches_local_spawn(tmp_path, cache, torch_rec):
     """Under torchrun (RANK/WORLD_SIZE/MASTER_ADDR set) the module joins the group instead of spawning."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-addr", "127.0.0.1", "--master-port", "0", "-m"]
+                "--standalone", "-m"]
     rec = run(tmp_path, cache, "--framework", "torch", *ARGS, launcher=launcher)
     assert rec["metrics"]["steps_per_epoch"] == [16, 16]
     assert rec["metrics"]["loss_per_epoch"] == pytest.approx(torch_rec["metrics"]["loss_per_epoch"], rel=1e-3)
