@@ -65,7 +65,7 @@ def test_hadoop_site_files(host, cluster, name):
     assert hdfs["dfs.replication"] == str(min(len(cluster.nodes), 3))
     for key in ("dfs.namenode.name.dir", "dfs.datanode.data.dir"):
         assert hdfs[key].startswith("file:///var/lib/hadoop/"), hdfs[key]
-    assert not any("/tmp" in v for v in (core["hadoop.tmp.dir"], hdfs["dfs.namenode.name.dir"], hdfs["dfs.datanode.data.dir"]))
+    assert not any(v.startswith(("/tmp", "file:///tmp")) for v in (core["hadoop.tmp.dir"], hdfs["dfs.namenode.name.dir"], hdfs["dfs.datanode.data.dir"]))
     assert hdfs["dfs.datanode.address"] == f"{ip}:9866"
     assert hdfs["dfs.namenode.http-address"] == f"{cluster.private_ip(cluster.master)}:9870"
     assert yarn["yarn.nodemanager.hostname"] == ip
@@ -161,18 +161,16 @@ def test_ray_token_auth(host, cluster):
 
 
 def _ray_listeners(host) -> list[tuple[str, int, str]]:
-    """(address, port, process) of every TCP listener of a process in the Ray unit's cgroup."""
-    out = host.run("ss -ltnpH").stdout
+    """(address, port, process) of every TCP listener of a process in the Ray unit's cgroup (one command)."""
+    out = host.run("ss -ltnpH | while read -r _ _ _ local _ procs; do "
+                   "for pid in $(echo \"$procs\" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do "
+                   "if grep -qE 'ray-(head|worker)\\.service' /proc/$pid/cgroup 2>/dev/null; then "
+                   "echo \"$local $(cat /proc/$pid/comm)\"; break; fi; done; done").stdout
     res = []
     for line in out.splitlines():
-        cols = line.split()
-        local, procs = cols[3], " ".join(cols[5:])
+        local, comm = line.rsplit(" ", 1)
         addr, _, port = local.rpartition(":")
-        for pid in re.findall(r"pid=(\d+)", procs):
-            cg = host.run(f"cat /proc/{pid}/cgroup 2>/dev/null").stdout
-            if "ray-head.service" in cg or "ray-worker.service" in cg:
-                res.append((addr.strip("[]"), int(port), re.search(r'\("([^"]+)"', procs).group(1)))
-                break
+        res.append((addr.strip("[]"), int(port), comm))
     return res
 
 
