@@ -38,6 +38,7 @@ lock:  ## re-resolve requirements.in into requirements.lock (in a scratch venv)
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/pip install -q -r requirements.in
 	{ head -3 $(LOCK); .lockenv/bin/pip freeze | grep -v '^-e '; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 	rm -rf .lockenv
+	$(MAKE) setup && $(PY) -m scalelab.nodelock
 
 test-unit: setup  ## fast tests: units and local workload runs (no root needed)
 	$(PYTEST) tests/unit tests/workloads
