@@ -135,7 +135,7 @@ def test_venv_has_the_lock_and_workloads(host):
     assert r.rc == 0, r.stderr
     ray_v, torch_v = r.stdout.split()
     assert ray_v == "2.60.0" and torch_v.endswith("+cpu")
-    assert re.fullmatch(r"[0-9a-f]{16}\n", host.file(f"{VENV}/.scalelab-lock-key").content_string)
+    assert re.fullmatch(r"[0-9a-f]{16}", host.file(f"{VENV}/.scalelab-lock-key").content_string.strip())
     assert not host.file("/var/cache/scalelab/wheelhouse").exists or \
         not host.run("ls /var/cache/scalelab/wheelhouse").stdout.strip()
 
