@@ -12,7 +12,6 @@ import re
 import shlex
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,46 +19,11 @@ from typing import Any
 from scalelab import inventory as _inventory
 from scalelab.cli import REPO_ROOT
 from scalelab.errors import UserError
-from scalelab.inventory import Cluster, Node
+from scalelab.inventory import Cluster, Node, node_var, parallel
 
 BIN = Path(sys.executable).parent
-# Defaults of the roles' variables, used when the inventory does not set them.
-NODE_DEFAULTS = {
-    "scalelab_venv": "/opt/scalelab/venv",
-    "scalelab_data_dir": "/srv/scalelab/data",
-    "scalelab_ray_env": "/etc/scalelab/ray.env",
-    "ray_dashboard_port": 8265,
-    "hadoop_home": "/opt/hadoop",
-    "hadoop_data_path": "/data",
-    "hadoop_user": "hadoop",
-}
 SERVICE_UNITS = ("ray-head", "ray-worker", "hadoop-namenode", "hadoop-datanode", "hadoop-resourcemanager",
                  "hadoop-nodemanager")
-
-
-def node_var(cluster: Cluster, key: str) -> Any:
-    """A variable as the inventory sets it (group_vars), else the role's default.  Templated values
-    (``{{ ... }}``) are not expanded by ansible-inventory: those fall back to the default too."""
-    value = cluster.groupvars.get(key)
-    if value is None or (isinstance(value, str) and "{{" in value):
-        return NODE_DEFAULTS[key]
-    return value
-
-
-def _parallel(fn: Callable[[Node], Any], nodes: Sequence[Node]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-
-    def run(n: Node) -> None:
-        try:
-            out[n.name] = fn(n)
-        except Exception as exc:  # reported per node by the caller
-            out[n.name] = exc
-    threads = [threading.Thread(target=run, args=(n,)) for n in nodes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {n.name: out.get(n.name) for n in nodes}
 
 
 # --- provision -----------------------------------------------------------------------------------
@@ -178,7 +142,7 @@ def _host_probe(cluster: Cluster, n: Node) -> dict[str, Any]:
 def status(inventory: Path) -> dict[str, Any]:
     """Hosts (up, failed units, our services), Ray's live nodes, HDFS when it runs."""
     cluster = _inventory.load(inventory)
-    probes = _parallel(lambda n: _host_probe(cluster, n), cluster.nodes)
+    probes = parallel(lambda n: _host_probe(cluster, n), cluster.nodes)
     hosts = []
     for n in cluster.nodes:
         p = probes[n.name]
@@ -249,7 +213,7 @@ def put_local(cluster: Cluster, src: Path, say: Callable[[str], None]) -> dict[s
             raise RuntimeError(proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or "copy failed")
         return "copied"
 
-    res = _parallel(one, cluster.nodes)
+    res = parallel(one, cluster.nodes)
     bad = {k: v for k, v in res.items() if isinstance(v, Exception)}
     if bad:
         raise UserError("put-data failed on " + "; ".join(f"{k}: {v}" for k, v in bad.items()))

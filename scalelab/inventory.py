@@ -9,6 +9,8 @@ import json
 import shlex
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,3 +110,45 @@ def load(path: Path) -> Cluster:
             raise UserError(f"host {name} has no scalelab_private_ip in {path}")
         nodes.append(Node(name, group, str(v.get("ansible_host", name)), str(priv), v))
     return Cluster(path, tuple(nodes), hostvars.get(masters[0], {}))
+
+
+# Where things live on the nodes: the roles' variables (group_vars) with these defaults.  The runner,
+# `fab status`, `fab put-data` and the roles agree through these names.
+NODE_DEFAULTS: dict[str, Any] = {
+    "scalelab_venv": "/opt/scalelab/venv",
+    "scalelab_src": "/opt/scalelab/src",
+    "scalelab_data_dir": "/srv/scalelab/data",
+    "scalelab_run_dir": "/var/tmp/scalelab/runs",
+    "scalelab_torchrun": "/usr/local/bin/scalelab-torchrun",
+    "scalelab_ray_env": "/etc/scalelab/ray.env",
+    "ray_dashboard_port": 8265,
+    "hadoop_home": "/opt/hadoop",
+    "hadoop_data_path": "/data",
+    "hadoop_user": "hadoop",
+}
+
+
+def node_var(cluster: Cluster, key: str) -> Any:
+    """A variable as the inventory sets it (group_vars), else the role's default.  Templated values
+    (``{{ ... }}``) are not expanded by ansible-inventory: those fall back to the default too."""
+    value = cluster.groupvars.get(key)
+    if value is None or (isinstance(value, str) and "{{" in value):
+        return NODE_DEFAULTS[key]
+    return value
+
+
+def parallel(fn: Callable[[Node], Any], nodes: Sequence[Node]) -> dict[str, Any]:
+    """fn on every node at once; {node name: result or the exception it raised}."""
+    out: dict[str, Any] = {}
+
+    def run(n: Node) -> None:
+        try:
+            out[n.name] = fn(n)
+        except Exception as exc:  # reported per node by the caller
+            out[n.name] = exc
+    threads = [threading.Thread(target=run, args=(n,)) for n in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {n.name: out.get(n.name) for n in nodes}

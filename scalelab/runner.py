@@ -13,17 +13,15 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from scalelab import results as _results
 from scalelab.errors import UserError
-from scalelab.inventory import Cluster, Node
+from scalelab.inventory import Cluster, Node, node_var, parallel
 from scalelab.sampler import Sampler
 from workloads.record import fail_record, new_record, write_record
 
@@ -46,21 +44,6 @@ WORKLOADS = {w.name: w for w in (
     Workload("cifar-pbt", "workloads.cifar_pbt", ("ray",), None),
 )}
 
-# Where things live on the nodes; the roles set the same variables (group_vars), these are defaults.
-NODE_DEFAULTS = {
-    "scalelab_venv": "/opt/scalelab/venv",
-    "scalelab_src": "/opt/scalelab/src",
-    "scalelab_data_dir": "/srv/scalelab/data",
-    "scalelab_run_dir": "/var/tmp/scalelab/runs",
-    "scalelab_torchrun": "/usr/local/bin/scalelab-torchrun",
-    "scalelab_ray_env": "/etc/scalelab/ray.env",
-}
-
-
-def node_var(cluster: Cluster, key: str) -> str:
-    return str(cluster.groupvars.get(key) or NODE_DEFAULTS[key])
-
-
 def workload(name: str) -> Workload:
     try:
         return WORKLOADS[name]
@@ -82,24 +65,8 @@ def dataset_path(cluster: Cluster, name: str) -> str:
 
 # --- checks ------------------------------------------------------------------------------------
 
-def _parallel(fn: Callable[[Node], Any], nodes: Sequence[Node]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-
-    def run(n: Node) -> None:
-        try:
-            out[n.name] = fn(n)
-        except Exception as exc:  # reported per node by the caller
-            out[n.name] = exc
-    threads = [threading.Thread(target=run, args=(n,)) for n in nodes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
-
-
 def check_reachable(cluster: Cluster, nodes: Sequence[Node]) -> None:
-    res = _parallel(lambda n: cluster.ssh(n, "true", timeout=15), nodes)
+    res = parallel(lambda n: cluster.ssh(n, "true", timeout=15), nodes)
     down = [name for name, r in res.items() if isinstance(r, Exception)]
     if down:
         raise UserError(f"{', '.join(down)} not reachable over ssh: check `fab status` (lab: `fab lab-start HOST`)")
@@ -107,7 +74,7 @@ def check_reachable(cluster: Cluster, nodes: Sequence[Node]) -> None:
 
 def check_dataset(cluster: Cluster, nodes: Sequence[Node], name: str) -> None:
     path = dataset_path(cluster, name)
-    res = _parallel(lambda n: cluster.ssh(n, f"test -s {shlex.quote(path)}", timeout=15, check=False), nodes)
+    res = parallel(lambda n: cluster.ssh(n, f"test -s {shlex.quote(path)}", timeout=15, check=False), nodes)
     missing = [h for h, r in res.items() if isinstance(r, Exception) or r.returncode != 0]
     if missing:
         raise UserError(f"dataset {name} is not on {', '.join(missing)} ({path}): run "
@@ -153,6 +120,8 @@ def _command(cluster: Cluster, wl: Workload, framework: str, nodes: int, run_id:
     args = ["--framework", framework, "--workers", str(nodes), "--output", out, "--run-id", run_id]
     if wl.data == "graph" and dataset:
         args += ["--input", dataset_path(cluster, dataset), "--dataset", dataset]
+    if wl.data is None:
+        args += ["--nodes", str(nodes)]  # the learning workloads record it
     args += list(extra)
     # sshd makes the remote shell a process-group leader: its PID, written first, names the group
     # that abort() ends if the run has to be stopped (a peer died, the time ran out).
@@ -251,7 +220,7 @@ def _abort(cluster: Cluster, nodes: Sequence[Node], run_id: str, hard: bool) -> 
     pidfile = shlex.quote(f"{node_var(cluster, 'scalelab_run_dir')}/{run_id}.pgid")
     kill = (f"p=$(cat {pidfile} 2>/dev/null) && kill -TERM -- -$p 2>/dev/null; sleep 2; "
             f"kill -KILL -- -$p 2>/dev/null; " if hard else "")
-    _parallel(lambda n: cluster.ssh(n, f"{kill}rm -f {pidfile}; true", timeout=30, check=False), nodes)
+    parallel(lambda n: cluster.ssh(n, f"{kill}rm -f {pidfile}; true", timeout=30, check=False), nodes)
 
 
 def _log_tail(logdir: Path, hosts: Sequence[str]) -> str:

@@ -328,7 +328,8 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     args = parse_args(argv)
-    rec = new_record("cifar_pbt", args.framework, workers=args.workers, nodes=args.nodes)
+    rec = new_record("cifar-pbt", args.framework, workers=args.workers, nodes=args.nodes,
+                     run_id=args.run_id)
     with vision.failed_record_on_error(rec, args.output):
         run(args, rec, t_start)
         finish_record(rec)

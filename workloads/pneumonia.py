@@ -250,7 +250,8 @@ def fill_record(rec: dict, result: dict, t_start: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     args = parse_args(argv)
-    rec = new_record("pneumonia", args.framework, workers=args.workers, nodes=args.nodes)
+    rec = new_record("pneumonia", args.framework, workers=args.workers, nodes=args.nodes,
+                     run_id=args.run_id)
     with vision.failed_record_on_error(rec, args.output):
         result = run(args, rec, t_start)
         if result is None:

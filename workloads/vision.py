@@ -503,6 +503,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a private local Ray)")
     p.add_argument("--storage", help="Ray storage_path (default: a temp dir; must be shared on a multi-node cluster)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-id", help=argparse.SUPPRESS)  # set by `fab run-experiment`
 
 
 def check_positive(**values: int | None) -> None:

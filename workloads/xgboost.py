@@ -236,7 +236,8 @@ def fill_metrics(rec: dict, out: dict, split: dict, cfg: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     args = parse_args(argv)
-    rec = new_record("xgboost", args.framework, workers=args.workers, nodes=args.nodes)
+    rec = new_record("xgboost", args.framework, workers=args.workers, nodes=args.nodes,
+                     run_id=args.run_id)
     with vision.failed_record_on_error(rec, args.output):
         run(args, rec, t_start)
         finish_record(rec)
