@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from workloads import vision
-from workloads.record import UserError, finish_record, new_record, run_main, timer, write_record
+from workloads.record import UserError, run_main, timer
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -326,20 +326,15 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    t_start = time.time()
     args = parse_args(argv)
-    rec = new_record("cifar-pbt", args.framework, workers=args.workers, nodes=args.nodes,
-                     run_id=args.run_id)
-    with vision.failed_record_on_error(rec, args.output):
-        run(args, rec, t_start)
-        finish_record(rec)
-    if args.output:
-        write_record(rec, args.output)
-    m = rec["metrics"]
-    base = f", baseline {m['baseline']['accuracy']:.4f}" if m["baseline"] else ""
-    print(f"cifar_pbt ray trials={args.trials}: test accuracy {m['accuracy']:.4f}{base} (chance 0.1), "
-          f"best config {m['best_config']}, total {rec['timings_s']['total']:.1f}s")
-    return 0
+
+    def summary(rec: dict) -> str:
+        m = rec["metrics"]
+        base = f", baseline {m['baseline']['accuracy']:.4f}" if m["baseline"] else ""
+        return (f"cifar_pbt ray trials={args.trials}: test accuracy {m['accuracy']:.4f}{base} (chance 0.1), "
+                f"best config {m['best_config']}, total {rec['timings_s']['total']:.1f}s")
+
+    return vision.record_run("cifar-pbt", args, lambda rec, t0: run(args, rec, t0), summary)
 
 
 if __name__ == "__main__":

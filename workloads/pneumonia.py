@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from workloads import vision
-from workloads.record import UserError, finish_record, new_record, run_main, timer, write_record
+from workloads.record import UserError, run_main, timer
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
@@ -248,23 +248,22 @@ def fill_record(rec: dict, result: dict, t_start: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    t_start = time.time()
     args = parse_args(argv)
-    rec = new_record("pneumonia", args.framework, workers=args.workers, nodes=args.nodes,
-                     run_id=args.run_id)
-    with vision.failed_record_on_error(rec, args.output):
+
+    def body(rec: dict, t_start: float) -> bool:
         result = run(args, rec, t_start)
         if result is None:
-            return 0
+            return False
         fill_record(rec, result, t_start)
-        finish_record(rec)
-    if args.output:
-        write_record(rec, args.output)
-    m = rec["metrics"]
-    print(f"pneumonia {args.framework} workers={args.workers}: accuracy {m['accuracy']:.4f} "
-          f"(majority {m['majority_baseline']:.3f}), steps/epoch {m['steps_per_epoch'][0]}, "
-          f"train {rec['timings_s']['compute']:.1f}s, total {rec['timings_s']['total']:.1f}s")
-    return 0
+        return True
+
+    def summary(rec: dict) -> str:
+        m = rec["metrics"]
+        return (f"pneumonia {args.framework} workers={args.workers}: accuracy {m['accuracy']:.4f} "
+                f"(majority {m['majority_baseline']:.3f}), steps/epoch {m['steps_per_epoch'][0]}, "
+                f"train {rec['timings_s']['compute']:.1f}s, total {rec['timings_s']['total']:.1f}s")
+
+    return vision.record_run("pneumonia", args, body, summary)
 
 
 if __name__ == "__main__":

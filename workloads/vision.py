@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from workloads.record import UserError, fail_record, write_record
+from workloads.record import UserError, fail_record, finish_record, new_record, write_record
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -514,6 +514,23 @@ def check_positive(**values: int | None) -> None:
 
 def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def record_run(workload: str, args: argparse.Namespace, body: Callable[[dict, float], bool | None],
+               summary: Callable[[dict], str]) -> int:
+    """The common main of the learning workloads: a record for the run, filled by ``body(rec, t_start)``,
+    written ok (or failed by :func:`failed_record_on_error`), then a one-line summary.  ``body`` returns
+    False on a rank that is not rank 0 (rank 0 writes the record)."""
+    t_start = time.time()
+    rec = new_record(workload, args.framework, workers=args.workers, nodes=args.nodes, run_id=args.run_id)
+    with failed_record_on_error(rec, args.output):
+        if body(rec, t_start) is False:
+            return 0
+        finish_record(rec)
+    if args.output:
+        write_record(rec, args.output)
+    print(summary(rec))
+    return 0
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import numpy as np
 import xgboost as xgb
 
 from workloads import vision
-from workloads.record import UserError, finish_record, new_record, run_main, timer, write_record
+from workloads.record import UserError, run_main, timer
 
 DEFAULT_DEPTHS = (1, 5, 50, 100)
 METRIC = "valid-logloss"
@@ -234,20 +234,15 @@ def fill_metrics(rec: dict, out: dict, split: dict, cfg: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    t_start = time.time()
     args = parse_args(argv)
-    rec = new_record("xgboost", args.framework, workers=args.workers, nodes=args.nodes,
-                     run_id=args.run_id)
-    with vision.failed_record_on_error(rec, args.output):
-        run(args, rec, t_start)
-        finish_record(rec)
-    if args.output:
-        write_record(rec, args.output)
-    m = rec["metrics"]
-    print(f"xgboost {args.framework} workers={args.workers}: best max_depth {m['best_config']['max_depth']} "
-          f"(valid logloss), test accuracy {m['accuracy']:.4f}, logloss {m['logloss']:.4f}, "
-          f"total {rec['timings_s']['total']:.1f}s")
-    return 0
+
+    def summary(rec: dict) -> str:
+        m = rec["metrics"]
+        return (f"xgboost {args.framework} workers={args.workers}: best max_depth {m['best_config']['max_depth']} "
+                f"(valid logloss), test accuracy {m['accuracy']:.4f}, logloss {m['logloss']:.4f}, "
+                f"total {rec['timings_s']['total']:.1f}s")
+
+    return vision.record_run("xgboost", args, lambda rec, t0: run(args, rec, t0), summary)
 
 
 if __name__ == "__main__":
