@@ -16,7 +16,8 @@ from scalelab.errors import UserError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INVENTORY = "inventory/lab"
 
-console = Console()
+# Tables stay readable when the output is a log or a pipe (rich would squeeze them to 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True, soft_wrap=True)  # errors: one line, never wrapped
 
 
