@@ -75,10 +75,14 @@ def parse_ray_status(text: str) -> dict[str, Any]:
     return {"alive": alive, "cpus": float(cpu.group(2)) if cpu else 0.0}
 
 
+def ray_env(cluster: Cluster) -> str:
+    """Shell prefix exporting the node's Ray settings (address, token auth) for what follows it."""
+    return f"set -a; . {shlex.quote(str(node_var(cluster, 'scalelab_ray_env')))}; set +a; "
+
+
 def ray_status_command(cluster: Cluster) -> str:
-    env = shlex.quote(str(node_var(cluster, "scalelab_ray_env")))
     ray = shlex.quote(f"{node_var(cluster, 'scalelab_venv')}/bin/ray")
-    return f"set -a; . {env}; set +a; {ray} status"
+    return f"{ray_env(cluster)}{ray} status"
 
 
 def ray_line(cluster: Cluster) -> tuple[str, bool]:

@@ -59,6 +59,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _finish(fig, ax, path: Path, title: str) -> dict:
+    """Grid, legend, save: the figure's entry for the pages."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return {"path": _save(fig, path).name, "title": title}
+
+
 def fig_time_vs_nodes(summary: list[dict], seed: dict, outdir: Path) -> list[dict]:
     figs = []
     by_cell: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -80,10 +87,7 @@ def fig_time_vs_nodes(summary: list[dict], seed: dict, outdir: Path) -> list[dic
         if ys and max(ys) / min(ys) > 20:
             ax.set_yscale("log")  # the seed's times are 10-100x ours: keep both readable
         ax.set_xticks(sorted({r["nodes"] for r in rows}))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        p = _save(fig, outdir / f"time_vs_nodes_{wl}_{ds}.png")
-        figs.append({"path": p.name, "title": f"{wl} on {ds}: time vs nodes"})
+        figs.append(_finish(fig, ax, outdir / f"time_vs_nodes_{wl}_{ds}.png", f"{wl} on {ds}: time vs nodes"))
     return figs
 
 
@@ -109,10 +113,8 @@ def fig_time_vs_size(recs: list[dict], outdir: Path) -> list[dict]:
                     color=COLORS.get(fw), label=fw)
         ax.set(title=f"{wl}, {n} node(s): time vs dataset size", xlabel="dataset size (MB)",
                ylabel="total time (s)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        p = _save(fig, outdir / f"time_vs_size_{wl}_{n}nodes.png")
-        figs.append({"path": p.name, "title": f"{wl}, {n} node(s): time vs dataset size"})
+        figs.append(_finish(fig, ax, outdir / f"time_vs_size_{wl}_{n}nodes.png",
+                            f"{wl}, {n} node(s): time vs dataset size"))
     return figs
 
 
@@ -131,10 +133,7 @@ def fig_quality(recs: list[dict], outdir: Path) -> list[dict]:
             ax.scatter([n + offs for n, _ in pts], [q for _, q in pts], color=COLORS.get(fw), label=fw)
         ax.set(title=f"{wl}: {name} per run", xlabel="nodes", ylabel=name)
         ax.set_xticks(sorted({int(r["nodes"]) for r in rs}))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        p = _save(fig, outdir / f"quality_{wl}.png")
-        figs.append({"path": p.name, "title": f"{wl}: {name} per run"})
+        figs.append(_finish(fig, ax, outdir / f"quality_{wl}.png", f"{wl}: {name} per run"))
     return figs
 
 

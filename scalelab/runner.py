@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scalelab import results as _results
+from scalelab.cluster import ray_env
 from scalelab.errors import UserError
 from scalelab.inventory import Cluster, Node, node_var, parallel
 from scalelab.sampler import Sampler
@@ -87,9 +88,7 @@ RAY_NODES = ("import json, ray; ray.init(address='auto', logging_level='ERROR');
 
 
 def _ray_prefix(cluster: Cluster) -> str:
-    env = node_var(cluster, "scalelab_ray_env")
-    src = node_var(cluster, "scalelab_src")
-    return f"set -a; . {shlex.quote(env)}; set +a; cd {shlex.quote(src)} && "
+    return f"{ray_env(cluster)}cd {shlex.quote(str(node_var(cluster, 'scalelab_src')))} && "
 
 
 def ray_alive_nodes(cluster: Cluster) -> list[tuple[str, float]]:
