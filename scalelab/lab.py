@@ -453,6 +453,8 @@ def _supervisor_script(spec: LabSpec, host: Host) -> str:
         f"--hostname={host.name}", f"--directory={root}", "--resolv-conf=off", "--timezone=off",
         "--link-journal=no", "--console=read-only", "--capability=CAP_NET_ADMIN",
     ]
+    if Path("/dev/fuse").exists():  # FUSE mounts (the shared storage role's sshfs) need the device
+        nspawn.append("--bind=/dev/fuse")
     nspawn += [f"--network-veth-extra={i.host_side}:{i.guest}" for i in host.interfaces]
     attach = "; ".join(
         f"ip link set {i.host_side} master {i.bridge} && ip link set {i.host_side} up" for i in host.interfaces)

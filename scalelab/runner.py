@@ -66,11 +66,13 @@ def dataset_path(cluster: Cluster, name: str) -> str:
 
 # --- checks ------------------------------------------------------------------------------------
 
-def check_reachable(cluster: Cluster, nodes: Sequence[Node]) -> None:
-    res = parallel(lambda n: cluster.ssh(n, "true", timeout=15), nodes)
+def check_reachable(cluster: Cluster, nodes: Sequence[Node]) -> int:
+    """Every node answers over ssh; returns the fewest CPUs any of them has."""
+    res = parallel(lambda n: cluster.ssh(n, "nproc", timeout=15), nodes)
     down = [name for name, r in res.items() if isinstance(r, Exception)]
     if down:
         raise UserError(f"{', '.join(down)} not reachable over ssh: check `fab status` (lab: `fab lab-start HOST`)")
+    return min(int(r.stdout.split()[0]) for r in res.values())
 
 
 def check_dataset(cluster: Cluster, nodes: Sequence[Node], name: str) -> None:
@@ -101,12 +103,14 @@ def ray_alive_nodes(cluster: Cluster) -> list[tuple[str, float]]:
     return [(ip, float(cpu)) for ip, cpu in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
-def check_ray(cluster: Cluster, nodes: Sequence[Node]) -> None:
-    alive = {ip for ip, _ in ray_alive_nodes(cluster)}
+def check_ray(cluster: Cluster, nodes: Sequence[Node]) -> int:
+    """The chosen nodes are live Ray nodes; returns the fewest CPUs Ray offers on any of them."""
+    alive = dict(ray_alive_nodes(cluster))
     missing = [n.name for n in nodes if n.private_ip not in alive]
     if missing:
         raise UserError(f"Ray has {len(alive)} live node(s); {', '.join(missing)} not among them: "
                         f"--nodes {len(nodes)} needs them (see `fab status`)")
+    return int(min(alive[n.private_ip] for n in nodes))
 
 
 # --- one run -----------------------------------------------------------------------------------
@@ -121,11 +125,14 @@ def _command(cluster: Cluster, wl: Workload, framework: str, nodes: int, run_id:
         args += ["--input", dataset_path(cluster, dataset), "--dataset", dataset]
     if wl.data is None:
         args += ["--nodes", str(nodes)]  # the learning workloads record it
+        if framework == "ray" and "--storage" not in extra:  # Train/Tune files, seen by every node
+            args += ["--storage", f"{node_var(cluster, 'scalelab_shared_dir')}/ray"]
     args += list(extra)
     # sshd makes the remote shell a process-group leader: its PID, written first, names the group
     # that abort() ends if the run has to be stopped (a peer died, the time ran out).
+    user = shlex.quote(str(node_var(cluster, "scalelab_cluster_user")))
     pidfile = shlex.quote(f"{run_dir}/{run_id}.pgid")
-    mk = f"mkdir -p {shlex.quote(run_dir)} && echo $$ > {pidfile} && "
+    mk = f"install -d -o {user} -g {user} -m 0755 {shlex.quote(run_dir)} && echo $$ > {pidfile} && "
     limit = f"exec timeout --kill-after=15 {int(timeout_s)} "
     if framework == "torch":
         launcher = node_var(cluster, "scalelab_torchrun")
@@ -135,7 +142,11 @@ def _command(cluster: Cluster, wl: Workload, framework: str, nodes: int, run_id:
                 + shlex.join([launcher, "-m", wl.module, *args]), out)
     py = f"{node_var(cluster, 'scalelab_venv')}/bin/python"
     env = f"SCALELAB_RAY_NODES={nodes} SCALELAB_NO_PROGRESS=1 "
-    return mk + _ray_prefix(cluster) + env + limit + shlex.join([py, "-m", wl.module, *args]), out
+    # The driver runs as the user the Ray cluster runs as (setpriv execs, the process group stays):
+    # files it makes in the shared storage and caches are the workers' to read and write.
+    as_user = (f"setpriv --reuid={user} --regid={user} --init-groups "
+               f"env HOME=\"$(getent passwd {user} | cut -d: -f6)\" ")
+    return mk + _ray_prefix(cluster) + env + limit + as_user + shlex.join([py, "-m", wl.module, *args]), out
 
 
 def _fetch_record(cluster: Cluster, nodes: Sequence[Node], path: str) -> dict | None:
@@ -246,11 +257,14 @@ def run_experiment(cluster: Cluster, name: str, nodes: int, framework: str = "bo
     chosen = cluster.first(nodes)
     if wl.data == "graph" and not dataset:
         raise UserError(f"{wl.name} needs --dataset NAME (tiny, test_data, data_1, data_2, data)")
-    check_reachable(cluster, chosen)
+    cpus = check_reachable(cluster, chosen)
     if wl.data == "graph":
         check_dataset(cluster, chosen, str(dataset))
     if "ray" in fws:
-        check_ray(cluster, chosen)
+        cpus = min(cpus, check_ray(cluster, chosen))
+    if wl.data is None and "--threads" not in extra:
+        # one worker per node using the node's CPUs, the same threads in every framework
+        extra = [*extra, "--threads", str(max(1, cpus))]
     paths = []
     for fw in fws:
         for _ in range(repeat):

@@ -13,7 +13,6 @@ validation split carved from the training batches; the chosen model is scored on
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import random
 import tempfile
@@ -84,24 +83,16 @@ def synthetic_image(label: int, rng: np.random.Generator) -> np.ndarray:
 def synthetic_cifar(cache_dir: Path | None = None, per_batch: int = 400, test: int = 1000, seed: int = 0) -> Path:
     """Create (once) a synthetic set in the CIFAR-10 python format; returns its directory."""
     root = (cache_dir or vision.default_cache_dir()) / f"cifar10-synthetic-v1-{per_batch}x5-{test}-s{seed}"
-    if (root / ".complete").exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".cifar-synth-", dir=root.parent))
-    rng = np.random.default_rng(seed)
-    for name, n in [*((f, per_batch) for f in TRAIN_FILES), ("test_batch", test)]:
-        labels = rng.integers(0, 10, n)
-        write_batch(tmp / name, np.stack([synthetic_image(int(c), rng) for c in labels]), labels, name)
-    with open(tmp / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [n.encode() for n in LABEL_NAMES], b"num_cases_per_batch": per_batch,
-                     b"num_vis": 3072}, f, protocol=2)
-    (tmp / ".complete").write_text("ok\n")
-    try:
-        os.rename(tmp, root)
-    except OSError:
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+
+    def make(tmp: Path) -> None:
+        rng = np.random.default_rng(seed)
+        for name, n in [*((f, per_batch) for f in TRAIN_FILES), ("test_batch", test)]:
+            labels = rng.integers(0, 10, n)
+            write_batch(tmp / name, np.stack([synthetic_image(int(c), rng) for c in labels]), labels, name)
+        with open(tmp / "batches.meta", "wb") as f:
+            pickle.dump({b"label_names": [n.encode() for n in LABEL_NAMES], b"num_cases_per_batch": per_batch,
+                         b"num_vis": 3072}, f, protocol=2)
+    return vision.build_once(root, make)
 
 
 # ------------------------------------------------------------------------------------------
@@ -251,6 +242,7 @@ def run_pbt(data: dict, cfg: dict, storage: str) -> dict[str, Any]:
     tuner = tune.Tuner(
         trainable, param_space=search_space(),
         tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", scheduler=pbt, num_samples=cfg["trials"],
+                                    max_concurrent_trials=cfg["workers"],
                                     search_alg=tune.search.BasicVariantGenerator(random_state=cfg["seed"])),
         run_config=tune.RunConfig(storage_path=storage, name=f"cifar-pbt-{uuid.uuid4().hex[:6]}", verbose=1,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))

@@ -147,8 +147,11 @@ def train_worker(cfg: dict, ctx: vision.WorkerContext) -> dict[str, Any]:
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
     timings: dict[str, float] = {"ready_at": ctx.started_at}
+    # Resolved here, not by the driver: on a cluster the worker may sit on another node, as another
+    # user; the synthetic set is seeded, so every node generates (once) the same files.
+    uri = resolve_input(cfg)
     with timer(timings, "load"):
-        data = load_data(cfg["input_resolved"], cfg["image_size"])
+        data = load_data(uri, cfg["image_size"])
     with timer(timings, "build"):
         model = ctx.wrap_model(classify(cfg["image_size"]).to(ctx.device))
         opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])

@@ -202,34 +202,45 @@ def synthetic_xray(label: int, size: int, rng: np.random.Generator) -> np.ndarra
     return (np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
 
 
+def build_once(root: Path, make: Callable[[Path], None]) -> Path:
+    """``root``, made once by ``make(tmpdir)``: built in a temp dir beside it and renamed into place, so
+    concurrent workers never see half a tree; readable by every user (a Ray driver and its workers may
+    run as different users on one node)."""
+    if (root / ".complete").exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        tmp.chmod(0o755)
+        make(tmp)
+        (tmp / ".complete").write_text("ok\n")
+        os.rename(tmp, root)
+    except OSError:
+        if not (root / ".complete").exists():  # not "someone else finished first": a real error
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
 def synthetic_pneumonia(cache_dir: Path | None = None, size: int = 128, seed: int = 0,
                         counts: dict[str, tuple[int, int]] | None = None) -> Path:
-    """Create (once) and return a synthetic ``train|val|test/NORMAL|PNEUMONIA`` JPEG tree.
-
-    Generated into a temp dir and renamed into place, so concurrent workers never see half a tree.
-    """
+    """Create (once) and return a synthetic ``train|val|test/NORMAL|PNEUMONIA`` JPEG tree."""
     from PIL import Image
     counts = counts or SYNTHETIC_COUNTS
     tag = "-".join(f"{s}{n}x{p}" for s, (n, p) in sorted(counts.items()))
     root = (cache_dir or default_cache_dir()) / f"pneumonia-synthetic-v{SYNTHETIC_VERSION}-{size}px-s{seed}-{tag}"
-    if (root / ".complete").exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".pneumonia-synth-", dir=root.parent))
-    rng = np.random.default_rng(seed)
-    for split, (n_normal, n_pneu) in counts.items():
-        for cls, label, n in (("NORMAL", 0, n_normal), ("PNEUMONIA", 1, n_pneu)):
-            d = tmp / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(synthetic_xray(label, size, rng), mode="L").save(
-                    d / f"{cls.lower()}-{i:05d}.jpeg", quality=90)
-    (tmp / ".complete").write_text("ok\n")
-    try:
-        os.rename(tmp, root)
-    except OSError:  # someone else finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+
+    def make(tmp: Path) -> None:
+        rng = np.random.default_rng(seed)
+        for split, (n_normal, n_pneu) in counts.items():
+            for cls, label, n in (("NORMAL", 0, n_normal), ("PNEUMONIA", 1, n_pneu)):
+                d = tmp / split / cls
+                d.mkdir(parents=True)
+                for i in range(n):
+                    Image.fromarray(synthetic_xray(label, size, rng), mode="L").save(
+                        d / f"{cls.lower()}-{i:05d}.jpeg", quality=90)
+    return build_once(root, make)
 
 
 # --------------------------------------------------------------------------------------------
