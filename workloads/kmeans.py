@@ -7,8 +7,15 @@ Two definitions (DESIGN.md):
   mean Calinski-Harabasz score.  Blocks do not depend on the worker count, and sklearn runs with one
   thread, so every runtime and worker count gives the same score.
 * ``--method global`` is distributed Lloyd over all points with a seeded k-means++ start.  Cluster
-  sums are exact (integer coordinates, summed in int64 over chunks where float64 is exact) and the
-  per-point work is elementwise, so the centroids are the same for every runtime and worker count.
+  sums are exact (integer coordinates, summed in int64 over chunks where float64 is exact) and every
+  label is the exact nearest centre (ties -> lowest index), a pure function of the point and the
+  centres, so the centroids are the same for every runtime and worker count.
+
+Assignment is grid-filtered (:class:`PointGrid`): each worker buckets its points once into a g x g grid
+of power-of-two cells with exact per-cell counts and sums.  Per iteration, a cell whose every point is
+provably nearest to one centre (bounding-box distances, with a relative margin far above rounding)
+takes that centre wholesale, its points counted through the cell's sums; only points in the few cells
+that straddle a Voronoi boundary are compared with every centre, by direct differences.
 
 The Calinski-Harabasz score is computed exactly over all points from cluster counts, integer sums and
 per-cluster squared distances (sklearn's loops over clusters in Python: perf-notes §4d).
@@ -29,8 +36,10 @@ from workloads import _dist
 from workloads.graphio import InputInfo, block_ranges, read_range, split_ranges
 from workloads.record import UserError, run_main, timer
 
-CHUNK = 8192  # points per assignment chunk (keeps the score matrix in L2)
+CHUNK = 1 << 16  # points per chunk of elementwise work (temporaries stay in cache)
+GRID_MAX = 512  # at most GRID_MAX x GRID_MAX cells per worker
 _EXACT = float(2**53)
+_MARGIN = 1e-9  # relative: a cell is "sure" only if its nearest centre wins by this much everywhere in it
 
 
 # ------------------------------------------------------------------------------ pure functions
@@ -44,17 +53,101 @@ def as_points(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def assign(x: np.ndarray, y: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Index of the nearest centre for each point (ties -> lowest index), int32.
 
-    Uses |p-c|^2 = |c|^2 - 2 p.c + |p|^2 without the constant |p|^2: one small GEMM per chunk.
+    Direct differences ``(x-cx)^2 + (y-cy)^2``, elementwise: a point's label never depends on which
+    other points share its chunk or its worker.
     """
     labels = np.empty(len(x), dtype=np.int32)
-    coef = np.stack([-2.0 * centers[:, 0], -2.0 * centers[:, 1], (centers ** 2).sum(axis=1)])
-    buf = np.ones((CHUNK, 3))
     for a in range(0, len(x), CHUNK):
-        m = min(CHUNK, len(x) - a)
-        buf[:m, 0] = x[a:a + m]
-        buf[:m, 1] = y[a:a + m]
-        labels[a:a + m] = (buf[:m] @ coef).argmin(axis=1)
+        xs, ys = x[a:a + CHUNK], y[a:a + CHUNK]
+        best = sq_dist(xs, ys, centers[0, 0], centers[0, 1])
+        lab = labels[a:a + CHUNK]
+        lab[:] = 0
+        for j in range(1, len(centers)):
+            d = sq_dist(xs, ys, centers[j, 0], centers[j, 1])
+            closer = d < best
+            lab[closer] = j
+            np.minimum(best, d, out=best)
     return labels
+
+
+def grid_size(points: int) -> int:
+    """Cells per side: about 64 points per cell, a power of two in [1, GRID_MAX]."""
+    side = math.sqrt(max(points, 1) / 64)
+    return int(min(GRID_MAX, 2 ** max(0, round(math.log2(max(side, 1.0))))))
+
+
+def _interval_dists(lo: np.ndarray, width: float, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per centre (rows) and cell interval [lo, lo+width] (columns): nearest and farthest 1-D distance."""
+    c = c[:, None]
+    hi = lo + width
+    near = np.maximum(np.maximum(lo - c, c - hi), 0.0)
+    far = np.maximum(np.abs(c - lo), np.abs(c - hi))
+    return near, far
+
+
+class PointGrid:
+    """A worker's points bucketed into g x g power-of-two cells, with exact per-cell counts and sums.
+
+    Cell indices are exact (integer coordinates, power-of-two widths), so every point lies inside its
+    cell's box.  :meth:`sure_owner` gives, per cell, the centre that is strictly nearest to every point
+    of the box (by bounding-box distances and a relative margin), or -1.  A label from a sure cell is
+    therefore the exact nearest centre, the same value :func:`assign` gives: the labels do not depend
+    on the grid, so workers may build their grids from their own points.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, g: int | None = None) -> None:
+        self.x, self.y = x, y
+        n = len(x)
+        g = grid_size(n) if g is None else g
+        lo = np.array([x.min(), y.min()]) if n else np.zeros(2)
+        span = float(max(x.max() - lo[0], y.max() - lo[1]) + 1.0) if n else 1.0
+        if span >= 2.0**52:  # differences would round: no sure cells, every point goes through assign()
+            g = 1
+        self.g, self.origin = g, lo
+        self.width = 2.0 ** math.ceil(math.log2(max(span / g, 1.0)))
+        self.cell = np.empty(n, dtype=np.int32)
+        for a in range(0, n, CHUNK):  # exact: (v - lo) is an integer below 2**52, width a power of two
+            ix = ((x[a:a + CHUNK] - lo[0]) / self.width).astype(np.int32)
+            iy = ((y[a:a + CHUNK] - lo[1]) / self.width).astype(np.int32)
+            self.cell[a:a + CHUNK] = ix * g + iy
+        cells = g * g
+        self.cell_stats = np.stack([np.bincount(self.cell, minlength=cells).astype(np.int64),
+                                    exact_sums(self.cell, x, cells), exact_sums(self.cell, y, cells)])
+
+    def sure_owner(self, centers: np.ndarray) -> np.ndarray:
+        """Per cell: the centre nearest to all of the cell's box by a relative margin, else -1 (int32)."""
+        g, k = self.g, len(centers)
+        if g == 1:
+            return np.full(1, -1, dtype=np.int32)
+        lo = np.arange(g) * self.width
+        nx_, fx = _interval_dists(self.origin[0] + lo, self.width, centers[:, 0])
+        ny_, fy = _interval_dists(self.origin[1] + lo, self.width, centers[:, 1])
+        best = np.full((g, g), np.inf)
+        second = np.full((g, g), np.inf)
+        best_far = np.full((g, g), np.inf)
+        owner = np.zeros((g, g), dtype=np.int32)
+        for j in range(k):
+            near = nx_[j, :, None] ** 2 + ny_[j, None, :] ** 2
+            closer = near < best
+            np.copyto(second, np.where(closer, best, np.minimum(second, near)))
+            np.copyto(best_far, fx[j, :, None] ** 2 + fy[j, None, :] ** 2, where=closer)
+            owner[closer] = j
+            np.copyto(best, near, where=closer)
+        owner[~(best_far * (1.0 + _MARGIN) < second)] = -1
+        return owner.ravel()
+
+    def lloyd(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Labels of all points and exact (3, k) stats: sure cells wholesale, the rest point by point."""
+        k = len(centers)
+        owner = self.sure_owner(centers)
+        labels = owner[self.cell]
+        rest = np.flatnonzero(labels < 0)
+        xs, ys = self.x[rest], self.y[rest]
+        labels[rest] = assign(xs, ys, centers)
+        stats = cluster_stats(labels[rest], xs, ys, k)
+        for c in range(k):
+            stats[:, c] += self.cell_stats[:, owner == c].sum(axis=1)
+        return labels, stats
 
 
 def exact_sums(labels: np.ndarray, v: np.ndarray, k: int) -> np.ndarray:
@@ -152,7 +245,7 @@ class KMeansPart(_dist.RayPart):
 
     def __init__(self, rank: int, world: int, info: InputInfo) -> None:
         self.rank, self.world, self.info = rank, world, info
-        self.x = self.y = self.d2 = self.cum = self.labels = None
+        self.x = self.y = self.d2 = self.chunk_mass = self.labels = self.grid = None
 
     def load(self) -> int:
         lo, hi = split_ranges(self.info, self.world)[self.rank]
@@ -175,24 +268,31 @@ class KMeansPart(_dist.RayPart):
         return np.array([self.x[i], self.y[i]])
 
     def add_center(self, c: np.ndarray) -> float:
-        """Update D^2 with a new centre; return this worker's D^2 mass."""
-        d = sq_dist(self.x, self.y, c[0], c[1])
-        self.d2 = d if self.d2 is None else np.minimum(self.d2, d)
-        self.cum = None
-        return float(self.d2.sum())
+        """Update D^2 with a new centre (chunked, in place); return this worker's D^2 mass."""
+        if self.d2 is None:
+            self.d2 = np.full(len(self.x), np.inf)
+            self.chunk_mass = np.zeros(-(-len(self.x) // CHUNK))
+        for i, a in enumerate(range(0, len(self.x), CHUNK)):
+            d2 = self.d2[a:a + CHUNK]
+            np.minimum(d2, sq_dist(self.x[a:a + CHUNK], self.y[a:a + CHUNK], c[0], c[1]), out=d2)
+            self.chunk_mass[i] = d2.sum()
+        return float(self.chunk_mass.sum())
 
     def pick(self, u: float) -> np.ndarray:
-        if self.cum is None:
-            self.cum = np.cumsum(self.d2)
-        return self.point(pick_index(self.cum, u))
+        """The point where the running D^2 mass passes ``u``: find the chunk, then the point in it."""
+        b = pick_index(np.cumsum(self.chunk_mass), u)
+        u -= float(self.chunk_mass[:b].sum())
+        return self.point(b * CHUNK + pick_index(np.cumsum(self.d2[b * CHUNK:(b + 1) * CHUNK]), u))
 
     def lloyd(self, centers: np.ndarray) -> tuple[np.ndarray, int]:
         """Assign, return exact (3, k) stats and how many labels changed."""
-        self.d2 = self.cum = None
-        labels = assign(self.x, self.y, centers)
-        changed = len(labels) if self.labels is None else int((labels != self.labels).sum())
+        self.d2 = None
+        if self.grid is None:
+            self.grid = PointGrid(self.x, self.y)
+        labels, stats = self.grid.lloyd(centers)
+        changed = len(labels) if self.labels is None else int(np.count_nonzero(labels != self.labels))
         self.labels = labels
-        return cluster_stats(labels, self.x, self.y, len(centers)), changed
+        return stats, changed
 
     def sse(self, centers: np.ndarray) -> np.ndarray:
         return within_sse(self.labels, self.x, self.y, centers)

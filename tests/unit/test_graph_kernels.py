@@ -155,7 +155,34 @@ def test_assign_picks_the_nearest_centre():
     x, y = rng.integers(0, 10**7, 20000).astype(float), rng.integers(0, 10**7, 20000).astype(float)
     c = rng.uniform(0, 10**7, (9, 2))
     brute = ((x[:, None] - c[:, 0]) ** 2 + (y[:, None] - c[:, 1]) ** 2).argmin(axis=1)
-    assert (kmeans.assign(x, y, c) == brute).mean() > 0.9999
+    assert (kmeans.assign(x, y, c) == brute).all()
+
+
+@pytest.mark.parametrize("case", ["random", "integer_centres_with_ties", "lattice"])
+def test_grid_lloyd_gives_exact_nearest_labels_and_stats(case):
+    rng = np.random.default_rng(6)
+    x, y = rng.integers(0, 10**6, 50_000).astype(float), rng.integers(0, 10**6, 50_000).astype(float)
+    c = rng.uniform(0, 10**6, (16, 2))
+    if case == "integer_centres_with_ties":  # many points exactly on a bisector
+        c = np.round(c / 2) * 2
+    elif case == "lattice":
+        x, y, c = np.round(x, -3), np.round(y, -3), np.round(c, -3) + 500
+    brute = ((x[:, None] - c[:, 0]) ** 2 + (y[:, None] - c[:, 1]) ** 2).argmin(axis=1).astype(np.int32)
+    grid = kmeans.PointGrid(x, y)
+    assert grid.g > 1 and (grid.sure_owner(c) >= 0).any()
+    labels, stats = grid.lloyd(c)
+    assert np.array_equal(labels, brute)
+    assert np.array_equal(stats, kmeans.cluster_stats(brute, x, y, 16))
+
+
+def test_grid_labels_do_not_depend_on_how_points_are_split():
+    rng = np.random.default_rng(8)
+    x, y = rng.integers(0, 10**8, 30_000).astype(float), rng.integers(0, 10**8, 30_000).astype(float)
+    c = rng.uniform(0, 10**8, (9, 2))
+    whole, stats = kmeans.PointGrid(x, y).lloyd(c)
+    parts = [kmeans.PointGrid(x[a:b], y[a:b], g).lloyd(c) for (a, b), g in [((0, 7_000), 8), ((7_000, 30_000), 32)]]
+    assert np.array_equal(np.concatenate([p[0] for p in parts]), whole)
+    assert np.array_equal(parts[0][1] + parts[1][1], stats)
 
 
 def test_owner_of_walks_worker_masses():
