@@ -259,7 +259,7 @@ def run_pbt(data: dict, cfg: dict, storage: str) -> dict[str, Any]:
             "best_val_accuracy": best.metrics["val_accuracy"], "loss_per_epoch": df["train_loss"].tolist(),
             "val_accuracy_per_epoch": df["val_accuracy"].tolist(),
             "trials": [{"config": dict(r.config), "val_accuracy": r.metrics.get("val_accuracy"),
-                        "epochs": r.metrics.get("epoch")} for r in grid]}
+                        "epochs": r.metrics.get("epoch"), "node_ip": r.metrics.get("node_ip")} for r in grid]}
 
 
 # ------------------------------------------------------------------------------------------

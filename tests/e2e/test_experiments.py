@@ -61,6 +61,41 @@ def test_both_runtimes_agree_across_node_counts(exp, workload: str, extra: str) 
         assert max(ch) - min(ch) <= 1e-9 * abs(ch[0])
 
 
+# Small settings: the point is that each learning workload runs across two lab nodes through the
+# runner (Ray workers on another node and as another user, Train/Tune storage shared), not its accuracy
+# at full size (tests/workloads covers that).
+LEARNING = {
+    "pneumonia": ("both", "--image-size 64 --epochs 2"),
+    "xgboost": ("ray", "--depths 1,3 --rounds 30"),
+    "cifar-pbt": ("ray", "--trials 2 --epochs 2 --perturbation-interval 1 --no-baseline"),
+}
+
+
+@pytest.mark.parametrize("workload", list(LEARNING))
+def test_learning_workload_on_two_nodes(exp, workload: str) -> None:
+    plab, results = exp
+    fw, extra = LEARNING[workload]
+    out = run(plab, results, workload, "--nodes", "2", "--framework", fw, "--args", extra, timeout=1200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    recs = records(results, workload)
+    assert recs and all(r["status"] == "ok" and r["nodes"] == 2 for r in recs), [r.get("error") for r in recs]
+    assert all(r["verification"]["passed"] for r in recs)
+    # the runner gives every worker a whole node's CPUs, the same in every framework
+    assert len({r["params"]["threads"] for r in recs}) == 1
+    if workload == "pneumonia":
+        assert {r["framework"] for r in recs} == {"ray", "torch"}
+        steps = {tuple(r["metrics"]["steps_per_epoch"]) for r in recs}
+        assert len(steps) == 1, steps  # the same optimiser steps in both runtimes
+        assert all(r["metrics"]["accuracy"] > r["metrics"]["majority_baseline"] for r in recs)
+    elif workload == "xgboost":
+        (r,) = recs
+        assert r["metrics"]["accuracy"] >= 0.93
+    else:
+        (r,) = recs
+        assert r["metrics"]["accuracy"] > 0.2  # chance is 0.1
+        assert len(r["metrics"]["trials"]) == 2
+
+
 def test_more_nodes_than_exist_fails_fast(exp) -> None:
     plab, results = exp
     t0 = time.monotonic()

@@ -1,4 +1,4 @@
-"""testinfra checks of the cluster services: Java, Hadoop, the Python environment, Ray, torchrun.
+"""testinfra checks of the cluster services: shared storage, Java, Hadoop, the Python environment, Ray, torchrun.
 
     .venv/bin/pytest tests/infra/test_services.py --hosts=ansible://all --ansible-inventory=inventory/lab
 
@@ -20,6 +20,7 @@ VENV = "/opt/scalelab/venv"
 RAY_ENV = "/etc/scalelab/ray.env"
 TOKEN = "/etc/scalelab/ray_auth_token"
 LAUNCHER = "/usr/local/bin/scalelab-torchrun"
+SHARED = "/srv/scalelab/shared"
 HADOOP_CONF = "/etc/hadoop"
 HADOOP_HOME = "/opt/hadoop"
 # Ray 2.60 ports (roles/ray/defaults/main.yml): every one pinned.
@@ -43,6 +44,35 @@ def _props(host, name: str) -> dict[str, str]:
     text = host.file(f"{HADOOP_CONF}/{name}").content_string
     root = ET.fromstring(text.encode())
     return {p.findtext("name"): p.findtext("value") for p in root.findall("property")}
+
+
+# --- Shared storage (Ray's storage_path) -------------------------------------------------------------
+
+def test_shared_dir_is_the_masters_on_every_node(host, name, cluster):
+    """The master holds the directory; every other node mounts it with sshfs as the cluster user."""
+    marker = host.file(f"{SHARED}/.scalelab-shared")
+    assert marker.exists and marker.content_string.strip() == cluster.master
+    mount = host.mount_point(SHARED) if name != cluster.master else None
+    if name == cluster.master:
+        assert host.file(SHARED).user == cluster.cluster_user
+    else:
+        assert mount.exists and mount.filesystem == "fuse.sshfs"
+        assert mount.device == f"{cluster.cluster_user}@{cluster.private_ip(cluster.master)}:{SHARED}"
+        assert host.file(SHARED).user == cluster.cluster_user
+
+
+def test_shared_dir_write_on_a_worker_is_seen_on_the_master(cluster):
+    """A file the cluster user writes on each worker is on the master, same bytes, same owner."""
+    for worker in cluster.workers:
+        path = f"{SHARED}/infra-check-{worker}"
+        w = cluster.ssh(worker, f"sudo -u {cluster.cluster_user} sh -c 'echo from-{worker} > {path}'")
+        assert w.returncode == 0, w.stderr
+        try:
+            r = cluster.ssh(cluster.master, f"stat -c %U {path} && cat {path}")
+            assert r.returncode == 0, r.stderr
+            assert r.stdout.split() == [cluster.cluster_user, f"from-{worker}"]
+        finally:
+            cluster.ssh(cluster.master, f"rm -f {path}")
 
 
 # --- Java --------------------------------------------------------------------------------------------

@@ -97,6 +97,34 @@ def test_synthetic_pneumonia_tree_and_balance(tmp_path):
     assert data.images.shape == (4, 16, 16, 3) and data.images.dtype == np.uint8
 
 
+def test_build_once_is_atomic_shared_and_readable_by_all(tmp_path):
+    """Concurrent builders end with one complete tree, world-readable (a Ray driver and its workers may
+    be different users); a failed build leaves nothing half-made and raises."""
+    from concurrent.futures import ThreadPoolExecutor
+    calls = []
+
+    def make(d: Path) -> None:
+        calls.append(d)
+        (d / "sub").mkdir()
+        (d / "sub" / "x").write_text("1")
+
+    root = tmp_path / "set"
+    with ThreadPoolExecutor(4) as pool:
+        roots = list(pool.map(lambda _: vision.build_once(root, make), range(4)))
+    assert set(roots) == {root} and (root / ".complete").exists() and (root / "sub" / "x").read_text() == "1"
+    assert root.stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]           # no temp dirs left
+    n = len(calls)
+    assert vision.build_once(root, make) == root and len(calls) == n         # cached: not rebuilt
+
+    def broken(d: Path) -> None:
+        (d / "half").write_text("")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        vision.build_once(tmp_path / "bad", broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+
+
 def test_wrong_tree_layout_is_a_user_error(tmp_path):
     (tmp_path / "train" / "NORMAL").mkdir(parents=True)
     with pytest.raises(vision.UserError, match="PNEUMONIA"):
