@@ -299,6 +299,31 @@ class TorchComm:
         self.dist.all_to_all(recv, send)
         return [r.numpy()[:int(sizes[src, self.rank])] for src, r in enumerate(recv)]
 
+    def block_gatherer(self, sizes: Sequence[int], dtype: Any) -> Callable[[np.ndarray], np.ndarray]:
+        """A repeated all-gather of blocks with fixed ``sizes`` (rank order) into one concatenated vector.
+
+        The send/receive buffers are allocated once; results alternate between two output vectors, so
+        the previous result stays valid while the next one is gathered.
+        """
+        import torch
+
+        sizes = [int(v) for v in sizes]
+        longest = max(sizes)
+        send = torch.empty(longest, dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
+        recv = [torch.empty_like(send) for _ in sizes]
+        outs = [np.empty(sum(sizes), dtype=dtype) for _ in range(2)]
+        turn = [0]
+
+        def gather(block: np.ndarray) -> np.ndarray:
+            send.numpy()[:len(block)] = block
+            self.dist.all_gather(recv, send)
+            out = outs[turn[0]]
+            turn[0] ^= 1
+            np.concatenate([r.numpy()[:size] for r, size in zip(recv, sizes, strict=True)], out=out)
+            return out
+
+        return gather
+
     def allgather_object(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world
         self.dist.all_gather_object(out, obj)

@@ -3,8 +3,9 @@
 Every worker calls :func:`read_range` on its own byte range, so the driver never reads the whole
 file (DESIGN.md).  A range ``[start, end)`` owns exactly the lines whose first byte lies in it; the
 reader looks one byte back to decide whether ``start`` begins a line and reads past ``end`` to finish
-the last line it owns.  Parsing is pyarrow's C++ CSV reader with typed int64 columns, so node ids
-stay exact however large they are (the seed's float32 ids were not).
+the last line it owns.  Parsing is pyarrow's C++ CSV reader with typed integer columns: int32 when
+every id of the range fits (a third faster to parse, half the memory), else int64, so node ids stay
+exact however large they are (the seed's float32 ids were not).
 
 The format is the seed's: an optional header line (``node1,node2``) and one ``a,b`` integer pair per
 line.  A malformed line is reported with the file, the 1-based line number and the byte offset.
@@ -120,7 +121,7 @@ def aligned_range(f: pa.NativeFile, size: int, start: int, end: int, data_start:
 
 
 def read_range(info: InputInfo, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-    """Parse the lines owned by ``[start, end)``: two int64 arrays (node1, node2)."""
+    """Parse the lines owned by ``[start, end)``: two integer arrays (node1, node2), int32 or int64."""
     fs, path = open_fs(info.uri)
     try:
         with fs.open_input_file(path) as f:
@@ -132,23 +133,33 @@ def read_range(info: InputInfo, start: int, end: int) -> tuple[np.ndarray, np.nd
 
 
 def parse_edges(buf: bytes | pa.Buffer, info: InputInfo, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """Parse CSV bytes that start at file offset ``offset``; a bad line raises UserError naming it."""
+    """Parse CSV bytes that start at file offset ``offset``; a bad line raises UserError naming it.
+
+    Returns int32 arrays when every id fits, else int64 (a range with a bigger id is parsed twice).
+    """
     if len(buf) == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    try:
-        table = pacsv.read_csv(
-            pa.BufferReader(buf),
-            read_options=pacsv.ReadOptions(column_names=["node1", "node2"], block_size=1 << 26),
-            parse_options=pacsv.ParseOptions(),
-            convert_options=pacsv.ConvertOptions(column_types={"node1": pa.int64(), "node2": pa.int64()},
-                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
-        )
-    except pa.ArrowInvalid as exc:
-        raise bad_line_error(info, bytes(buf), offset, _first_line(exc)) from None
+        return np.empty(0, np.int32), np.empty(0, np.int32)
+    for dtype in (pa.int32(), pa.int64()):
+        try:
+            table = _read_csv(buf, dtype)
+            break
+        except pa.ArrowInvalid as exc:
+            why = _first_line(exc)
+    else:
+        raise bad_line_error(info, bytes(buf), offset, why) from None
     if table.column(0).null_count or table.column(1).null_count:
         raise bad_line_error(info, bytes(buf), offset, "empty field")
-    return (table.column(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False),
-            table.column(1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
+    return table.column(0).to_numpy(zero_copy_only=False), table.column(1).to_numpy(zero_copy_only=False)
+
+
+def _read_csv(buf: bytes | pa.Buffer, dtype: pa.DataType) -> pa.Table:
+    return pacsv.read_csv(
+        pa.BufferReader(buf),
+        read_options=pacsv.ReadOptions(column_names=["node1", "node2"], block_size=1 << 26),
+        parse_options=pacsv.ParseOptions(),
+        convert_options=pacsv.ConvertOptions(column_types={"node1": dtype, "node2": dtype},
+                                             strings_can_be_null=False, quoted_strings_can_be_null=False),
+    )
 
 
 def first_bad_line(buf: bytes) -> int | None:

@@ -111,10 +111,19 @@ def test_split_and_blocks_reassemble_the_matrix():
     got = []
     for w, piece in enumerate(pagerank.split_by_owner(frm, to, bounds)):
         t, f = piece.reshape(2, -1)
-        got.append(pagerank.csr_block(t, f, int(bounds[w]), int(bounds[w + 1]), n, inv) @ x)
+        lo, hi = int(bounds[w]), int(bounds[w + 1])
+        got.append(pagerank.spmv(pagerank.csr_pattern(t, f, lo, hi, n), x * inv, np.full(hi - lo, np.nan)))
     full = np.zeros(n)
     np.add.at(full, to, inv[frm] * x[frm])
     assert np.allclose(np.concatenate(got), full)
+
+
+def test_degree_rank_puts_hubs_first_and_keeps_id_order_on_ties():
+    deg = np.array([1, 5, 1, 70_000, 5, 0, 80_000])
+    rank = pagerank.degree_rank(deg)
+    assert sorted(rank.tolist()) == list(range(7))
+    assert [int(i) for i in np.argsort(rank)] == [3, 6, 1, 4, 0, 2, 5]  # > 65535 ties, then by id
+    assert np.array_equal(pagerank.renumber(deg, rank)[rank], deg)
 
 
 def test_top_k_orders_ties_by_id():
