@@ -84,6 +84,24 @@ def check_dataset(cluster: Cluster, nodes: Sequence[Node], name: str) -> None:
                         f"`fab gen-data {name}` then `fab put-data {name}`")
 
 
+BUSY = 75  # exit code of a run that found the node's run lock taken (EX_TEMPFAIL)
+
+
+def _lock(cluster: Cluster) -> str:
+    """One run at a time per node: runs at once would share ports (torchrun's rendezvous) and CPUs."""
+    return shlex.quote(f"{node_var(cluster, 'scalelab_run_dir')}/.run.lock")
+
+
+def check_idle(cluster: Cluster, nodes: Sequence[Node]) -> None:
+    run_dir = shlex.quote(node_var(cluster, "scalelab_run_dir"))
+    cmd = f"mkdir -p {run_dir} && flock --nonblock --conflict-exit-code {BUSY} {_lock(cluster)} true"
+    res = parallel(lambda n: cluster.ssh(n, cmd, timeout=15, check=False), nodes)
+    busy = [h for h, r in res.items() if not isinstance(r, Exception) and r.returncode == BUSY]
+    if busy:
+        raise UserError(f"another scalelab run is in progress on {', '.join(busy)}: wait for it to end "
+                        "(one run at a time per node keeps timings fair and ports free)")
+
+
 RAY_NODES = ("import json, ray; ray.init(address='auto', logging_level='ERROR'); "
              "print(json.dumps([[n['NodeManagerAddress'], n['Resources'].get('CPU', 0)] "
              "for n in ray.nodes() if n['Alive']]))")
@@ -133,7 +151,8 @@ def _command(cluster: Cluster, wl: Workload, framework: str, nodes: int, run_id:
     user = shlex.quote(str(node_var(cluster, "scalelab_cluster_user")))
     pidfile = shlex.quote(f"{run_dir}/{run_id}.pgid")
     mk = f"install -d -o {user} -g {user} -m 0755 {shlex.quote(run_dir)} && echo $$ > {pidfile} && "
-    limit = f"exec timeout --kill-after=15 {int(timeout_s)} "
+    limit = (f"exec flock --nonblock --conflict-exit-code {BUSY} {_lock(cluster)} "
+             f"timeout --kill-after=15 {int(timeout_s)} ")
     if framework == "torch":
         launcher = node_var(cluster, "scalelab_torchrun")
         src = node_var(cluster, "scalelab_src")
@@ -211,7 +230,10 @@ def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Nod
     if rec is None or failed_hosts:
         base = rec or new_record(wl.name, framework if framework in ("ray", "torch", "reference") else "ray",
                                  workers=len(nodes), nodes=len(nodes), run_id=run_id)
-        reason = (rec or {}).get("error") or _log_tail(logdir, failed_hosts or [t.name for t in targets])
+        busy = [h for h in failed_hosts if codes[h] == BUSY]
+        reason = ((rec or {}).get("error")
+                  or (f"another scalelab run took {', '.join(busy)} meanwhile" if busy else None)
+                  or _log_tail(logdir, failed_hosts or [t.name for t in targets]))
         codes_s = ", ".join(f"{h}={c}" for h, c in codes.items())
         rec = fail_record(base, f"{reason} (exit codes: {codes_s})" if failed_hosts else
                           f"no result record was written ({reason})")
@@ -258,6 +280,7 @@ def run_experiment(cluster: Cluster, name: str, nodes: int, framework: str = "bo
     if wl.data == "graph" and not dataset:
         raise UserError(f"{wl.name} needs --dataset NAME (tiny, test_data, data_1, data_2, data)")
     cpus = check_reachable(cluster, chosen)
+    check_idle(cluster, chosen)
     if wl.data == "graph":
         check_dataset(cluster, chosen, str(dataset))
     if "ray" in fws:

@@ -66,7 +66,7 @@ def test_both_runtimes_agree_across_node_counts(exp, workload: str, extra: str) 
 # at full size (tests/workloads covers that).
 LEARNING = {
     "pneumonia": ("both", "--image-size 64 --epochs 2"),
-    "xgboost": ("ray", "--depths 1,3 --rounds 30"),
+    "xgboost": ("ray", "--depths 1,3 --rounds 30 --threads 1"),  # trials side by side
     "cifar-pbt": ("ray", "--trials 2 --epochs 2 --perturbation-interval 1 --no-baseline"),
 }
 
@@ -104,6 +104,22 @@ def test_more_nodes_than_exist_fails_fast(exp) -> None:
     assert out.returncode == 2
     assert "--nodes 4 but the cluster has 3 hosts" in out.stderr
     assert elapsed < 10, f"took {elapsed:.1f} s"
+
+
+def test_a_second_run_at_once_is_refused(exp) -> None:
+    """A run holding the master (here: its run lock, taken by hand) makes another one fail fast in one line."""
+    plab, results = exp
+    cl = _inventory.load(plab.inventory)
+    holder = subprocess.Popen([*cl.master.ssh_argv(), "flock /var/tmp/scalelab/runs/.run.lock sleep 12"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(4)
+        out = run(plab, results / "busy", "pagerank", "--nodes", "2", "--dataset", "tiny")
+    finally:
+        holder.wait(timeout=60)  # the lock is free again for the tests that follow
+    assert out.returncode == 2
+    assert "another scalelab run is in progress on master" in out.stderr
+    assert not (results / "busy").exists() or not list((results / "busy").rglob("*.json"))
 
 
 def test_missing_dataset_names_the_command(exp) -> None:
