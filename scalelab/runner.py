@@ -102,6 +102,17 @@ def check_idle(cluster: Cluster, nodes: Sequence[Node]) -> None:
                         "(one run at a time per node keeps timings fair and ports free)")
 
 
+def check_shared(cluster: Cluster, nodes: Sequence[Node]) -> None:
+    """Ray Train/Tune write checkpoints to the shared directory from any node: it must be the master's
+    everywhere (its marker, role shared_storage), never a node's empty mount point."""
+    marker = shlex.quote(f"{node_var(cluster, 'scalelab_shared_dir')}/.scalelab-shared")
+    res = parallel(lambda n: cluster.ssh(n, f"cat {marker}", timeout=30, check=False), nodes)
+    bad = [h for h, r in res.items() if isinstance(r, Exception) or r.stdout.strip() != cluster.master.name]
+    if bad:
+        raise UserError(f"the shared directory {node_var(cluster, 'scalelab_shared_dir')} is not the master's on "
+                        f"{', '.join(bad)}: run `fab provision` (it mounts it again)")
+
+
 RAY_NODES = ("import json, ray; ray.init(address='auto', logging_level='ERROR'); "
              "print(json.dumps([[n['NodeManagerAddress'], n['Resources'].get('CPU', 0)] "
              "for n in ray.nodes() if n['Alive']]))")
@@ -121,14 +132,14 @@ def ray_alive_nodes(cluster: Cluster) -> list[tuple[str, float]]:
     return [(ip, float(cpu)) for ip, cpu in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
-def check_ray(cluster: Cluster, nodes: Sequence[Node]) -> int:
-    """The chosen nodes are live Ray nodes; returns the fewest CPUs Ray offers on any of them."""
+def check_ray(cluster: Cluster, nodes: Sequence[Node]) -> dict[str, float]:
+    """The chosen nodes are live Ray nodes; returns {private address: CPUs} of every live Ray node."""
     alive = dict(ray_alive_nodes(cluster))
     missing = [n.name for n in nodes if n.private_ip not in alive]
     if missing:
         raise UserError(f"Ray has {len(alive)} live node(s); {', '.join(missing)} not among them: "
                         f"--nodes {len(nodes)} needs them (see `fab status`)")
-    return int(min(alive[n.private_ip] for n in nodes))
+    return alive
 
 
 # --- one run -----------------------------------------------------------------------------------
@@ -284,7 +295,10 @@ def run_experiment(cluster: Cluster, name: str, nodes: int, framework: str = "bo
     if wl.data == "graph":
         check_dataset(cluster, chosen, str(dataset))
     if "ray" in fws:
-        cpus = min(cpus, check_ray(cluster, chosen))
+        alive = check_ray(cluster, chosen)
+        cpus = min(cpus, *(int(alive[n.private_ip]) for n in chosen))
+        if wl.data is None:  # Ray may place Train workers and Tune trials on any live node
+            check_shared(cluster, [n for n in cluster.nodes if n.private_ip in alive])
     if wl.data is None and "--threads" not in extra:
         # one worker per node using the node's CPUs, the same threads in every framework
         extra = [*extra, "--threads", str(max(1, cpus))]
