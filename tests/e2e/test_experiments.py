@@ -122,6 +122,21 @@ def test_a_second_run_at_once_is_refused(exp) -> None:
     assert not (results / "busy").exists() or not list((results / "busy").rglob("*.json"))
 
 
+def test_ray_learning_run_refused_without_the_shared_directory(exp) -> None:
+    """A worker whose share is not mounted would keep Ray's checkpoints to itself: refused in one line."""
+    plab, results = exp
+    cl = _inventory.load(plab.inventory)
+    worker = cl.node("worker2")
+    cl.ssh(worker, "umount /srv/scalelab/shared")
+    try:
+        out = run(plab, results / "noshare", "cifar-pbt", "--nodes", "1", "--args", "--trials 1 --epochs 1")
+    finally:
+        cl.ssh(worker, "mount /srv/scalelab/shared")
+    assert out.returncode == 2
+    assert "shared directory /srv/scalelab/shared is not the master's on worker2" in out.stderr
+    assert "fab provision" in out.stderr
+
+
 def test_missing_dataset_names_the_command(exp) -> None:
     plab, results = exp
     out = run(plab, results, "kmeans", "--nodes", "2", "--dataset", "data_2")
