@@ -38,7 +38,6 @@ from workloads.graphio import InputInfo, read_range, split_ranges
 from workloads.record import UserError, run_main, timer
 
 DENSE_ID_LIMIT = 1 << 28  # ids below this are relabelled with a bitmap of max_id+1 bytes
-COL_STRIPE_BITS = 21  # SpMV column stripes of 2M nodes (16 MB of float64)
 
 
 # ------------------------------------------------------------------------------ pure functions
@@ -128,29 +127,19 @@ def split_by_owner(frm: np.ndarray, to: np.ndarray, bounds: np.ndarray) -> list[
 
 
 def csr_pattern(to: np.ndarray, frm: np.ndarray, lo: int, hi: int, n: int) -> sp.csr_array:
-    """Pattern of rows [lo, hi) (a 1.0 per arc, parallel arcs repeated), cut into column stripes.
-
-    Stripe ``b`` holds columns ``[b << COL_STRIPE_BITS, (b+1) << COL_STRIPE_BITS)`` and is stored as
-    rows ``b*R .. b*R+R-1`` of one CSR (R = hi - lo, column ids unchanged): a stripe's SpMV gathers
-    from a 16 MB slice of the vector, which stays in cache (perf-notes §4b).  :func:`spmv` adds the
-    stripes up.
-    """
+    """CSR of rows [lo, hi) with a 1.0 per arc (parallel arcs kept as repeated entries)."""
     rows = hi - lo
-    stripes = max(1, -(-n >> COL_STRIPE_BITS))
-    key = (to - lo).astype(np.int64 if stripes * rows >= 2**31 else np.int32, copy=False)
-    if stripes > 1:
-        key = key + (frm >> COL_STRIPE_BITS).astype(key.dtype) * rows
     try:  # scipy's counting sort without the canonicalising sort that tocsr() adds (2-3x faster)
         from scipy.sparse._sparsetools import coo_tocsr
 
-        indptr = np.empty(stripes * rows + 1, dtype=key.dtype)
-        indices = np.empty(len(frm), dtype=key.dtype)
+        indptr = np.empty(rows + 1, dtype=np.int32)
+        indices = np.empty(len(frm), dtype=np.int32)
         ones = np.ones(len(frm), dtype=np.int8)  # the scatter moves 1 byte per arc, not 8
-        coo_tocsr(stripes * rows, n, len(frm), key, frm.astype(key.dtype, copy=False), ones, indptr, indices,
-                  np.empty_like(ones))
-        return sp.csr_array((np.ones(len(frm)), indices, indptr), shape=(stripes * rows, n))
+        coo_tocsr(rows, n, len(frm), (to - lo).astype(np.int32, copy=False), frm.astype(np.int32, copy=False),
+                  ones, indptr, indices, np.empty_like(ones))
+        return sp.csr_array((np.ones(len(frm)), indices, indptr), shape=(rows, n))
     except ImportError:  # pragma: no cover - private scipy API moved
-        return sp.csr_array((np.ones(len(frm)), (key, frm)), shape=(stripes * rows, n))
+        return sp.csr_array((np.ones(len(frm)), ((to - lo), frm)), shape=(rows, n))
 
 
 def inverse_degree(outdeg: np.ndarray) -> np.ndarray:
@@ -160,16 +149,14 @@ def inverse_degree(outdeg: np.ndarray) -> np.ndarray:
 
 
 def spmv(block: sp.csr_array, v: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out`` = the sum over column stripes of ``block @ v`` (see :func:`csr_pattern`), in place."""
-    rows = len(out)
+    """``out = block @ v`` into a preallocated vector (no 8 B/row allocation per iteration)."""
     try:
         from scipy.sparse._sparsetools import csr_matvec
     except ImportError:  # pragma: no cover - private scipy API moved
-        out[:] = (block @ v).reshape(-1, rows).sum(axis=0)
+        out[:] = block @ v
         return out
     out.fill(0.0)
-    for b in range(block.shape[0] // rows if rows else 0):  # csr_matvec adds into out
-        csr_matvec(rows, block.shape[1], block.indptr[b * rows:], block.indices, block.data, v, out)
+    csr_matvec(block.shape[0], block.shape[1], block.indptr, block.indices, block.data, v, out)
     return out
 
 

@@ -100,12 +100,7 @@ def test_row_bounds_balance_weight():
     assert list(pagerank.row_bounds(np.ones(3, dtype=int), 5)) == sorted(pagerank.row_bounds(np.ones(3, dtype=int), 5))
 
 
-@pytest.fixture(params=[21, 3], ids=["one_stripe", "many_stripes"])
-def stripes(request, monkeypatch):
-    monkeypatch.setattr(pagerank, "COL_STRIPE_BITS", request.param)
-
-
-def test_split_and_blocks_reassemble_the_matrix(stripes):
+def test_split_and_blocks_reassemble_the_matrix():
     rng = np.random.default_rng(0)
     n = 50
     frm, to = rng.integers(0, n, 400), rng.integers(0, n, 400)
