@@ -284,11 +284,15 @@ class KMeansPart(_dist.RayPart):
         u -= float(self.chunk_mass[:b].sum())
         return self.point(b * CHUNK + pick_index(np.cumsum(self.d2[b * CHUNK:(b + 1) * CHUNK]), u))
 
+    def index(self) -> None:
+        """Bucket the points into the assignment grid (once; the drivers time it as build)."""
+        if self.grid is None:
+            self.grid = PointGrid(self.x, self.y)
+
     def lloyd(self, centers: np.ndarray) -> tuple[np.ndarray, int]:
         """Assign, return exact (3, k) stats and how many labels changed."""
         self.d2 = None
-        if self.grid is None:
-            self.grid = PointGrid(self.x, self.y)
+        self.index()
         labels, stats = self.grid.lloyd(centers)
         changed = len(labels) if self.labels is None else int(np.count_nonzero(labels != self.labels))
         self.labels = labels
@@ -415,6 +419,7 @@ def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: An
     with timer(t, "build"):
         init = kmeans_pp(args.k, args.seed, [total], lambda w, i: part.point(i),
                          lambda c: [part.add_center(c)], lambda w, u: part.pick(u))
+        part.index()
     with timer(t, "compute"), _dist.progress("k-means (reference)", args.max_iter) as adv:
         stats, centers, iters = lloyd_loop(init, args.max_iter, part.lloyd, adv)
         sse = part.sse(centers)
@@ -442,6 +447,7 @@ def run_ray(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> 
             init = kmeans_pp(args.k, args.seed, counts, lambda w, i: g(actors[w].point.remote(i)),
                              lambda c: g([a.add_center.remote(c) for a in actors]),
                              lambda w, u: g(actors[w].pick.remote(u)))
+            g([a.index.remote() for a in actors])
 
         def step(c: np.ndarray) -> tuple[np.ndarray, int]:
             parts = g([a.lloyd.remote(c) for a in actors])
@@ -483,6 +489,7 @@ def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.
         init = kmeans_pp(args.k, args.seed, counts, point_at,
                          lambda c: [float(v) for v in np.concatenate(comm.allgather(np.array([part.add_center(c)])))],
                          pick)
+        comm.guard(part.index)
 
     def step(c: np.ndarray) -> tuple[np.ndarray, int]:
         stats, changed = part.lloyd(c)
