@@ -304,6 +304,7 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
                       "bytes": int(sum(f.stat().st_size for f in Path(cfg["input"]).iterdir() if f.is_file()))}
     with timer(timings, "startup"):
         vision.ray_init(vision.ray_address(args.address), num_cpus=cfg["workers"] * cfg["threads"])
+    vision.check_device(args.device, ray=True)
     with vision.ray_storage(args.storage) as storage, timer(timings, "compute"):
         tuned = run_pbt(data, cfg, storage)
     baseline = None

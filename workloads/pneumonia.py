@@ -216,6 +216,7 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> dict[str, Any] |
     rec["params"].update({k: v for k, v in cfg.items() if k != "input_resolved"})
     rec["dataset"] = dataset_info(cfg)
     if args.framework == "torch":
+        vision.check_device(args.device)
         result = vision.launch_torch(train_worker, cfg, args.workers)
     else:
         result = run_ray(args, cfg)
@@ -226,6 +227,7 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> dict[str, Any] |
 
 def run_ray(args: argparse.Namespace, cfg: dict) -> dict[str, Any]:
     vision.ray_init(vision.ray_address(args.address), num_cpus=max(os.cpu_count() or 1, args.workers * cfg["threads"]))
+    vision.check_device(args.device, ray=True)
     use_gpu = args.device == "cuda" or (args.device == "auto" and vision.ray_has_gpu())
     cfg = {**cfg, "device": "auto"}  # Ray picks the worker's device from use_gpu
     with vision.ray_storage(args.storage) as storage:

@@ -490,6 +490,19 @@ def ray_has_gpu() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def check_device(requested: str, ray: bool = False) -> None:
+    """``--device cuda`` needs a GPU where the work runs (this machine, or the Ray cluster), checked
+    before anything starts: otherwise spawned ranks fail with tracebacks and Ray waits for a GPU forever."""
+    if requested != "cuda":
+        return
+    if ray and not ray_has_gpu():
+        raise UserError("--device cuda but the Ray cluster has no GPU; use --device cpu or auto")
+    if not ray:
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
+
+
 # --------------------------------------------------------------------------------------------
 # CLI helpers
 # --------------------------------------------------------------------------------------------

@@ -202,12 +202,14 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
                       "records": int(sum(len(v[1]) for v in split.values())),
                       "bytes": int(sum(v[0].nbytes + v[1].nbytes for v in split.values()))}
     if args.framework == "reference":
+        vision.check_device(args.device)
         with timer(timings, "compute"):
             out = grid_reference(split, cfg["depths"], cfg)
     else:
         with timer(timings, "startup"):
             vision.ray_init(vision.ray_address(args.address), num_cpus=max(os.cpu_count() or 1,
                                                                             cfg["workers"] * cfg["threads"]))
+        vision.check_device(args.device, ray=True)
         with vision.ray_storage(args.storage) as storage, timer(timings, "compute"):
             out = grid_ray(split, cfg["depths"], {**cfg, "storage": storage})
     fill_metrics(rec, out, split, cfg)
