@@ -296,8 +296,7 @@ class WorkerContext:
 def pick_device(requested: str, local_rank: int = 0):
     import torch
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
+        check_device(requested)
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
