@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from workloads.graphio import InputInfo, inspect_input
-from workloads.record import UserError, fail_record, finish_record, new_record, write_record
+from workloads.record import UserError, fail_record, finish_record, launch_time, new_record, write_record
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 Body = Callable[[argparse.Namespace, InputInfo, dict, Any], None]
@@ -92,13 +92,12 @@ def run_recorded(workload: str, args: argparse.Namespace, params: dict[str, Any]
     """Run ``body`` under the record/error contract; only rank 0 (or the driver) reports."""
     leader = comm is None or comm.rank == 0
     rec = new_record(workload, args.framework, workers=args.workers, params=params, run_id=args.run_id)
-    t0 = time.perf_counter()
     try:
         check_common_args(args)
         info = inspect_input(args.input)
         rec["dataset"] = dataset_entry(info, args.dataset)
         body(args, info, rec, comm)
-        rec["timings_s"]["total"] = time.perf_counter() - t0
+        rec["timings_s"]["total"] = since_launch(args)
         ver = rec.get("verification")
         if ver is not None and not ver["passed"]:
             raise UserError(f"verification against {ver['reference']} failed: error {ver['error']:.3g}")
@@ -137,20 +136,36 @@ def summary_line(rec: dict) -> str:
             f"{json.dumps(keep)} timings_s={json.dumps(t)}")
 
 
+def since_launch(args: argparse.Namespace) -> float:
+    """Seconds since the run was launched (:func:`workloads.record.launch_time`)."""
+    return time.time() - args.launch_t
+
+
+def mark_startup(args: argparse.Namespace, rec: dict) -> None:
+    """``startup`` = launch until the workers are ready: interpreter start and imports, then Ray's
+    start-up and actors, or torch's spawn (or torchrun) and rendezvous.  The same span in every runtime."""
+    rec["timings_s"]["startup"] = since_launch(args)
+
+
 # ------------------------------------------------------------------------------------------ Ray
 def start_local_ray(num_cpus: int, attempts: int = 3) -> None:
-    """Start a private single-machine Ray (127.0.0.1, no dashboard, auth off unless set)."""
+    """Start a private single-machine Ray (127.0.0.1, no dashboard, auth off unless set).
+
+    The workers inherit this process's environment (PYTHONPATH included) from the raylet, so no
+    job runtime_env is needed: with one, Ray cannot use the workers it prestarts and starts new ones
+    for the actors (about 1.5 s more here).
+    """
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    pythonpath = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if REPO_ROOT not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, *paths) if p)
     for attempt in range(1, attempts + 1):
         try:
             ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                     log_to_driver=False, configure_logging=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": pythonpath,
-                                               "RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}})
+                     log_to_driver=False, configure_logging=False)
             return
         except Exception as exc:  # Ray's raylet waits only 30 s, which a loaded machine can miss
             ray.shutdown()
@@ -271,7 +286,7 @@ class TorchComm:
     def allreduce(self, a: np.ndarray, op: str = "sum") -> np.ndarray:
         t = self._t(np.array(a, copy=True))
         self.dist.all_reduce(t, op={"sum": self.dist.ReduceOp.SUM, "max": self.dist.ReduceOp.MAX,
-                                    "min": self.dist.ReduceOp.MIN}[op])
+                                    "min": self.dist.ReduceOp.MIN, "bor": self.dist.ReduceOp.BOR}[op])
         return t.numpy()
 
     def allgather(self, a: np.ndarray) -> list[np.ndarray]:
@@ -285,19 +300,21 @@ class TorchComm:
         return [o.numpy()[:s] for o, s in zip(out, sizes.tolist(), strict=True)]
 
     def alltoall(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """pieces[r] goes to rank r; returns what every rank sent here (1-D arrays, one dtype)."""
+        """pieces[r] goes to rank r; returns what every rank sent here (1-D arrays, one dtype).
+
+        One all_to_all_single with split sizes: no padding, one send and one receive buffer.
+        """
+        import torch
+
         sizes = np.zeros((self.world, self.world), dtype=np.int64)
         sizes[self.rank] = [len(p) for p in pieces]
         sizes = self.allreduce(sizes)
-        longest = int(sizes.max())
-        send = []
-        for p in pieces:
-            buf = np.zeros(longest, dtype=pieces[0].dtype)
-            buf[:len(p)] = p
-            send.append(self._t(buf))
-        recv = [self._t(np.empty(longest, dtype=pieces[0].dtype)) for _ in range(self.world)]
-        self.dist.all_to_all(recv, send)
-        return [r.numpy()[:int(sizes[src, self.rank])] for src, r in enumerate(recv)]
+        recv_sizes = sizes[:, self.rank].tolist()
+        send = self._t(np.concatenate(pieces))
+        recv = torch.empty(sum(recv_sizes), dtype=send.dtype)
+        self.dist.all_to_all_single(recv, send, output_split_sizes=recv_sizes,
+                                    input_split_sizes=sizes[self.rank].tolist())
+        return np.split(recv.numpy(), np.cumsum(recv_sizes)[:-1])
 
     def block_gatherer(self, sizes: Sequence[int], dtype: Any) -> Callable[[np.ndarray], np.ndarray]:
         """A repeated all-gather of blocks with fixed ``sizes`` (rank order) into one concatenated vector.
@@ -402,6 +419,8 @@ def spawn_torch(workers: int, target: Callable[..., int], args: tuple[Any, ...],
 def execute(workload: str, args: argparse.Namespace, params: dict[str, Any], bodies: dict[str, Body]) -> int:
     """Dispatch to the framework's body: reference / Ray in this process, torch in ranks."""
     args.run_id = args.run_id or f"{workload}-{args.framework}-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(3).hex()}"
+    if getattr(args, "launch_t", None) is None:  # spawned ranks get the parent's, with args
+        args.launch_t = launch_time()
     if args.framework != "torch":
         return run_recorded(workload, args, params, bodies[args.framework])
     if torchrun_env():

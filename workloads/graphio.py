@@ -124,6 +124,11 @@ def read_range(info: InputInfo, start: int, end: int) -> tuple[np.ndarray, np.nd
     """Parse the lines owned by ``[start, end)``: two integer arrays (node1, node2), int32 or int64."""
     fs, path = open_fs(info.uri)
     try:
+        if isinstance(fs, pafs.LocalFileSystem):  # parse the page cache in place: no copy of the range
+            with pa.memory_map(path) as f:
+                lo, hi = aligned_range(f, info.size, start, end, info.data_start)
+                f.seek(lo)
+                return parse_edges(f.read_buffer(hi - lo) if hi > lo else b"", info, lo)
         with fs.open_input_file(path) as f:
             lo, hi = aligned_range(f, info.size, start, end, info.data_start)
             buf = f.read_at(hi - lo, lo) if hi > lo else b""

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 import warnings
 from typing import Any
 
@@ -405,7 +404,7 @@ def _record(args: argparse.Namespace, info: InputInfo, rec: dict, metrics: dict[
 
 def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
     t = rec["timings_s"]
-    t["startup"] = 0.0
+    _dist.mark_startup(args, rec)
     rec["nodes"] = 1
     part = KMeansPart(0, 1, info)
     if args.method == "blockwise":
@@ -429,11 +428,10 @@ def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: An
 def run_ray(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
     t = rec["timings_s"]
     g = _dist.ray_get
-    t0 = time.perf_counter()
     with _dist.ray_session(args.workers, args.address):
         actors = _dist.ray_actors(KMeansPart, args.workers, info)
         rec["nodes"] = _dist.ray_nodes(actors)
-        t["startup"] = time.perf_counter() - t0
+        _dist.mark_startup(args, rec)
         if args.method == "blockwise":
             with timer(t, "compute"):
                 res = [r for part in g([a.blocks.remote(args.block_mb << 20, args.k, args.seed) for a in actors])
@@ -461,7 +459,7 @@ def run_ray(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> 
 
 def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.TorchComm) -> None:
     t = rec["timings_s"]
-    t["startup"] = 0.0
+    _dist.mark_startup(args, rec)
     rec["nodes"] = len(comm.hosts())
     part = KMeansPart(comm.rank, comm.world, info)
     lead = comm.rank == 0

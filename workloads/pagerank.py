@@ -9,8 +9,9 @@ that occur in the file, relabelled densely in id order; reported ids are the fil
 How the work is split (the same for both runtimes, so they differ only in how data moves):
 
 1. each worker parses its byte range of the file (:mod:`workloads.graphio`);
-2. the workers agree on the node set: an OR of presence bitmaps (or, for ids too large for a bitmap,
-   a union of sorted unique ids) -> dense ids by a cumulative sum, never a Python dict;
+2. the workers agree on the node set: an OR of bit-packed presence bitmaps when the id space is
+   small next to the edge count (:func:`use_bitmap`), else a union of sorted unique ids -> dense ids
+   by a cumulative sum or a binary search, never a Python dict;
 3. degrees are counted (summed over workers) and nodes are renumbered by degree, highest first
    (:func:`degree_rank`): the hot entries of ``x`` then share cache lines, which makes the SpMV's
    random gathers 1.2-1.6x faster (perf-notes §4b); rows (destinations) are cut into contiguous
@@ -37,7 +38,8 @@ from workloads import _dist
 from workloads.graphio import InputInfo, read_range, split_ranges
 from workloads.record import UserError, run_main, timer
 
-DENSE_ID_LIMIT = 1 << 28  # ids below this are relabelled with a bitmap of max_id+1 bytes
+DENSE_ID_LIMIT = 1 << 28  # ids below this may be relabelled through a bitmap of the id space ...
+BITMAP_IDS_PER_EDGE = 8  # ... when max_id is at most this many times the edge count
 
 
 # ------------------------------------------------------------------------------ pure functions
@@ -48,12 +50,20 @@ def check_ids(min_id: int, n_edges: int, uri: str) -> None:
         raise UserError(f"{uri}: node ids must be non-negative (found {min_id})")
 
 
+def use_bitmap(max_id: int, n_edges: int) -> bool:
+    """Relabel through a bitmap of ids 0..max_id (a byte, then a 4-byte index, per id) or through
+    sorted unique ids (a sort of two ids per edge and a binary search per endpoint)?  The bitmap
+    wins unless the ids are much sparser than the edges (SNAP's sparse ids on a small cut)."""
+    return max_id < DENSE_ID_LIMIT and max_id <= BITMAP_IDS_PER_EDGE * max(n_edges, 1)
+
+
 def presence_mask(src: np.ndarray, dst: np.ndarray, max_id: int) -> np.ndarray:
-    """uint8 bitmap of length max_id+1: 1 where the id occurs in src or dst."""
+    """Bit-packed presence of ids 0..max_id in src or dst (an OR of two of them is the union);
+    8x smaller than a byte map to send between workers."""
     mask = np.zeros(max_id + 1, dtype=np.uint8)
     mask[src] = 1
     mask[dst] = 1
-    return mask
+    return np.packbits(mask, bitorder="little")
 
 
 def local_unique(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -61,9 +71,11 @@ def local_unique(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([src, dst])).astype(np.int64, copy=False)
 
 
-def dense_index(mask: np.ndarray) -> np.ndarray:
-    """Bitmap -> array mapping each present id to its dense id (id order), int32."""
-    index = np.cumsum(mask, dtype=np.int32)
+def dense_index(bits: np.ndarray) -> np.ndarray:
+    """Packed bitmap -> array mapping each present id to its dense id (id order), int32.
+
+    The node count is ``index[-1] + 1``."""
+    index = np.cumsum(np.unpackbits(bits, bitorder="little"), dtype=np.int32)
     index -= 1
     return index
 
@@ -77,7 +89,9 @@ def relabel(arr: np.ndarray, node_set: np.ndarray, dense: bool) -> np.ndarray:
 
 def node_ids(node_set: np.ndarray, dense: bool) -> np.ndarray:
     """Dense id -> original int64 id."""
-    return np.flatnonzero(node_set).astype(np.int64) if dense else node_set.astype(np.int64)
+    if dense:
+        return np.flatnonzero(np.unpackbits(node_set, bitorder="little")).astype(np.int64)
+    return node_set.astype(np.int64)
 
 
 def degree_rank(degree: np.ndarray) -> np.ndarray:
@@ -117,29 +131,48 @@ def row_bounds(row_weight: np.ndarray, parts: int) -> np.ndarray:
     return np.maximum.accumulate(bounds)
 
 
-def split_by_owner(frm: np.ndarray, to: np.ndarray, bounds: np.ndarray) -> list[np.ndarray]:
-    """Arcs grouped by the owner of their destination row: one int32 array [to..., from...] per owner."""
+def split_edges(src: np.ndarray, dst: np.ndarray, bounds: np.ndarray, directed: bool) -> list[np.ndarray]:
+    """The arcs of edges (src, dst) grouped by the owner of their destination row: one int32 array
+    ``[to..., from...]`` per owner, rows in the owner's numbering (``to - lo``).
+
+    Undirected: the arcs ``make_arcs`` gives (both ways, a self-loop once), written straight from the
+    edges into each owner's array, without the 2x-long arc arrays in between.
+    """
+    back = None if directed else src != dst
     pieces = []
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        sel = (to >= lo) & (to < hi) if len(bounds) > 2 else slice(None)
-        pieces.append(np.concatenate([to[sel], frm[sel]]).astype(np.int32, copy=False))
+        into = (dst >= lo) & (dst < hi)  # arcs src -> dst owned here
+        parts = [(into, dst, src)]
+        if back is not None:
+            out = (src >= lo) & (src < hi)
+            out &= back  # arcs dst -> src owned here
+            parts.append((out, src, dst))
+        counts = [int(np.count_nonzero(sel)) for sel, _, _ in parts]
+        total = sum(counts)
+        piece = np.empty(2 * total, dtype=np.int32)
+        at = 0
+        for (sel, to, frm), c in zip(parts, counts, strict=True):
+            np.compress(sel, to, out=piece[at:at + c])
+            np.compress(sel, frm, out=piece[total + at:total + at + c])
+            at += c
+        piece[:total] -= lo
+        pieces.append(piece)
     return pieces
 
 
-def csr_pattern(to: np.ndarray, frm: np.ndarray, lo: int, hi: int, n: int) -> sp.csr_array:
-    """CSR of rows [lo, hi) with a 1.0 per arc (parallel arcs kept as repeated entries)."""
-    rows = hi - lo
+def csr_pattern(rows: int, to: np.ndarray, frm: np.ndarray, n: int) -> sp.csr_array:
+    """CSR of ``rows`` rows (``to`` in 0..rows-1) with a 1.0 per arc (parallel arcs kept as repeated entries)."""
     try:  # scipy's counting sort without the canonicalising sort that tocsr() adds (2-3x faster)
         from scipy.sparse._sparsetools import coo_tocsr
 
         indptr = np.empty(rows + 1, dtype=np.int32)
         indices = np.empty(len(frm), dtype=np.int32)
         ones = np.ones(len(frm), dtype=np.int8)  # the scatter moves 1 byte per arc, not 8
-        coo_tocsr(rows, n, len(frm), (to - lo).astype(np.int32, copy=False), frm.astype(np.int32, copy=False),
+        coo_tocsr(rows, n, len(frm), to.astype(np.int32, copy=False), frm.astype(np.int32, copy=False),
                   ones, indptr, indices, np.empty_like(ones))
         return sp.csr_array((np.ones(len(frm)), indices, indptr), shape=(rows, n))
     except ImportError:  # pragma: no cover - private scipy API moved
-        return sp.csr_array((np.ones(len(frm)), ((to - lo), frm)), shape=(rows, n))
+        return sp.csr_array((np.ones(len(frm)), (to, frm)), shape=(rows, n))
 
 
 def inverse_degree(outdeg: np.ndarray) -> np.ndarray:
@@ -161,17 +194,20 @@ def spmv(block: sp.csr_array, v: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def pagerank_step(block: sp.csr_array, x: np.ndarray, inv_out: np.ndarray, dangling: np.ndarray,
-                  damping: float, lo: int, out: np.ndarray) -> tuple[np.ndarray, float]:
+                  damping: float, lo: int, out: np.ndarray, scaled: np.ndarray) -> tuple[np.ndarray, float]:
     """One power-iteration step for the block's rows [lo, lo+len(out)) given the full previous ``x``.
 
     ``block`` is the rows' pattern; returns (the rows' new values, written into ``out``; their L1 change).
+    ``scaled`` (as long as ``x``) is scratch: no per-iteration allocation of vectors (here every large
+    allocation is fresh pages to fault in).
     """
     n = len(x)
     base = (damping * x[dangling].sum() + (1.0 - damping)) / n
-    spmv(block, x * inv_out, out)
+    spmv(block, np.multiply(x, inv_out, out=scaled), out)
     out *= damping
     out += base
-    return out, float(np.abs(out - x[lo:lo + len(out)]).sum())
+    diff = np.subtract(out, x[lo:lo + len(out)], out=scaled[:len(out)])
+    return out, float(np.abs(diff, out=diff).sum())
 
 
 def top_k(ids: np.ndarray, x: np.ndarray, k: int) -> list[list[Any]]:
@@ -207,7 +243,7 @@ def reference_matrix(src: np.ndarray, dst: np.ndarray, directed: bool
                      ) -> tuple[np.ndarray, sp.csr_array, np.ndarray]:
     """Single-process transition matrix: (ids, M with M[v, u] = 1/outdeg(u), dangling mask)."""
     max_id = int(max(src.max(), dst.max())) if len(src) else 0
-    if max_id < DENSE_ID_LIMIT and len(src):
+    if len(src) and use_bitmap(max_id, len(src)):
         mask = presence_mask(src, dst, max_id)
         index = dense_index(mask)
         ids, s, d = node_ids(mask, True), relabel(src, index, True), relabel(dst, index, True)
@@ -263,16 +299,17 @@ class PageRankPart(_dist.RayPart):
             return 0, 0, -1
         return len(self.src), int(min(self.src.min(), self.dst.min())), int(max(self.src.max(), self.dst.max()))
 
-    def node_set(self, max_id: int) -> np.ndarray:
-        self.dense = max_id < DENSE_ID_LIMIT
+    def node_set(self, max_id: int, dense: bool) -> np.ndarray:
+        """This worker's ids: a packed bitmap (``dense``, see :func:`use_bitmap`) or sorted unique ids."""
+        self.dense = dense
         if self.dense:
             return presence_mask(self.src, self.dst, max_id)
         return local_unique(self.src, self.dst)
 
     def degrees(self, node_set: np.ndarray) -> np.ndarray:
         """Relabel to dense ids; return local [outdeg] (undirected: the degree) or [outdeg, indeg]."""
-        n = int(node_set.sum()) if self.dense else len(node_set)
         lookup = dense_index(node_set) if self.dense else node_set
+        n = int(lookup[-1]) + 1 if self.dense else len(node_set)
         s, d = relabel(self.src, lookup, self.dense), relabel(self.dst, lookup, self.dense)
         del lookup
         self.src, self.dst = s, d
@@ -282,10 +319,10 @@ class PageRankPart(_dist.RayPart):
         return np.concatenate([out, np.bincount(d, minlength=n)])
 
     def split(self, rank: np.ndarray, bounds: np.ndarray) -> list[np.ndarray]:
-        """Renumber by degree, make the arcs, group them by the owner of their row."""
-        frm, to = make_arcs(rank[self.src], rank[self.dst], self.directed)
+        """Renumber by degree; the arcs grouped by the owner of their row (:func:`split_edges`)."""
+        src, dst = rank[self.src], rank[self.dst]
         self.src = self.dst = None
-        return split_by_owner(frm, to, bounds)
+        return split_edges(src, dst, bounds, self.directed)
 
     def split_ray(self, rank: np.ndarray, bounds: np.ndarray) -> Any:
         """split() shaped for Ray's num_returns=world (one value, not a list, when world is 1)."""
@@ -299,16 +336,18 @@ class PageRankPart(_dist.RayPart):
         to = np.concatenate([h[0] for h in halves])
         frm = np.concatenate([h[1] for h in halves])
         del halves, pieces
-        self.block = csr_pattern(to, frm, self.lo, hi, len(outdeg))
+        self.block = csr_pattern(hi - self.lo, to, frm, len(outdeg))
         self.inv_out = inverse_degree(outdeg)
         self.dangling = np.flatnonzero(outdeg == 0)
         self.out = np.empty(hi - self.lo)
+        self.scaled = np.empty(len(outdeg))
         self.spmv_s = 0.0
         return int(self.block.nnz)
 
     def step(self, x: np.ndarray) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
-        out = pagerank_step(self.block, x, self.inv_out, self.dangling, self.damping, self.lo, self.out)
+        out = pagerank_step(self.block, x, self.inv_out, self.dangling, self.damping, self.lo, self.out,
+                             self.scaled)
         self.spmv_s += time.perf_counter() - t0
         return out
 
@@ -348,7 +387,7 @@ def verify(args: argparse.Namespace, info: InputInfo, ids: np.ndarray, x: np.nda
 
 def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
     t = rec["timings_s"]
-    t["startup"] = 0.0
+    _dist.mark_startup(args, rec)
     with timer(t, "load"):
         src, dst = read_range(info, info.data_start, info.size)
     check_ids(int(min(src.min(), dst.min())) if len(src) else 0, len(src), info.uri)
@@ -367,20 +406,24 @@ def run_ray(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> 
 
     t = rec["timings_s"]
     w = args.workers
-    t0 = time.perf_counter()
     with _dist.ray_session(w, args.address):
         actors = _dist.ray_actors(PageRankPart, w, info, args.directed, args.damping)
         rec["nodes"] = _dist.ray_nodes(actors)
-        t["startup"] = time.perf_counter() - t0
+        _dist.mark_startup(args, rec)
         with timer(t, "load"):
             stats = _dist.ray_get([a.load.remote() for a in actors])
         n_edges = sum(s[0] for s in stats)
         check_ids(min(s[1] for s in stats if s[0]) if n_edges else 0, n_edges, info.uri)
         max_id = max(s[2] for s in stats)
         with timer(t, "build"):
-            sets = _dist.ray_get([a.node_set.remote(max_id) for a in actors])
-            dense = max_id < DENSE_ID_LIMIT
-            node_set = np.bitwise_or.reduce(sets) if dense else np.unique(np.concatenate(sets))
+            dense = use_bitmap(max_id, n_edges)
+            sets = _dist.ray_get([a.node_set.remote(max_id, dense) for a in actors])
+            if dense:
+                node_set = sets[0].copy()
+                for other in sets[1:]:
+                    node_set |= other
+            else:
+                node_set = np.unique(np.concatenate(sets))
             del sets
             set_ref = ray.put(node_set)
             counts = np.sum(_dist.ray_get([a.degrees.remote(set_ref) for a in actors]), axis=0)
@@ -412,7 +455,7 @@ def run_ray(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> 
 
 def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.TorchComm) -> None:
     t = rec["timings_s"]
-    t["startup"] = 0.0
+    _dist.mark_startup(args, rec)
     w = comm.world
     part = PageRankPart(comm.rank, w, info, args.directed, args.damping)
     rec["nodes"] = len(comm.hosts())
@@ -423,10 +466,10 @@ def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.
     comm.guard(check_ids, -int(neg_min), n_edges, info.uri)
     max_id = int(max_id)
     with timer(t, "build"):
-        dense = max_id < DENSE_ID_LIMIT
-        local = comm.guard(part.node_set, max_id)
+        dense = use_bitmap(max_id, n_edges)
+        local = comm.guard(part.node_set, max_id, dense)
         if dense:
-            node_set = comm.allreduce(local, "max")
+            node_set = comm.allreduce(local, "bor")
         else:
             node_set = np.unique(np.concatenate(comm.allgather(local)))
         del local

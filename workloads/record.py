@@ -104,6 +104,42 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+LAUNCH_ENV = "SCALELAB_LAUNCH_T"  # a launcher may stamp the run's start (seconds since the epoch)
+_IMPORTED_AT = time.time()
+
+
+def process_start_time(pid: int | str = "self") -> float | None:
+    """Wall-clock start of a process (Linux /proc, 10 ms resolution); None where it cannot be read.
+
+    /proc gives the start in clock ticks since boot; it is mapped to wall-clock time through
+    CLOCK_BOOTTIME now, so a clock stepped since boot does not shift it.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, starttime, after "pid (comm) "
+        since = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - since
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def launch_time() -> float:
+    """When this run was launched, so that ``startup`` and ``total`` cover the same span in every
+    runtime: interpreter start, imports, and spawning or joining the workers.
+
+    ``$SCALELAB_LAUNCH_T`` when a launcher set it; in a torchrun rank, the start of its parent (the
+    elastic agent, started by the launcher on this node); otherwise the start of this process.
+    """
+    raw = os.environ.get(LAUNCH_ENV)
+    if raw:
+        try:
+            return float(raw)
+        except ValueError:
+            pass
+    started = process_start_time(os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else "self")
+    return min(started, _IMPORTED_AT) if started is not None else _IMPORTED_AT
+
+
 @contextmanager
 def timer(timings: dict[str, float], key: str) -> Iterator[None]:
     t0 = time.perf_counter()

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from workloads.record import UserError, fail_record, finish_record, new_record, write_record
+from workloads.record import UserError, fail_record, finish_record, launch_time, new_record, write_record
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -543,8 +543,9 @@ def record_run(workload: str, args: argparse.Namespace, body: Callable[[dict, fl
                summary: Callable[[dict], str]) -> int:
     """The common main of the learning workloads: a record for the run, filled by ``body(rec, t_start)``,
     written ok (or failed by :func:`failed_record_on_error`), then a one-line summary.  ``body`` returns
-    False on a rank that is not rank 0 (rank 0 writes the record)."""
-    t_start = time.time()
+    False on a rank that is not rank 0 (rank 0 writes the record).  ``t_start`` is the launch
+    (:func:`workloads.record.launch_time`), so ``startup`` includes the interpreter and imports."""
+    t_start = launch_time()
     rec = new_record(workload, args.framework, workers=args.workers, nodes=args.nodes, run_id=args.run_id)
     with failed_record_on_error(rec, args.output):
         if body(rec, t_start) is False:

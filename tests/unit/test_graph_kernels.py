@@ -109,13 +109,42 @@ def test_split_and_blocks_reassemble_the_matrix():
     bounds = pagerank.row_bounds(np.bincount(to, minlength=n), 3)
     x = rng.random(n)
     got = []
-    for w, piece in enumerate(pagerank.split_by_owner(frm, to, bounds)):
+    for w, piece in enumerate(pagerank.split_edges(frm, to, bounds, directed=True)):
         t, f = piece.reshape(2, -1)
         lo, hi = int(bounds[w]), int(bounds[w + 1])
-        got.append(pagerank.spmv(pagerank.csr_pattern(t, f, lo, hi, n), x * inv, np.full(hi - lo, np.nan)))
+        assert t.min() >= 0 and t.max() < hi - lo  # rows in the owner's numbering
+        got.append(pagerank.spmv(pagerank.csr_pattern(hi - lo, t, f, n), x * inv, np.full(hi - lo, np.nan)))
     full = np.zeros(n)
     np.add.at(full, to, inv[frm] * x[frm])
     assert np.allclose(np.concatenate(got), full)
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_split_edges_gives_each_owner_the_undirected_arcs_of_its_rows(parts):
+    rng = np.random.default_rng(1)
+    n = 40
+    src, dst = rng.integers(0, n, 300), rng.integers(0, n, 300)
+    src[:5] = dst[:5]  # self-loops: one arc each
+    frm, to = pagerank.make_arcs(src, dst, directed=False)
+    bounds = pagerank.row_bounds(np.bincount(to, minlength=n), parts)
+    pieces = pagerank.split_edges(src, dst, bounds, directed=False)
+    assert len(pieces) == parts and sum(len(p) for p in pieces) == 2 * len(frm)
+    for w, piece in enumerate(pieces):
+        lo, hi = int(bounds[w]), int(bounds[w + 1])
+        t, f = piece.reshape(2, -1)
+        mine = (to >= lo) & (to < hi)
+        assert sorted(zip((t + lo).tolist(), f.tolist())) == sorted(zip(to[mine].tolist(), frm[mine].tolist()))
+
+
+def test_bitmap_relabel_only_where_ids_are_dense_enough():
+    assert pagerank.use_bitmap(10_000_000, 66_000_000)
+    assert not pagerank.use_bitmap(123_000_000, 667_000)  # SNAP's sparse ids on a 10 MB cut
+    assert not pagerank.use_bitmap(pagerank.DENSE_ID_LIMIT, 10**12)
+    a = pagerank.presence_mask(np.array([3, 9]), np.array([9, 9]), 20)
+    b = pagerank.presence_mask(np.array([0]), np.array([20]), 20)
+    assert len(a) == 3  # 21 ids in 3 bytes
+    assert pagerank.node_ids(a | b, True).tolist() == [0, 3, 9, 20]
+    assert pagerank.dense_index(a | b)[[0, 3, 9, 20]].tolist() == [0, 1, 2, 3]
 
 
 def test_degree_rank_puts_hubs_first_and_keeps_id_order_on_ties():
