@@ -41,10 +41,10 @@ lock:  ## re-resolve requirements.in into requirements.lock (in a scratch venv)
 	$(MAKE) setup && $(PY) -m scalelab.nodelock
 
 test-unit: setup  ## fast tests: units and local workload runs (no root needed)
-	$(PYTEST) tests/unit tests/workloads
+	$(PYTEST) --durations=15 tests/unit tests/workloads
 
 test-lab: setup lab-deps  ## lab tests: bring the lab up, test it, provision it, tear it down (root)
-	$(PYTEST) tests/e2e
+	$(PYTEST) --durations=25 tests/e2e
 
 test: test-unit test-lab  ## everything CI runs
 
