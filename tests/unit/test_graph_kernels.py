@@ -144,7 +144,22 @@ def test_bitmap_relabel_only_where_ids_are_dense_enough():
     b = pagerank.presence_mask(np.array([0]), np.array([20]), 20)
     assert len(a) == 3  # 21 ids in 3 bytes
     assert pagerank.node_ids(a | b, True).tolist() == [0, 3, 9, 20]
-    assert pagerank.dense_index(a | b)[[0, 3, 9, 20]].tolist() == [0, 1, 2, 3]
+    index = pagerank.dense_index(a | b)
+    assert index.n == 4 and pagerank.relabel(np.array([20, 0, 9, 3, 9]), index, True).tolist() == [3, 0, 2, 1, 2]
+
+
+def test_bit_rank_relabel_equals_a_cumulative_sum_across_words_and_chunks(monkeypatch):
+    monkeypatch.setattr(pagerank.BitRank, "CHUNK", 7)  # several chunks, a partial last one
+    rng = np.random.default_rng(2)
+    ids = rng.choice(1000, 300, replace=False)
+    ids[:2] = [0, 999]  # both ends of the id space, 999 in the last, padded word
+    bits = pagerank.presence_mask(ids, ids, 999)
+    mask = np.zeros(1000, np.int64)
+    mask[ids] = 1
+    expect = np.cumsum(mask) - 1
+    index = pagerank.dense_index(bits)
+    assert index.n == 300
+    assert np.array_equal(pagerank.relabel(ids, index, True), expect[ids])
 
 
 def test_degree_rank_puts_hubs_first_and_keeps_id_order_on_ties():
