@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import multiprocessing as mp
 import os
+import secrets
 import socket
 import sys
 import time
@@ -148,17 +149,44 @@ def mark_startup(args: argparse.Namespace, rec: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ Ray
+def local_ray_env() -> None:
+    """The environment of a Ray this process starts on this machine (its daemons and workers inherit it).
+
+    * Loopback only: Ray's servers listen on, and its processes connect to, 127.0.0.1 (Ray's
+      single-machine mode, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; otherwise they listen on every
+      interface and use the machine's network address).
+    * Token auth with a fresh random token, unless RAY_AUTH_MODE is set: no other local user can
+      join or submit work.
+    * Workers at nice 0, unless RAY_worker_niceness is set: Ray's default, 15, lets every other
+      process (Ray's own daemons included) run first, while torch's ranks run at 0.
+    """
+    if "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if "ray" in sys.modules:  # Ray read these settings when it was imported: have it read them again
+        try:
+            from ray._private import ray_constants
+            from ray._raylet import AuthenticationTokenLoader, Config
+        except ImportError:  # pragma: no cover - moved in another Ray; ray.init then says what is wrong
+            return
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
 def start_local_ray(num_cpus: int, attempts: int = 3) -> None:
-    """Start a private single-machine Ray (127.0.0.1, no dashboard, auth off unless set).
+    """Start a private single-machine Ray (no dashboard, token auth, see :func:`local_ray_env`).
 
     The workers inherit this process's environment (PYTHONPATH included) from the raylet, so no
     job runtime_env is needed: with one, Ray cannot use the workers it prestarts and starts new ones
     for the actors (about 1.5 s more here).
     """
+    local_ray_env()
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     if REPO_ROOT not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, *paths) if p)

@@ -105,7 +105,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 LAUNCH_ENV = "SCALELAB_LAUNCH_T"  # a launcher may stamp the run's start (seconds since the epoch)
-_IMPORTED_AT = time.time()
+_AS_PROGRAM = False  # set by run_main(): this process was started to run the workload
 
 
 def process_start_time(pid: int | str = "self") -> float | None:
@@ -128,7 +128,8 @@ def launch_time() -> float:
     runtime: interpreter start, imports, and spawning or joining the workers.
 
     ``$SCALELAB_LAUNCH_T`` when a launcher set it; in a torchrun rank, the start of its parent (the
-    elastic agent, started by the launcher on this node); otherwise the start of this process.
+    elastic agent, started by the launcher on this node); in a workload started as a program
+    (:func:`run_main`), the start of this process; called as a library, now.
     """
     raw = os.environ.get(LAUNCH_ENV)
     if raw:
@@ -136,8 +137,13 @@ def launch_time() -> float:
             return float(raw)
         except ValueError:
             pass
-    started = process_start_time(os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else "self")
-    return min(started, _IMPORTED_AT) if started is not None else _IMPORTED_AT
+    started = None
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        started = process_start_time(os.getppid())
+    elif _AS_PROGRAM:
+        started = process_start_time()
+    now = time.time()
+    return min(started, now) if started is not None else now
 
 
 @contextmanager
@@ -155,6 +161,8 @@ class UserError(Exception):
 
 def run_main(main, argv: list[str] | None = None) -> int:
     """Run a workload's main(argv) -> int, turning UserError into one line on stderr."""
+    global _AS_PROGRAM
+    _AS_PROGRAM = True
     try:
         return int(main(argv) or 0)
     except UserError as exc:

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 import traceback
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from workloads import _dist
 from workloads.record import UserError, fail_record, finish_record, launch_time, new_record, write_record
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -346,12 +346,6 @@ def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawned_worker(rank: int, world: int, port: int, fn: Callable, cfg: dict, queue) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -386,7 +380,7 @@ def launch_torch(fn: Callable, cfg: dict, workers: int) -> dict:
     import torch.multiprocessing as mp
     mpctx = mp.get_context("spawn")
     queue = mpctx.SimpleQueue()
-    port = free_port()
+    port = _dist.free_port()
     procs = [mpctx.Process(target=_spawned_worker, args=(r, workers, port, fn, cfg, queue), daemon=False)
              for r in range(workers)]
     for p in procs:
@@ -411,8 +405,8 @@ def ray_init(address: str | None, num_cpus: int | None = None) -> None:
     """Connect to an existing cluster (address) or start a private local one.
 
     ``address="local"`` is explicit so that a cluster another user started on this machine is never
-    joined by accident. Token auth: a cluster we start ourselves on this machine has auth disabled
-    (set RAY_AUTH_MODE before calling to override); for an existing cluster the caller's environment
+    joined by accident. A Ray we start ourselves gets token auth with a fresh token and workers at
+    nice 0 (:func:`workloads._dist.local_ray_env`); for an existing cluster the caller's environment
     (RAY_AUTH_MODE and token) is used as is.
     """
     import ray
@@ -423,16 +417,16 @@ def ray_init(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    _dist.local_ray_env()
     # Pin the GCS port and export it as RAY_ADDRESS to every process of this instance: Train V2's
     # state-API clients otherwise scan the machine and fail when another user's Ray is also running.
-    port = free_port()
+    port = _dist.free_port()
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     # The dashboard hosts the state API that Train V2's placement-group cleaner polls; bind it (and
     # the node) to loopback only, on a free port so another user's local Ray is never disturbed.
     ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=True,
-             dashboard_host="127.0.0.1", dashboard_port=free_port(), runtime_env=runtime_env,
+             dashboard_host="127.0.0.1", dashboard_port=_dist.free_port(), runtime_env=runtime_env,
              log_to_driver=True, configure_logging=True, logging_level="WARNING")
 
 

@@ -180,6 +180,13 @@ def test_ray_unit_active(host, name, cluster):
     assert not host.file(f"/etc/systemd/system/{other}.service").exists
 
 
+def test_ray_workers_run_at_nice_0(host):
+    """Ray's worker processes (the `ray::` ones) at the priority torchrun's ranks get, not Ray's 15."""
+    assert "RAY_worker_niceness=0" in host.file(RAY_ENV).content_string.splitlines()
+    ps = host.run("ps -eo ni=,args= | awk '$2 ~ /^ray::/ {print $1}'")
+    assert ps.rc == 0 and set(ps.stdout.split()) <= {"0"}, ps.stdout
+
+
 def test_ray_token_auth(host, cluster):
     env = host.file(RAY_ENV).content_string
     assert "RAY_AUTH_MODE=token" in env and f"RAY_AUTH_TOKEN_PATH={TOKEN}" in env

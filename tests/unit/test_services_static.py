@@ -182,6 +182,7 @@ def test_ray_units_pin_every_port_to_the_private_address(tmp_path):
     env = rendered["worker2"]["ray.env"]
     assert "RAY_AUTH_MODE=token" in env and "RAY_AUTH_TOKEN_PATH=/etc/scalelab/ray_auth_token" in env
     assert "RAY_ADDRESS=10.9.1.1:6379" in env
+    assert "RAY_worker_niceness=0" in env.splitlines()  # workers at torchrun's priority
 
 
 @needs_ansible

@@ -34,6 +34,21 @@ def local_ray():
     ray.shutdown()
 
 
+def test_local_ray_is_on_loopback_with_a_token_and_workers_at_nice_0():
+    """A local Ray is private: its address is 127.0.0.1, a client without its token is refused, and
+    its workers run at the priority torch's ranks run at."""
+    import ray
+
+    addr = ray.get_runtime_context().gcs_address
+    assert addr.startswith("127.0.0.1:"), addr
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={addr!r})"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "AuthenticationError" in proc.stderr, proc.stderr[-2000:]
+    assert ray.get(ray.remote(num_cpus=1)(lambda: os.nice(0)).remote()) == 0
+
+
 def write_edges(path: Path, edges: list[tuple[int, int]] | np.ndarray, header: bool = True) -> Path:
     with open(path, "w") as f:
         if header:
