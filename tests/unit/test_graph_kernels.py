@@ -5,6 +5,7 @@ import gzip
 
 import networkx as nx
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 from sklearn.metrics import calinski_harabasz_score
 
@@ -67,6 +68,21 @@ def test_bad_inputs_are_user_errors(tmp_path, text, needle):
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(UserError, match="not found: .*nope.csv"):
         graphio.inspect_input(str(tmp_path / "nope.csv"))
+
+
+def test_a_filesystem_other_than_local_reads_the_same_ranges(tmp_path, monkeypatch):
+    """Local files are parsed from a memory map; any other pyarrow filesystem (HDFS's path) reads
+    each range with read_at.  Both give the same edges for every split."""
+    p = write(tmp_path, "node1,node2\n" + "".join(f"{i},{(i * 7) % 31}\n" for i in range(200)))
+    info = graphio.inspect_input(str(p))
+    local = [graphio.read_range(info, lo, hi) for lo, hi in graphio.split_ranges(info, 3)]
+    sub = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    assert not isinstance(sub, pafs.LocalFileSystem)
+    monkeypatch.setattr(graphio, "open_fs", lambda uri: (sub, p.name))
+    other = [graphio.read_range(info, lo, hi) for lo, hi in graphio.split_ranges(info, 3)]
+    for (a1, b1), (a2, b2) in zip(local, other, strict=True):
+        assert a1.tolist() == a2.tolist() and b1.tolist() == b2.tolist()
+    assert sum(len(a) for a, _ in other) == 200
 
 
 def test_file_uri_goes_through_pyarrow_filesystem(tmp_path):
@@ -133,7 +149,8 @@ def test_split_edges_gives_each_owner_the_undirected_arcs_of_its_rows(parts):
         lo, hi = int(bounds[w]), int(bounds[w + 1])
         t, f = piece.reshape(2, -1)
         mine = (to >= lo) & (to < hi)
-        assert sorted(zip((t + lo).tolist(), f.tolist())) == sorted(zip(to[mine].tolist(), frm[mine].tolist()))
+        got = sorted(zip((t + lo).tolist(), f.tolist(), strict=True))
+        assert got == sorted(zip(to[mine].tolist(), frm[mine].tolist(), strict=True))
 
 
 def test_bitmap_relabel_only_where_ids_are_dense_enough():
