@@ -3,7 +3,7 @@
 Two ways to run, both for each runtime:
 
 * **local** (default, DESIGN.md): Ray starts a private single-machine cluster with ``--workers`` CPUs
-  (auth disabled, 127.0.0.1 only); torch spawns ``--workers`` processes that rendezvous with gloo on
+  (127.0.0.1 only, token auth, workers at nice 0: :func:`local_ray_env`); torch spawns ``--workers`` processes that rendezvous with gloo on
   127.0.0.1.
 * **cluster**: with ``--address`` / ``RAY_ADDRESS`` the Ray driver joins that cluster; when torchrun's
   variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``) are set, this process is one rank of the job.
