@@ -218,11 +218,11 @@ def dashboard(c, inventory=None, port=8265):
 @task(help={"name": "dataset name (data/NAME.csv on the controller)", "inventory": INV_HELP})
 @user_errors
 def put_data(c, name, inventory=None):
-    """Put a dataset on the cluster: HDFS /data when HDFS runs, else the same local path on every node."""
+    """Put a dataset on the cluster: the same local path on every node (what run-experiment reads), and HDFS /data too when HDFS runs."""
     from scalelab import cluster
     from scalelab.cli import inventory_path
     out = cluster.put_data(inventory_path(inventory), name, say=console.print)
-    console.print(f"{name}: {out['uri']}")
+    console.print(f"{name}: {out['uri']}" + (f" and {out['hdfs_uri']}" if "hdfs_uri" in out else ""))
 
 
 ns.add_task(provision)

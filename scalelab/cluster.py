@@ -228,23 +228,27 @@ def put_local(cluster: Cluster, src: Path, say: Callable[[str], None]) -> dict[s
 def put_hdfs(cluster: Cluster, src: Path, say: Callable[[str], None]) -> dict[str, str]:
     """Stream src into HDFS <hadoop_data_path>/<name> through the master (replaced if the size differs)."""
     dest = f"{node_var(cluster, 'hadoop_data_path')}/{src.name}"
+    uri = f"hdfs://{cluster.master.name}:{node_var(cluster, 'hadoop_namenode_rpc_port')}{dest}"
     size = cluster.ssh(cluster.master, _hdfs(cluster, f"dfs -stat %b {shlex.quote(dest)} 2>/dev/null"),
                        timeout=60, check=False).stdout.strip()
     if size == str(src.stat().st_size):
         say(f"{src.name}: already in HDFS at {dest}")
-        return {"uri": f"hdfs://{cluster.master.name}{dest}", "master": "unchanged"}
+        return {"uri": uri, "master": "unchanged"}
     proc = _stream(cluster.master, src, _hdfs(cluster, f"dfs -put -f - {shlex.quote(dest)}"), timeout=3600)
     if proc.returncode != 0:
         tail = (proc.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
         raise UserError(f"hdfs put of {src.name} failed ({tail}): check `fab status`")
-    say(f"{src.name} -> hdfs://{cluster.master.name}{dest}")
-    return {"uri": f"hdfs://{cluster.master.name}{dest}", "master": "copied"}
+    say(f"{src.name} -> {uri}")
+    return {"uri": uri, "master": "copied"}
 
 
 def put_data(inventory: Path, name: str, say: Callable[[str], None] = print,
              data_dir: Path | None = None) -> dict[str, str]:
+    """The same local copy on every node (what `fab run-experiment` reads), and a copy in HDFS too
+    when HDFS runs (``hdfs_uri``: read it with ``--args "--input URI"``)."""
     src = local_dataset(name, data_dir)
     cluster = _inventory.load(inventory)
+    out = put_local(cluster, src, say)
     if hdfs_running(cluster):
-        return put_hdfs(cluster, src, say)
-    return put_local(cluster, src, say)
+        out["hdfs_uri"] = put_hdfs(cluster, src, say)["uri"]
+    return out

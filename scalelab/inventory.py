@@ -126,6 +126,7 @@ NODE_DEFAULTS: dict[str, Any] = {
     "ray_dashboard_port": 8265,
     "hadoop_home": "/opt/hadoop",
     "hadoop_data_path": "/data",
+    "hadoop_namenode_rpc_port": 9000,
     "hadoop_user": "hadoop",
 }
 

@@ -36,16 +36,15 @@ def test_fab_status_reports_every_ray_node(plab) -> None:
 
 def test_put_data_copies_to_the_same_path_on_every_node(plab, tmp_path) -> None:
     cl = _inventory.load(plab.inventory)
-    if _cluster.hdfs_running(cl):
-        pytest.skip("HDFS runs: put-data goes to HDFS (covered by the HDFS checks)")
     data = tmp_path / "data"
     data.mkdir()
     (data / "svc_e2e.csv").write_text("".join(f"{i},{i + 1}\n" for i in range(1000)))
     out = _cluster.put_data(plab.inventory, "svc_e2e", say=lambda m: None, data_dir=data)
     assert out["uri"] == "file:///srv/scalelab/data/svc_e2e.csv"
-    assert {v for k, v in out.items() if k != "uri"} == {"copied"}
+    assert {out[n.name] for n in cl.nodes} == {"copied"}
+    assert ("hdfs_uri" in out) == _cluster.hdfs_running(cl)  # and in HDFS too where it runs
     again = _cluster.put_data(plab.inventory, "svc_e2e", say=lambda m: None, data_dir=data)
-    assert {v for k, v in again.items() if k != "uri"} == {"unchanged"}
+    assert {again[n.name] for n in cl.nodes} == {"unchanged"}
     for node in cl.nodes:
         r = cl.ssh(node, "wc -l < /srv/scalelab/data/svc_e2e.csv")
         assert r.stdout.strip() == "1000"

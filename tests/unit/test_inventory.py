@@ -51,3 +51,16 @@ def test_no_master(tmp_path: Path) -> None:
     (tmp_path / "hosts.yml").write_text("all:\n  children:\n    workers:\n      hosts:\n        w1: {scalelab_private_ip: 10.0.0.2}\n")
     with pytest.raises(UserError, match="exactly one host in group 'master'"):
         inventory.load(tmp_path / "hosts.yml")
+
+
+def test_node_defaults_are_the_roles_defaults() -> None:
+    """The controller's fallbacks (runner, status, put-data) name the same paths and ports the roles use."""
+    import yaml
+
+    roles = Path(__file__).resolve().parents[2] / "roles"
+    defaults: dict = {}
+    for f in roles.glob("*/defaults/main.yml"):
+        defaults.update(yaml.safe_load(f.read_text()) or {})
+    shared = {k: v for k, v in inventory.NODE_DEFAULTS.items() if k in defaults}
+    assert {"ray_dashboard_port", "hadoop_home", "hadoop_data_path", "hadoop_namenode_rpc_port"} <= set(shared)
+    assert {k: defaults[k] for k in shared} == shared
