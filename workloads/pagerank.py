@@ -51,9 +51,10 @@ def check_ids(min_id: int, n_edges: int, uri: str) -> None:
 
 
 def use_bitmap(max_id: int, n_edges: int) -> bool:
-    """Relabel through a bitmap of ids 0..max_id (a byte, then a 4-byte index, per id) or through
-    sorted unique ids (a sort of two ids per edge and a binary search per endpoint)?  The bitmap
-    wins unless the ids are much sparser than the edges (SNAP's sparse ids on a small cut)."""
+    """Relabel through a bitmap of ids 0..max_id (:class:`BitRank`; a byte per id while it is
+    filled) or through sorted unique ids (a sort of two ids per edge and a binary search per
+    endpoint)?  The bitmap wins unless the ids are much sparser than the edges (SNAP's sparse ids on
+    a small cut)."""
     return max_id < DENSE_ID_LIMIT and max_id <= BITMAP_IDS_PER_EDGE * max(n_edges, 1)
 
 
@@ -72,7 +73,7 @@ def local_unique(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 class BitRank:
-    """Dense ids from a packed presence bitmap by rank queries: the dense id of ``v`` is the number of
+    """Dense ids (id order) from a packed presence bitmap by rank queries, ``.n`` of them: the dense id of ``v`` is the number of
     present ids below it, a prefix count per 64-bit word plus a popcount within the word.
 
     Nothing as long as the id space is built (a 4-byte index per id would be 0.5 GB at Friendster's
@@ -101,13 +102,8 @@ class BitRank:
         return out
 
 
-def dense_index(bits: np.ndarray) -> BitRank:
-    """Packed bitmap -> the map from each present id to its dense id (id order); ``.n`` nodes."""
-    return BitRank(bits)
-
-
 def relabel(arr: np.ndarray, node_set: BitRank | np.ndarray, dense: bool) -> np.ndarray:
-    """Original ids -> dense int32 ids.  ``node_set`` is a :func:`dense_index` (dense) or sorted ids."""
+    """Original ids -> dense int32 ids.  ``node_set`` is a :class:`BitRank` (dense) or sorted ids."""
     if dense:
         return node_set(arr)
     return np.searchsorted(node_set, arr).astype(np.int32)
@@ -271,7 +267,7 @@ def reference_matrix(src: np.ndarray, dst: np.ndarray, directed: bool
     max_id = int(max(src.max(), dst.max())) if len(src) else 0
     if len(src) and use_bitmap(max_id, len(src)):
         mask = presence_mask(src, dst, max_id)
-        index = dense_index(mask)
+        index = BitRank(mask)
         ids, s, d = node_ids(mask, True), relabel(src, index, True), relabel(dst, index, True)
         del index
     else:
@@ -334,7 +330,7 @@ class PageRankPart(_dist.RayPart):
 
     def degrees(self, node_set: np.ndarray) -> np.ndarray:
         """Relabel to dense ids; return local [outdeg] (undirected: the degree) or [outdeg, indeg]."""
-        lookup = dense_index(node_set) if self.dense else node_set
+        lookup = BitRank(node_set) if self.dense else node_set
         n = lookup.n if self.dense else len(node_set)
         s, d = relabel(self.src, lookup, self.dense), relabel(self.dst, lookup, self.dense)
         del lookup

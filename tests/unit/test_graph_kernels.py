@@ -97,7 +97,7 @@ def test_relabel_dense_and_sparse_agree():
     expect = np.unique(ids, return_inverse=True)[1]
     small = ids[ids < 100]
     mask = pagerank.presence_mask(small, small, int(small.max()))
-    assert np.array_equal(pagerank.relabel(small, pagerank.dense_index(mask), True),
+    assert np.array_equal(pagerank.relabel(small, pagerank.BitRank(mask), True),
                           np.unique(small, return_inverse=True)[1])
     assert np.array_equal(pagerank.node_ids(mask, True), np.unique(small))
     assert np.array_equal(pagerank.relabel(ids, np.unique(ids), False), expect)
@@ -161,7 +161,7 @@ def test_bitmap_relabel_only_where_ids_are_dense_enough():
     b = pagerank.presence_mask(np.array([0]), np.array([20]), 20)
     assert len(a) == 3  # 21 ids in 3 bytes
     assert pagerank.node_ids(a | b, True).tolist() == [0, 3, 9, 20]
-    index = pagerank.dense_index(a | b)
+    index = pagerank.BitRank(a | b)
     assert index.n == 4 and pagerank.relabel(np.array([20, 0, 9, 3, 9]), index, True).tolist() == [3, 0, 2, 1, 2]
 
 
@@ -174,7 +174,7 @@ def test_bit_rank_relabel_equals_a_cumulative_sum_across_words_and_chunks(monkey
     mask = np.zeros(1000, np.int64)
     mask[ids] = 1
     expect = np.cumsum(mask) - 1
-    index = pagerank.dense_index(bits)
+    index = pagerank.BitRank(bits)
     assert index.n == 300
     assert np.array_equal(pagerank.relabel(ids, index, True), expect[ids])
 
