@@ -104,7 +104,6 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-LAUNCH_ENV = "SCALELAB_LAUNCH_T"  # a launcher may stamp the run's start (seconds since the epoch)
 _AS_PROGRAM = False  # set by run_main(): this process was started to run the workload
 
 
@@ -127,16 +126,10 @@ def launch_time() -> float:
     """When this run was launched, so that ``startup`` and ``total`` cover the same span in every
     runtime: interpreter start, imports, and spawning or joining the workers.
 
-    ``$SCALELAB_LAUNCH_T`` when a launcher set it; in a torchrun rank, the start of its parent (the
-    elastic agent, started by the launcher on this node); in a workload started as a program
-    (:func:`run_main`), the start of this process; called as a library, now.
+    In a torchrun rank, the start of its parent (the elastic agent, started by the launcher on this
+    node); in a workload started as a program (:func:`run_main`), the start of this process; called
+    as a library, now.
     """
-    raw = os.environ.get(LAUNCH_ENV)
-    if raw:
-        try:
-            return float(raw)
-        except ValueError:
-            pass
     started = None
     if "TORCHELASTIC_RUN_ID" in os.environ:
         started = process_start_time(os.getppid())

@@ -19,16 +19,12 @@ def test_process_start_time_is_this_process_start():
     assert record.process_start_time(2**22 + 12345) is None  # no such process
 
 
-def test_launch_time_as_a_library_is_now_and_a_launcher_stamp_wins(monkeypatch):
-    monkeypatch.delenv(record.LAUNCH_ENV, raising=False)
+def test_launch_time_as_a_library_is_now(monkeypatch):
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     assert abs(record.launch_time() - time.time()) < 0.5  # pytest started long ago: not counted
-    monkeypatch.setenv(record.LAUNCH_ENV, "1234.5")
-    assert record.launch_time() == 1234.5
 
 
 def test_launch_time_in_a_torchrun_rank_is_its_agent_start(monkeypatch):
-    monkeypatch.delenv(record.LAUNCH_ENV, raising=False)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
     assert record.launch_time() == pytest.approx(record.process_start_time(os.getppid()), abs=0.02)
 
