@@ -3,8 +3,8 @@
 Two ways to run, both for each runtime:
 
 * **local** (default, DESIGN.md): Ray starts a private single-machine cluster with ``--workers`` CPUs
-  (127.0.0.1 only, token auth, workers at nice 0: :func:`local_ray_env`); torch spawns ``--workers`` processes that rendezvous with gloo on
-  127.0.0.1.
+  (127.0.0.1 only, token auth, workers at nice 0: :func:`local_ray_env`); torch spawns
+  ``--workers`` processes that rendezvous with gloo on 127.0.0.1.
 * **cluster**: with ``--address`` / ``RAY_ADDRESS`` the Ray driver joins that cluster; when torchrun's
   variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``) are set, this process is one rank of the job.
 
@@ -159,7 +159,13 @@ def local_ray_env() -> None:
       join or submit work.
     * Workers at nice 0, unless RAY_worker_niceness is set: Ray's default, 15, lets every other
       process (Ray's own daemons included) run first, while torch's ranks run at 0.
+    * The workloads package on PYTHONPATH, inherited by the workers from the raylet: no job
+      runtime_env is needed, and with one Ray cannot use the workers it prestarts (it starts new
+      ones for the actors, about 1.5 s more here).
     """
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if REPO_ROOT not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, *paths) if p)
     if "RAY_AUTH_MODE" not in os.environ:
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
@@ -178,18 +184,10 @@ def local_ray_env() -> None:
 
 
 def start_local_ray(num_cpus: int, attempts: int = 3) -> None:
-    """Start a private single-machine Ray (no dashboard, token auth, see :func:`local_ray_env`).
-
-    The workers inherit this process's environment (PYTHONPATH included) from the raylet, so no
-    job runtime_env is needed: with one, Ray cannot use the workers it prestarts and starts new ones
-    for the actors (about 1.5 s more here).
-    """
+    """Start a private single-machine Ray (no dashboard; its environment: :func:`local_ray_env`)."""
     local_ray_env()
     import ray
 
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if REPO_ROOT not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, *paths) if p)
     for attempt in range(1, attempts + 1):
         try:
             ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",

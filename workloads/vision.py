@@ -412,9 +412,9 @@ def ray_init(address: str | None, num_cpus: int | None = None) -> None:
     import ray
     if ray.is_initialized():
         return
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-        p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)}}
     if address:
+        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
+            p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)}}
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
     _dist.local_ray_env()
@@ -426,7 +426,7 @@ def ray_init(address: str | None, num_cpus: int | None = None) -> None:
     # The dashboard hosts the state API that Train V2's placement-group cleaner polls; bind it (and
     # the node) to loopback only, on a free port so another user's local Ray is never disturbed.
     ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=True,
-             dashboard_host="127.0.0.1", dashboard_port=_dist.free_port(), runtime_env=runtime_env,
+             dashboard_host="127.0.0.1", dashboard_port=_dist.free_port(),
              log_to_driver=True, configure_logging=True, logging_level="WARNING")
 
 
