@@ -11,7 +11,7 @@ LOCK   := requirements.lock
 STAMP  := $(VENV)/.installed-$(shell sha256sum $(LOCK) 2>/dev/null | cut -c1-12)
 LAB_DEBS := debootstrap systemd-container iptables dnsmasq-base openssh-client
 
-.PHONY: help setup lab-deps lock test test-unit test-lab demo bench lint clean lab-up lab-down
+.PHONY: help setup lab-deps lock test test-unit test-lab test-upgrade demo bench lint clean lab-up lab-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,8 +20,9 @@ $(STAMP): $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11 (python3.11, python3.11-venv)"; exit 2; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch is pinned to its CPU build in the lock; PIP_FIND_LINKS/PIP_EXTRA_INDEX_URL say where it lies.
-	$(PY) -m pip install -q -r $(LOCK)
+	# torch is pinned to its CPU build in the lock: from ../shared/wheels (or $$SCALELAB_WHEELS) when it
+	# holds the wheel, otherwise from PyTorch's CPU index (scalelab.wheelhouse decides, for the nodes too).
+	$(PY) -m pip install -q $$($(PY) -m scalelab.wheelhouse pip-args) -r $(LOCK)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -44,7 +45,10 @@ test-unit: setup  ## fast tests: units and local workload runs (no root needed)
 	$(PYTEST) --durations=15 tests/unit tests/workloads
 
 test-lab: setup lab-deps  ## lab tests: bring the lab up, test it, provision it, tear it down (root)
-	$(PYTEST) --durations=25 tests/e2e
+	$(PYTEST) --durations=25 -m "not release_upgrade" tests/e2e
+
+test-upgrade: setup lab-deps  ## a bullseye lab host taken to bookworm by os_upgrade (root; CI runs it)
+	$(PYTEST) --durations=10 -m release_upgrade tests/e2e
 
 test: test-unit test-lab  ## everything CI runs
 

@@ -8,6 +8,7 @@ from invoke import Collection, task
 from scalelab import lab as _lab
 from scalelab import labspec as _labspec
 from scalelab.cli import console, table, user_errors
+from scalelab.errors import UserError
 
 LAB_HELP = "lab inventory directory (default: inventory/lab)"
 
@@ -241,11 +242,14 @@ def demo(c, inventory=None, nodes=2):
     from scalelab.cli import inventory_path
     t0 = time.monotonic()
     with console.status("demo") as st:
-        tbl, out, steps = _demo.run(inventory_path(inventory), say=console.print, status=st.update, nodes=int(nodes))
+        tbl, out, steps, bad = _demo.run(inventory_path(inventory), say=console.print, status=st.update,
+                                         nodes=int(nodes))
     console.print(tbl)
     console.print("steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in steps.items())
                   + f"; total {time.monotonic() - t0:.0f}")
     console.print(f"report: {out['html']}\n        {out['markdown']}")
+    if bad:
+        raise UserError(f"{len(bad)} demo run(s) failed or did not pass verification: {'; '.join(bad)}")
 
 
 ns.add_task(demo)

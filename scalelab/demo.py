@@ -21,7 +21,7 @@ DEMO_RUNS = (("pagerank", "test_data"), ("kmeans", "test_data"))
 
 
 def run(inv: Path, say: Callable[[str], None], status: Callable[[str], None] | None = None,
-        nodes: int = 2) -> tuple[Table, dict[str, Path], dict[str, float]]:
+        nodes: int = 2) -> tuple[Table, dict[str, Path], dict[str, float], list[str]]:
     from workloads import data
 
     steps: dict[str, float] = {}
@@ -51,7 +51,17 @@ def run(inv: Path, say: Callable[[str], None], status: Callable[[str], None] | N
     t = step("report")
     out = report.build()
     steps["report"] = time.monotonic() - t
-    return comparison(paths), out, steps
+    return comparison(paths), out, steps, not_passed(paths)
+
+
+def not_passed(paths: list[Path]) -> list[str]:
+    """The runs of the demo that failed or whose result did not pass verification, as 'workload/framework'."""
+    bad = []
+    for p in paths:
+        r = json.loads(p.read_text())
+        if r["status"] != "ok" or not (r.get("verification") or {}).get("passed"):
+            bad.append(f"{r['workload']}/{r['framework']} ({p})")
+    return bad
 
 
 def comparison(paths: list[Path]) -> Table:

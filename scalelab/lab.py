@@ -528,6 +528,7 @@ def wait_ssh(spec: LabSpec, hosts: Iterable[str], timeout: float = 90) -> None:
 
 def write_access_files(spec: LabSpec) -> None:
     spec.inventory_dir.mkdir(parents=True, exist_ok=True)
+    spec.state_dir.mkdir(parents=True, exist_ok=True)
     keys = {h.name: host_keys(spec, h.name) for h in spec.hosts}
     spec.known_hosts.write_text(labspec.render_known_hosts(spec, keys))
     spec.ssh_config.write_text(labspec.render_ssh_config(spec))

@@ -6,6 +6,7 @@ truth for the lab's addresses) and is free of side effects, so it is unit-tested
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,13 +81,15 @@ class LabSpec:
     def key_file(self) -> Path:
         return self.state_dir / "id_ed25519"
 
+    # The ssh client files live with the lab's state, not in the inventory directory: Ansible parses
+    # every file there as inventory and warns about each one it cannot read.
     @property
     def ssh_config(self) -> Path:
-        return self.inventory_dir / "ssh_config"
+        return self.state_dir / "ssh_config"
 
     @property
     def known_hosts(self) -> Path:
-        return self.inventory_dir / "known_hosts"
+        return self.state_dir / "known_hosts"
 
     @property
     def hosts_file(self) -> Path:
@@ -177,7 +180,8 @@ def load_spec(inventory_dir: Path = LAB_INVENTORY, workers: int | None = None) -
         public_cidr=str(pub), private_cidr=str(priv), controller_ip=str(ctl), master_public_ip=str(mpub),
         private_interface=str(req("scalelab_private_interface")),
         public_interface=str(req("scalelab_public_interface")),
-        state_dir=Path(req("scalelab_lab_state_dir")), base_cache=Path(req("scalelab_lab_base_cache")),
+        state_dir=Path(req("scalelab_lab_state_dir")),
+        base_cache=Path(os.environ.get("SCALELAB_LAB_BASE_CACHE") or req("scalelab_lab_base_cache")),
         inventory_dir=inventory_dir,
         port_forwards=tuple(v.get("scalelab_port_forwards") or ()),
     )

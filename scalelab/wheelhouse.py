@@ -13,6 +13,7 @@ the nodes, which record the key they installed, do nothing either.
     python -m scalelab.wheelhouse build [--lock requirements.lock] [--out wheelhouse]   # JSON on stdout
     python -m scalelab.wheelhouse key   [--lock requirements.lock]
     python -m scalelab.wheelhouse pack  --src workloads --out wheelhouse/workloads.tar   # the workloads package
+    python -m scalelab.wheelhouse pip-args   # where pip finds the CPU torch wheel (used by `make setup`)
 """
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LOCK = REPO_ROOT / "requirements.lock"
 DEFAULT_OUT = REPO_ROOT / "wheelhouse"
 MANIFEST = "manifest.json"
+# The lock pins torch's CPU build (a +cpu local version), which PyPI does not serve: pip finds it in a
+# local wheel directory when the machine has one, otherwise on PyTorch's CPU index.  A loose `torch`
+# from PyPI would be the multi-GB CUDA build.
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+LOCAL_WHEEL_DIRS = (REPO_ROOT.parent / "shared" / "wheels",)
 
 
 def requirement_lines(lock_text: str) -> list[str]:
@@ -45,6 +51,21 @@ def requirement_lines(lock_text: str) -> list[str]:
         if line and not line.startswith("#"):
             out.append(line)
     return out
+
+
+def local_wheel_dir(env=os.environ) -> Path | None:
+    """The first directory holding a torch wheel: $SCALELAB_WHEELS, else ../shared/wheels beside the repo."""
+    candidates = [Path(env["SCALELAB_WHEELS"])] if env.get("SCALELAB_WHEELS") else list(LOCAL_WHEEL_DIRS)
+    for d in candidates:
+        if d.is_dir() and any(d.glob("torch-*.whl")):
+            return d.resolve()
+    return None
+
+
+def torch_pip_args(env=os.environ) -> list[str]:
+    """pip options that make the lock's CPU torch installable: a local wheel directory or the CPU index."""
+    local = local_wheel_dir(env)
+    return ["--find-links", str(local)] if local else ["--extra-index-url", TORCH_CPU_INDEX]
 
 
 def target_tag() -> str:
@@ -109,7 +130,7 @@ def build(lock: Path = DEFAULT_LOCK, out: Path = DEFAULT_OUT, pip: list[str] | N
     t0 = time.monotonic()
     say(f"wheelhouse: building {info['key']} from {lock} (one-off; takes a few minutes)")
     cmd = [*(pip or [sys.executable, "-m", "pip"]), "wheel", "--disable-pip-version-check", "-q",
-           "--wheel-dir", str(work), "-r", str(lock)]
+           "--wheel-dir", str(work), *torch_pip_args(), "-r", str(lock)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PIP_NO_INPUT": "1"})
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -150,7 +171,7 @@ def pack_tree(src: Path, dest: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m scalelab.wheelhouse", description=__doc__.split("\n")[0])
-    ap.add_argument("action", choices=["build", "key", "status", "pack"])
+    ap.add_argument("action", choices=["build", "key", "status", "pack", "pip-args"])
     ap.add_argument("--lock", type=Path, default=DEFAULT_LOCK)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--src", type=Path, help="pack: the directory to pack into --out (a .tar file)")
@@ -160,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.src:
                 ap.error("pack needs --src DIR")
             print(json.dumps({"tar": str(args.out), "changed": pack_tree(args.src, args.out)}))
+            return 0
+        if args.action == "pip-args":
+            print(" ".join(torch_pip_args()))
             return 0
         if args.action == "key":
             print(lock_key(read_lock(args.lock)))

@@ -5,7 +5,6 @@ you run by hand), runs site.yml on it, and tears it down at the end even when te
 """
 from __future__ import annotations
 
-import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from scalelab import labspec
-from tests.e2e.labutil import BIN, REPO, fab, make_inventory, require_lab_machine
+from tests.e2e.labutil import BIN, REPO, fab, make_inventory, recap, require_lab_machine, ssh
 
 
 @dataclass
@@ -22,6 +21,7 @@ class ProvisionedLab:
     spec: labspec.LabSpec
     inventory: Path
     timings: dict[str, float] = field(default_factory=dict)
+    first_output: str = ""
 
     def playbook(self, *extra: str, timeout: float = 3000) -> tuple[subprocess.CompletedProcess[str], dict]:
         proc = subprocess.run([str(BIN / "ansible-playbook"), "site.yml", "-i", str(self.inventory), *extra],
@@ -38,14 +38,6 @@ class ProvisionedLab:
                               env={**__import__("os").environ, "SCALELAB_INVENTORY": str(self.inventory)})
 
 
-def recap(stdout: str) -> dict[str, dict[str, int]]:
-    """PLAY RECAP lines -> {host: {ok, changed, unreachable, failed, ...}}."""
-    out = {}
-    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", stdout, re.M):
-        out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
-    return out
-
-
 @pytest.fixture(scope="session")
 def plab(tmp_path_factory) -> ProvisionedLab:
     require_lab_machine()
@@ -56,9 +48,14 @@ def plab(tmp_path_factory) -> ProvisionedLab:
         t0 = time.monotonic()
         fab("lab-up", "--inventory", str(inv))
         lab.timings["lab_up"] = time.monotonic() - t0
+        # As a cloud image ships, and seconds old: apt must refresh lists that are missing whatever
+        # their directory's age (a cache_valid_time check alone would skip the update).
+        for h in spec.hosts:
+            ssh(spec, h.name, "rm -rf /var/lib/apt/lists && mkdir -p /var/lib/apt/lists/partial")
         t0 = time.monotonic()
         proc, rc = lab.playbook()
         lab.timings["provision"] = time.monotonic() - t0
+        lab.first_output = proc.stdout + proc.stderr
         if proc.returncode != 0:
             tail = "\n".join(proc.stdout.splitlines()[-60:])
             pytest.fail(f"site.yml failed on the fresh lab:\n{tail}\n{proc.stderr[-2000:]}")

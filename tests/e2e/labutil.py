@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ def require_lab_machine() -> None:
         pytest.fail(f"lab tests need {', '.join(missing)}: run `make lab-deps` (make test does)")
 
 
-def make_inventory(dst: Path, name: str, second_octet: int, workers: int = 2) -> Path:
+def make_inventory(dst: Path, name: str, second_octet: int, workers: int = 2, suite: str | None = None) -> Path:
     """A lab inventory of its own (name, subnets, state dir), so a test's lab never meets the default one."""
     shutil.copytree(REPO / "inventory/lab/group_vars", dst / "group_vars")
     gv = dst / "group_vars/all"
@@ -36,6 +37,8 @@ def make_inventory(dst: Path, name: str, second_octet: int, workers: int = 2) ->
                 scalelab_lab_controller_ip=f"10.{second_octet}.0.1",
                 scalelab_lab_master_public_ip=f"10.{second_octet}.0.10",
                 scalelab_lab_state_dir=f"/var/lib/scalelab/{name}")
+    if suite:
+        labv.update(scalelab_lab_suite=suite)
     (gv / "lab.yml").write_text(yaml.safe_dump(labv))
     net = yaml.safe_load((gv / "network.yml").read_text())
     net.update(scalelab_private_cidr=f"10.{second_octet}.1.0/24", scalelab_public_gateway=f"10.{second_octet}.0.1")
@@ -66,3 +69,11 @@ def ssh(spec: labspec.LabSpec, host: str, command: str, timeout: float = 60,
     if check and proc.returncode != 0:
         raise AssertionError(f"ssh {host} {command!r} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
+
+
+def recap(stdout: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP lines -> {host: {ok, changed, unreachable, failed, ...}}."""
+    out = {}
+    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", stdout, re.M):
+        out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return out

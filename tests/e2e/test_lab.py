@@ -5,15 +5,17 @@ checking that nothing is left behind.
 """
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from scalelab import lab
-from tests.e2e.labutil import BIN, fab, make_inventory, require_lab_machine, running_lab, ssh
+from tests.e2e.labutil import BIN, REPO, fab, make_inventory, require_lab_machine, running_lab, ssh
 
 pytestmark = pytest.mark.lab
 
@@ -49,6 +51,9 @@ def test_ansible_reaches_every_host_workers_through_the_master(tlab) -> None:
     assert all(v["ansible_host"].startswith("10.78.1.") for v in workers.values())
     assert f"ProxyJump root@{tlab.master_public_ip}" in tlab.ssh_config.read_text()
     assert "StrictHostKeyChecking yes" in tlab.ssh_config.read_text()
+    # the ssh client's files are not in the inventory directory, where Ansible would parse them
+    assert sorted(p.name for p in inv.iterdir() if p.is_file()) == ["hosts.yml"]
+    assert "Failed to parse" not in out.stdout + out.stderr and "[WARNING]" not in out.stdout + out.stderr
 
 
 def test_controller_has_no_address_on_the_private_network(tlab) -> None:
@@ -103,6 +108,27 @@ def test_kill_is_a_power_cut_and_start_keeps_the_disk(tlab, host: str) -> None:
         ssh(tlab, h.name, "true")
 
 
+def test_a_host_that_cannot_be_reached_stops_the_whole_provision(tlab) -> None:
+    """A cluster is provisioned whole or not at all: the first unreachable host ends site.yml for every
+    host, at the first play that meets it, instead of provisioning the others into a partial cluster."""
+    inv = str(tlab.inventory_dir)
+    fab("lab-kill", "worker2", "--inventory", inv)
+    try:
+        t0 = time.monotonic()
+        proc = subprocess.run([str(BIN / "ansible-playbook"), "site.yml", "-i", inv], cwd=REPO,
+                              capture_output=True, text=True, timeout=900)
+        took = time.monotonic() - t0
+    finally:
+        fab("lab-start", "worker2", "--inventory", inv)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert re.search(r"^worker2\s+:.*unreachable=1", proc.stdout, re.M), out[-3000:]
+    # worker1 stopped with it: it never reached the plays after the one that met worker2
+    assert "NO MORE HOSTS LEFT" in out, out[-3000:]
+    assert "PLAY [Hostnames, /etc/hosts and OS upgrade]" not in proc.stdout, out[-3000:]
+    assert took < 300, f"the run took {took:.0f} s to stop"
+
+
 def test_bad_host_name_is_one_clear_line(tlab) -> None:
     out = fab("lab-kill", "nosuchhost", "--inventory", str(tlab.inventory_dir), check=False)
     assert out.returncode == 2
@@ -125,3 +151,4 @@ def test_down_leaves_nothing_behind(tlab) -> None:
     assert str(tlab.state_dir) not in procs
     assert not any(Path(r, tlab.name).exists() for r in lab.CGROUP_ROOTS)
     assert not tlab.hosts_file.exists()
+    assert not tlab.ssh_config.exists() and not tlab.known_hosts.exists()

@@ -21,6 +21,15 @@ def test_second_run_changes_nothing(plab) -> None:
     assert not changed, f"second site.yml run changed something: {changed}\n" + proc.stdout[-4000:]
 
 
+def test_provision_from_empty_package_lists_prints_no_warnings(plab) -> None:
+    """The fixture emptied every host's apt lists seconds before site.yml (and the roles installed their
+    packages regardless); a healthy provision prints no warning (no inventory parse noise either)."""
+    out = plab.first_output
+    warnings = [line for line in out.splitlines() if "[WARNING]" in line or "Failed to parse" in line]
+    assert not warnings, "\n".join(warnings[:20])
+    assert "Install sshfs" in out and "Refresh the package lists when they are missing or stale" in out
+
+
 def test_base_infra(plab) -> None:
     out = plab.infra("tests/infra/test_base.py")
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
