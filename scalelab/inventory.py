@@ -98,10 +98,10 @@ def load(path: Path) -> Cluster:
         raise UserError("the lab is not up (inventory/lab/hosts.yml is missing): run `fab lab-up`")
     data = _inventory_json(path)
     hostvars = data.get("_meta", {}).get("hostvars", {})
-    masters = data.get("master", {}).get("hosts", [])
+    masters = data.get("masters", {}).get("hosts", [])
     workers = data.get("workers", {}).get("hosts", [])
     if len(masters) != 1:
-        raise UserError(f"inventory {path} must have exactly one host in group 'master' (it has {len(masters)})")
+        raise UserError(f"inventory {path} must have exactly one host in group 'masters' (it has {len(masters)})")
     nodes = []
     for name, group in [(masters[0], "master")] + [(w, "workers") for w in workers if w not in masters]:
         v = hostvars.get(name, {})

@@ -210,7 +210,7 @@ def render_inventory(spec: LabSpec) -> str:
             "children": {
                 "cluster": {
                     "children": {
-                        "master": {"hosts": {h.name: hostvars(h) for h in master}},
+                        "masters": {"hosts": {h.name: hostvars(h) for h in master}},
                         "workers": {"hosts": {h.name: hostvars(h) for h in workers}} if workers else {},
                     }
                 }

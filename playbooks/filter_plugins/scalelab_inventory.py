@@ -41,7 +41,7 @@ def _port(value) -> int | None:
 
 
 def _nodes(groups: Mapping) -> tuple[list[str], list[str]]:
-    return list(groups.get("master") or []), list(groups.get("workers") or [])
+    return list(groups.get("masters") or []), list(groups.get("workers") or [])
 
 
 def inventory_errors(groups: Mapping, hostvars: Mapping) -> list[str]:
@@ -50,17 +50,17 @@ def inventory_errors(groups: Mapping, hostvars: Mapping) -> list[str]:
     masters, workers = _nodes(groups)
 
     if not masters:
-        errors.append("no master: group 'master' is missing or empty; put exactly one host in it")
+        errors.append("no master: group 'masters' is missing or empty; put exactly one host in it")
     elif len(masters) > 1:
-        errors.append(f"{len(masters)} masters ({', '.join(masters)}): group 'master' must hold exactly one host")
+        errors.append(f"{len(masters)} masters ({', '.join(masters)}): group 'masters' must hold exactly one host")
     for host in sorted(set(masters) & set(workers)):
-        errors.append(f"host '{host}' is in both 'master' and 'workers'; the master must not be a worker here")
+        errors.append(f"host '{host}' is in both 'masters' and 'workers'; the master must not be a worker here")
 
     nodes = list(dict.fromkeys(masters + workers))
     cluster = set(groups.get("cluster") or [])
     for host in nodes:
         if host not in cluster:
-            errors.append(f"host '{host}' is not in group 'cluster'; make 'master' and 'workers' children of 'cluster'")
+            errors.append(f"host '{host}' is not in group 'cluster'; make 'masters' and 'workers' children of 'cluster'")
 
     # Shared network variables (group_vars/all/network.yml); read from the master, as the roles do.
     ref = masters[0] if masters else (nodes[0] if nodes else None)

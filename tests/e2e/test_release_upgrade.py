@@ -36,7 +36,8 @@ def test_bullseye_is_upgraded_to_bookworm_and_a_rerun_changes_nothing(oldlab) ->
     booted = ssh(oldlab, "master", "ps -o lstart= -p 1").stdout.strip()
     proc, rc = base_play(oldlab)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
-    assert "Upgrade to Debian 12" in proc.stdout
+    assert "TASK [os_upgrade : Full-upgrade to bookworm]" in proc.stdout, proc.stdout[-5000:]
+    assert "[WARNING]" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
     assert release(oldlab) == "12 bookworm"
     sources = ssh(oldlab, "master", "cat /etc/apt/sources.list").stdout
     assert "bookworm" in sources and "bullseye" not in sources

@@ -76,7 +76,7 @@ class Cluster:
 
     @property
     def master(self) -> str:
-        return self.groups["master"][0]
+        return self.groups["masters"][0]
 
     @property
     def workers(self) -> list[str]:

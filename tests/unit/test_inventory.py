@@ -49,7 +49,7 @@ def test_lab_not_up(inv: Path) -> None:  # noqa: F811
 
 def test_no_master(tmp_path: Path) -> None:
     (tmp_path / "hosts.yml").write_text("all:\n  children:\n    workers:\n      hosts:\n        w1: {scalelab_private_ip: 10.0.0.2}\n")
-    with pytest.raises(UserError, match="exactly one host in group 'master'"):
+    with pytest.raises(UserError, match="exactly one host in group 'masters'"):
         inventory.load(tmp_path / "hosts.yml")
 
 

@@ -95,11 +95,11 @@ def test_inventory_groups_and_connection(inv: Path) -> None:
     spec = labspec.load_spec(inv)
     data = yaml.safe_load(labspec.render_inventory(spec))
     cluster = data["all"]["children"]["cluster"]["children"]
-    assert set(cluster) == {"master", "workers"}
-    assert list(cluster["master"]["hosts"]) == ["master"]
+    assert set(cluster) == {"masters", "workers"}
+    assert list(cluster["masters"]["hosts"]) == ["master"]
     assert list(cluster["workers"]["hosts"]) == ["worker1", "worker2"]
     assert cluster["workers"]["hosts"]["worker1"]["ansible_host"] == "10.77.1.2"
-    assert cluster["master"]["hosts"]["master"]["ansible_host"] == spec.master_public_ip
+    assert cluster["masters"]["hosts"]["master"]["ansible_host"] == spec.master_public_ip
     assert f"-F {spec.ssh_config}" == data["all"]["vars"]["ansible_ssh_common_args"]
 
 
@@ -111,8 +111,8 @@ def test_inventory_is_read_by_ansible(inv: Path) -> None:
                          capture_output=True, text=True, check=True).stdout
     data = yaml.safe_load(out)
     assert sorted(data["workers"]["hosts"]) == ["worker1", "worker2"]
-    assert data["master"]["hosts"] == ["master"]
-    assert sorted(data["cluster"]["children"]) == ["master", "workers"]
+    assert data["masters"]["hosts"] == ["master"]
+    assert sorted(data["cluster"]["children"]) == ["masters", "workers"]
     hv = data["_meta"]["hostvars"]["worker2"]
     assert hv["scalelab_private_ip"] == "10.77.1.3" and hv["scalelab_private_cidr"] == spec.private_cidr
 

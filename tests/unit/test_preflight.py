@@ -53,7 +53,7 @@ def lab_like() -> dict:
             "children": {
                 "cluster": {
                     "children": {
-                        "master": {"hosts": {"master": {**UNREACHABLE, "scalelab_public_ip": "10.77.0.10",
+                        "masters": {"hosts": {"master": {**UNREACHABLE, "scalelab_public_ip": "10.77.0.10",
                                                         "scalelab_private_ip": "10.77.1.1"}}},
                         "workers": {"hosts": {
                             "worker1": {**UNREACHABLE, "scalelab_private_ip": "10.77.1.2"},
@@ -71,11 +71,11 @@ def _groups(doc):
 
 
 def no_master(doc):
-    del _groups(doc)["master"]
+    del _groups(doc)["masters"]
 
 
 def two_masters(doc):
-    _groups(doc)["master"]["hosts"]["master2"] = {**UNREACHABLE, "scalelab_private_ip": "10.77.1.9",
+    _groups(doc)["masters"]["hosts"]["master2"] = {**UNREACHABLE, "scalelab_private_ip": "10.77.1.9",
                                                   "scalelab_public_ip": "10.77.0.11"}
 
 
@@ -105,8 +105,8 @@ def master_is_worker(doc):
 
 # case -> (mutation, the one line preflight must print)
 BROKEN = {
-    "no_master": (no_master, "preflight: no master: group 'master' is missing or empty; put exactly one host in it"),
-    "two_masters": (two_masters, "preflight: 2 masters (master, master2): group 'master' must hold exactly one host"),
+    "no_master": (no_master, "preflight: no master: group 'masters' is missing or empty; put exactly one host in it"),
+    "two_masters": (two_masters, "preflight: 2 masters (master, master2): group 'masters' must hold exactly one host"),
     "duplicate_ip": (duplicate_ip, "preflight: duplicate scalelab_private_ip 10.77.1.2: used by worker1 and worker2"),
     "missing_ip": (missing_ip, "preflight: host 'worker1' has no scalelab_private_ip (its address on the private network)"),
     "unknown_forward": (
@@ -116,7 +116,7 @@ BROKEN = {
     ),
     "outside_cidr": (outside_cidr, "preflight: host 'worker2': scalelab_private_ip 10.99.0.3 is outside scalelab_private_cidr 10.77.1.0/24"),
     "forward_port_22": (forward_port_22, "preflight: port forward 22 -> worker1:22: port 22 is the master's own sshd"),
-    "master_is_worker": (master_is_worker, "preflight: host 'master' is in both 'master' and 'workers'"),
+    "master_is_worker": (master_is_worker, "preflight: host 'master' is in both 'masters' and 'workers'"),
 }
 
 
@@ -219,7 +219,7 @@ def _flat(doc) -> tuple[dict, dict]:
         groups[gname] = list(g.get("hosts", {}))
         for h, hv in g.get("hosts", {}).items():
             hostvars.setdefault(h, dict(shared)).update(hv)
-    groups["cluster"] = list(dict.fromkeys(groups.get("master", []) + groups.get("workers", [])))
+    groups["cluster"] = list(dict.fromkeys(groups.get("masters", []) + groups.get("workers", [])))
     return groups, hostvars
 
 
@@ -267,7 +267,7 @@ def test_filter_missing_network_vars():
 
 def test_filter_master_without_public_ip_and_bad_addresses():
     doc = lab_like()
-    m = _groups(doc)["master"]["hosts"]["master"]
+    m = _groups(doc)["masters"]["hosts"]["master"]
     del m["scalelab_public_ip"]
     _groups(doc)["workers"]["hosts"]["worker1"]["scalelab_private_ip"] = "10.77.1.300"
     errors = inv.inventory_errors(*_flat(doc))

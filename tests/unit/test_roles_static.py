@@ -123,7 +123,7 @@ def _lab_inventory(tmp: Path) -> Path:
     inv.mkdir()
     shutil.copytree(ROOT / "inventory/lab/group_vars", inv / "group_vars")
     hosts = {"all": {"children": {"cluster": {"children": {
-        "master": {"hosts": {"master": {"ansible_host": "10.77.0.10", "scalelab_public_ip": "10.77.0.10",
+        "masters": {"hosts": {"master": {"ansible_host": "10.77.0.10", "scalelab_public_ip": "10.77.0.10",
                                         "scalelab_private_ip": "10.77.1.1"}}},
         "workers": {"hosts": {"worker1": {"ansible_host": "10.77.1.2", "scalelab_private_ip": "10.77.1.2"},
                               "worker2": {"ansible_host": "10.77.1.3", "scalelab_private_ip": "10.77.1.3"}}},

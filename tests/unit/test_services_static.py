@@ -46,7 +46,7 @@ def _inventory(dst: Path, group_vars_from: Path) -> Path:
     shutil.copytree(group_vars_from, dst / "group_vars")
     unreachable = {"ansible_host": "127.0.0.1", "ansible_port": 9}
     hosts = {"all": {"vars": {"scalelab_private_interface": "eth1"}, "children": {"cluster": {"children": {
-        "master": {"hosts": {"master": {**unreachable, "scalelab_private_ip": "10.9.1.1",
+        "masters": {"hosts": {"master": {**unreachable, "scalelab_private_ip": "10.9.1.1",
                                         "scalelab_public_ip": "10.9.0.10"}}},
         "workers": {"hosts": {"worker1": {**unreachable, "scalelab_private_ip": "10.9.1.2"},
                               "worker2": {**unreachable, "scalelab_private_ip": "10.9.1.3"}}}}}}}}
