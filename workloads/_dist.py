@@ -133,8 +133,9 @@ def summary_line(rec: dict) -> str:
     if "top" in m:
         keep["top"] = m["top"][:3]
     t = {k: round(v, 3) for k, v in rec["timings_s"].items() if isinstance(v, float)}
+    late = " NOT CONVERGED: stopped at --max-iter" if m.get("converged") is False else ""
     return (f"{rec['workload']} {rec['framework']} workers={rec['workers']} nodes={rec['nodes']}: "
-            f"{json.dumps(keep)} timings_s={json.dumps(t)}")
+            f"{json.dumps(keep)} timings_s={json.dumps(t)}{late}")
 
 
 def since_launch(args: argparse.Namespace) -> float:

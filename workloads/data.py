@@ -248,6 +248,23 @@ def generate(name: str, out_dir: str | Path, from_snap: str | Path | None = None
     return final
 
 
+def synthetic(path: str | Path, nodes: int, edges: int, seed: int = 0, id_span: int | None = None) -> Path:
+    """Write a synthetic graph of any size (the generator of the named datasets) to ``path``; ids are
+    spread over ``id_span`` (default 2 * nodes: dense enough for the bitmap relabelling)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec = Spec(path.stem, None, edges, nodes, id_span or 2 * nodes)
+    part = path.with_name(f".{path.name}.part")
+    tmp = path.with_name(f".{path.stem}.tmp")
+    try:
+        synthesize(spec, part, seed, tmp, lambda n: None)
+        part.replace(path)
+    finally:
+        part.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m workloads.data", description=__doc__.split("\n")[0])
     p.add_argument("name", help=f"one of: {', '.join(DATASETS)}")

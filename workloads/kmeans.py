@@ -327,8 +327,13 @@ def kmeans_pp(k: int, seed: int, counts: list[int], point_at: Any, add_center: A
     return np.array(centers, dtype=np.float64)
 
 
-def lloyd_loop(centers: np.ndarray, max_iter: int, step: Any, advance: Any = None) -> tuple[np.ndarray, np.ndarray, int]:
-    """``step(centers) -> (reduced stats, changed)``; stop when no label changes. (stats, centres, iters)."""
+def lloyd_loop(centers: np.ndarray, max_iter: int, step: Any, advance: Any = None
+               ) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """``step(centers) -> (reduced stats, changed)``; (stats, centres, iterations, converged).
+
+    Stopping rule: an iteration in which no label changes.  The labels are exact and the sums are
+    integers, so the centres are then exactly a fixed point of Lloyd's step, at any size and split;
+    ``max_iter`` reached first means not converged."""
     stats, iters = None, 0
     while iters < max_iter:
         iters += 1
@@ -337,8 +342,8 @@ def lloyd_loop(centers: np.ndarray, max_iter: int, step: Any, advance: Any = Non
         if advance:
             advance(1)
         if changed == 0:
-            break
-    return stats, centers, iters
+            return stats, centers, iters, True
+    return stats, centers, iters, False
 
 
 def reference_kmeans(x: np.ndarray, y: np.ndarray, k: int, seed: int, max_iter: int) -> dict[str, Any]:
@@ -347,10 +352,10 @@ def reference_kmeans(x: np.ndarray, y: np.ndarray, k: int, seed: int, max_iter: 
     part.x, part.y = x, y
     init = kmeans_pp(k, seed, [len(x)], lambda w, i: part.point(i), lambda c: [part.add_center(c)],
                      lambda w, u: part.pick(u))
-    stats, centers, iters = lloyd_loop(init, max_iter, lambda c: part.lloyd(c))
+    stats, centers, iters, done = lloyd_loop(init, max_iter, lambda c: part.lloyd(c))
     sse = part.sse(centers)
     return {"centroids": centers, "ch_score": calinski_harabasz(stats, sse), "inertia": float(sse.sum()),
-            "iterations": iters}
+            "iterations": iters, "converged": done}
 
 
 # ------------------------------------------------------------------------------------ drivers
@@ -365,9 +370,10 @@ def _blockwise_metrics(args: argparse.Namespace, results: list[tuple[int, float,
 
 
 def _global_metrics(args: argparse.Namespace, stats: np.ndarray, centers: np.ndarray, sse: np.ndarray,
-                    iters: int) -> dict[str, Any]:
+                    iters: int, done: bool) -> dict[str, Any]:
     return {"method": "global", "k": args.k, "ch_score": calinski_harabasz(stats, sse),
             "inertia": float(sse.sum()), "centroids": centers.tolist(), "iterations": iters,
+            "converged": done, "stopped_by": "no label changed" if done else "max_iter",
             "points": int(stats[0].sum()), "cluster_sizes": stats[0].tolist()}
 
 
@@ -384,7 +390,9 @@ def verify(args: argparse.Namespace, info: InputInfo, metrics: dict[str, Any]) -
     c, rc = np.asarray(metrics["centroids"]), ref["centroids"]
     err = float(np.abs(c - rc).max() / max(np.abs(rc).max(), 1e-300))
     err = max(err, abs(ref["ch_score"] - metrics["ch_score"]) / max(abs(ref["ch_score"]), 1e-300))
-    return {"reference": "single-process numpy Lloyd", "error": err, "passed": err <= 1e-9}
+    same_stop = (ref["iterations"], ref["converged"]) == (metrics["iterations"], metrics["converged"])
+    return {"reference": "single-process numpy Lloyd", "error": err, "reference_iterations": ref["iterations"],
+            "reference_converged": ref["converged"], "passed": bool(err <= 1e-9 and same_stop)}
 
 
 def _check_points(total: int, k: int, uri: str) -> None:
@@ -420,9 +428,9 @@ def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: An
                          lambda c: [part.add_center(c)], lambda w, u: part.pick(u))
         part.index()
     with timer(t, "compute"), _dist.progress("k-means (reference)", args.max_iter) as adv:
-        stats, centers, iters = lloyd_loop(init, args.max_iter, part.lloyd, adv)
+        stats, centers, iters, done = lloyd_loop(init, args.max_iter, part.lloyd, adv)
         sse = part.sse(centers)
-    _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters))
+    _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters, done))
 
 
 def run_ray(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
@@ -452,9 +460,9 @@ def run_ray(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> 
             return np.sum([p[0] for p in parts], axis=0), sum(p[1] for p in parts)
 
         with timer(t, "compute"), _dist.progress("k-means (ray)", args.max_iter) as adv:
-            stats, centers, iters = lloyd_loop(init, args.max_iter, step, adv)
+            stats, centers, iters, done = lloyd_loop(init, args.max_iter, step, adv)
             sse = np.sum(g([a.sse.remote(centers) for a in actors]), axis=0)
-    _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters))
+    _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters, done))
 
 
 def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.TorchComm) -> None:
@@ -495,10 +503,10 @@ def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.
         return red[:-1].reshape(3, -1), int(red[-1])
 
     with timer(t, "compute"), _dist.maybe(lead, _dist.progress("k-means (torch)", args.max_iter)) as adv:
-        stats, centers, iters = lloyd_loop(init, args.max_iter, step, adv)
+        stats, centers, iters, done = lloyd_loop(init, args.max_iter, step, adv)
         sse = comm.allreduce(part.sse(centers))
     if lead:
-        _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters))
+        _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters, done))
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -508,7 +516,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--method", choices=("blockwise", "global"), default="global")
     p.add_argument("--k", type=int, default=16, help="clusters (the seed: 16)")
     p.add_argument("--seed", type=int, default=42, help="k-means++ / sklearn random_state (the seed: 42)")
-    p.add_argument("--max-iter", type=int, default=100, help="global: Lloyd iterations at most")
+    p.add_argument("--max-iter", type=int, default=300,
+                   help="global: Lloyd iterations at most (it stops when no label changes)")
     p.add_argument("--block-mb", type=int, default=20, help="blockwise: block size in MiB (the seed: 20)")
     args = p.parse_args(argv)
     if args.k < 2 or args.max_iter < 1 or args.block_mb < 1:

@@ -196,11 +196,80 @@ def test_top_k_orders_ties_by_id():
 def test_reference_matches_networkx(directed):
     rng = np.random.default_rng(5)
     src, dst = rng.integers(0, 60, 300) * 1000, rng.integers(0, 60, 300) * 1000
-    ids, x, _, done = pagerank.reference_pagerank(src, dst, directed=directed, tol=1e-10, max_iter=500)
+    ids, x, _, done, change = pagerank.reference_pagerank(src, dst, directed=directed)
     g = (nx.MultiDiGraph if directed else nx.MultiGraph)()
     g.add_edges_from(zip(src.tolist(), dst.tolist(), strict=True))
-    ref = nx.pagerank(g, tol=1e-10, max_iter=500)
-    assert done and np.abs(x - np.array([ref[i] for i in ids.tolist()])).max() < 1e-9
+    ref = nx.pagerank(g, tol=1e-15, max_iter=1000)
+    assert done and change < pagerank.DEFAULT_TOL
+    assert np.abs(x - np.array([ref[i] for i in ids.tolist()])).max() < 1e-12  # networkx stops at n * 1e-15
+
+
+def test_stopping_rule_is_an_absolute_l1_change_whatever_the_size():
+    """networkx's sum|x'-x| < n*tol holds for any change (at most 2) once n > 2/tol: with tol 1e-6 a
+    3 M-node graph stops after one step.  Ours compares the change with tol alone."""
+    assert 2.0 < 3_000_000 * 1e-6
+    assert not pagerank.converged(1e-3, pagerank.DEFAULT_TOL)
+    assert pagerank.converged(1e-16, 1e-15) and not pagerank.converged(1e-15, 1e-15)
+    assert pagerank.error_bound(1e-15, 0.85) == pytest.approx(0.85 / 0.15 * 1e-15)
+
+
+@pytest.mark.parametrize("damping", [0.5, 0.85, 0.95])
+def test_default_max_iter_allows_the_contraction_to_reach_tol(damping):
+    k = pagerank.iterations_for(pagerank.DEFAULT_TOL, damping)
+    assert 2 * damping ** (k - 1) < pagerank.DEFAULT_TOL / 1.5  # change_k <= 2 d^(k-1), with margin
+    assert k < 1.2 * (np.log(pagerank.DEFAULT_TOL / 2) / np.log(damping) + 1) + 1
+    assert pagerank.parse_args(["--input", "g.csv", "--damping", str(damping)]).max_iter == k
+
+
+def test_fixed_iterations_need_max_iter():
+    with pytest.raises(SystemExit):
+        pagerank.parse_args(["--input", "g.csv", "--tol", "0"])
+    args = pagerank.parse_args(["--input", "g.csv", "--tol", "0", "--max-iter", "20"])
+    assert (args.tol, args.max_iter) == (0.0, 20)
+
+
+def random_matrix(seed: int = 9, n: int = 300, m: int = 900):
+    rng = np.random.default_rng(seed)
+    return pagerank.reference_matrix(rng.integers(0, n, m), rng.integers(0, n, m), directed=True)
+
+
+def test_error_bound_holds_at_every_step_and_the_floor_is_far_below_the_default_tol():
+    _, mat, dangling = random_matrix()
+    assert dangling.any()
+    truth, _, done, floor = pagerank.reference_iterate(mat, dangling, damping=0.85, tol=-1.0, max_iter=1000)
+    assert done and floor < pagerank.DEFAULT_TOL / 10
+    for steps in (1, 5, 20, 60, 120):
+        x, it, stopped, change = pagerank.reference_iterate(mat, dangling, damping=0.85, tol=0.0, max_iter=steps)
+        assert it == steps and not stopped
+        assert np.abs(x - truth).sum() <= pagerank.error_bound(change, 0.85) + 1e-15
+
+
+def test_power_iterate_says_whether_it_converged():
+    _, mat, dangling = random_matrix()
+
+    def step(x):
+        new = 0.85 * (mat @ x) + (0.85 * x[dangling].sum() + 0.15) / len(x)
+        return new, float(np.abs(new - x).sum())
+
+    n = mat.shape[0]
+    x, it, done, change = pagerank.power_iterate(step, n, pagerank.DEFAULT_TOL, 1000)
+    assert done and change < pagerank.DEFAULT_TOL and it < pagerank.iterations_for(pagerank.DEFAULT_TOL, 0.85)
+    x, it, done, change = pagerank.power_iterate(step, n, 0.0, 20)
+    assert (it, done) == (20, False) and change > 0
+    m = pagerank.convergence_metrics(pagerank.top_k(np.arange(n), x, 3), it, done, change, 0.85)
+    assert m["converged"] is False and m["stopped_by"] == "max_iter" and m["iterations"] == 20
+    assert m["error_bound"] == pytest.approx(0.85 / 0.15 * change) and m["top_error_bound"] > m["error_bound"]
+
+
+def test_reference_does_not_use_the_kernel_relabelling(monkeypatch):
+    """The verifier builds its matrix from the edge list with np.unique and scipy alone."""
+    for name in ("BitRank", "presence_mask", "relabel", "node_ids", "make_arcs", "csr_pattern", "split_edges"):
+        monkeypatch.setattr(pagerank, name, None)
+    src, dst = np.array([5, 9, 9, 7]), np.array([9, 7, 7, 7])
+    ids, mat, dangling = pagerank.reference_matrix(src, dst, directed=False)
+    assert ids.tolist() == [5, 7, 9] and not dangling.any()
+    assert np.allclose(mat.sum(axis=0), 1.0)  # column-stochastic; 7's self-loop counted once
+    assert mat[1, 1] == pytest.approx(1 / 3) and mat[1, 2] == pytest.approx(2 / 3)
 
 
 # -------------------------------------------------------------------------------------- k-means
@@ -255,6 +324,20 @@ def test_grid_labels_do_not_depend_on_how_points_are_split():
     assert np.array_equal(parts[0][1] + parts[1][1], stats)
 
 
+def test_lloyd_loop_reports_whether_labels_settled():
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 10**6, 5000).astype(float), rng.integers(0, 10**6, 5000).astype(float)
+    part = kmeans.KMeansPart(0, 1, None)
+    part.x, part.y = x, y
+    init = np.stack([x[:5], y[:5]], axis=1)
+    _, centers, iters, done = kmeans.lloyd_loop(init, 500, part.lloyd)
+    assert done and 1 < iters < 500
+    assert np.array_equal(kmeans.means(part.grid.lloyd(centers)[1], centers), centers)  # an exact fixed point
+    part.labels = None
+    _, _, iters, done = kmeans.lloyd_loop(init, 2, part.lloyd)
+    assert (iters, done) == (2, False)
+
+
 def test_owner_of_walks_worker_masses():
     assert kmeans.owner_of([1.0, 2.0, 3.0], 2.5) == (1, 1.5)
     assert kmeans.owner_of([1.0, 0.0, 3.0], 5.9)[0] == 2
@@ -294,6 +377,13 @@ def test_snap_cut_is_a_prefix_with_header(tmp_path, monkeypatch):
     cut = data.generate("test_data", tmp_path, from_snap=src).read_text()
     assert body.replace("\t", ",").startswith(cut[len("node1,node2\n"):])
     assert 1000 - 12 <= len(cut) - len("node1,node2\n") <= 1000 and cut.endswith("\n")
+
+
+def test_synthetic_graph_of_any_size(tmp_path):
+    p = data.synthetic(tmp_path / "g.csv", 500, 1500, seed=2)
+    e = np.loadtxt(p, delimiter=",", skiprows=1, dtype=np.int64)
+    assert len(e) == 1500 and len(np.unique(e)) == 500 and e.max() <= 1000
+    assert not list(tmp_path.glob(".*"))  # no part or bucket files left
 
 
 def test_unknown_dataset_and_missing_snap_are_user_errors(tmp_path):
