@@ -11,9 +11,11 @@ probability vectors is at most 2), so a large graph would stop after one step.  
 d-contraction in L1, so after a step with change ``c`` the distance to the fixed point is at most
 ``d/(1-d) * c`` (the record's ``error_bound``), and the change after k steps is at most ``2 d^(k-1)``,
 which gives the default ``--max-iter`` (:func:`iterations_for`).  With 1e-15 the bound is 5.7e-15 at
-d = 0.85: the top scores of graphs up to ~1e8 nodes (scores above ~6e-6) are within 1e-9 relative of
-the converged vector, and 1e-15 stays well above float64's floor for the change (~3e-17, measured on
-3 M nodes).  ``--tol 0`` runs exactly ``--max-iter`` iterations (benchmarks) and says "not converged".
+d = 0.85: top scores above ~6e-6 (the top 10 of graphs up to ~1e8 nodes) are within 1e-9 relative of
+the converged vector.  float64's floor for the change is ~3e-17 on large graphs; where rounding keeps
+it above tol (a hub on a small graph: up to ~1e-14), the run stops when it no longer falls
+(:class:`StopRule`, ``stopped_by: floor``).  ``--tol 0`` runs exactly ``--max-iter`` iterations
+(benchmarks, the seed comparison) and says "not converged".
 
 How the work is split (the same for both runtimes, so they differ only in how data moves):
 
@@ -257,12 +259,34 @@ DEFAULT_TOL = 1e-15  # absolute L1 change; see the module docstring for why this
 MAX_ITER_MARGIN = 1.1  # the default --max-iter: the exact-arithmetic count plus 10% for rounding
 TOP_REL_TARGET = 1e-9  # what the default tolerance is for: top-k scores this close (relative) to the truth
 SAME_ITER_TOL = 1e-12  # a fixed-iteration run against the reference at the same count (L1, top-k relative)
-ROUNDING = 1e-14  # slack for summation order (L1 of the difference; the change's floor is ~3e-17)
+ROUNDING = 1e-14  # slack for summation order (L1 of the difference between two runs at the floor)
+FLOOR_STEPS = 5  # the change did not reach a new minimum for this many steps: rounding, not convergence ...
+FLOOR_CEILING = 1e-12  # ... below this (a hub's sum of many terms keeps the change at up to ~1e-14)
 
 
 def converged(change: float, tol: float) -> bool:
     """The stopping rule: an absolute L1 change, the same test for 1 k and 100 M nodes."""
     return change < tol
+
+
+class StopRule:
+    """Called with each step's L1 change: "tol" (below ``tol``), "floor" (float64's floor reached above
+    ``tol``) or None (go on).  ``tol`` 0: never (a fixed number of steps).
+
+    In exact arithmetic the change falls by at least a factor d every step, so a change that stops
+    falling is rounding: on small graphs with a hub the floor can be ~1e-14, above the default tol."""
+
+    def __init__(self, tol: float) -> None:
+        self.tol, self.best, self.stale = tol, math.inf, 0
+
+    def __call__(self, change: float) -> str | None:
+        if self.tol <= 0:
+            return None
+        if converged(change, self.tol):
+            return "tol"
+        self.stale = self.stale + 1 if change >= self.best else 0
+        self.best = min(self.best, change)
+        return "floor" if self.stale >= FLOOR_STEPS and self.best < FLOOR_CEILING else None
 
 
 def error_bound(change: float, damping: float) -> float:
@@ -277,19 +301,19 @@ def iterations_for(tol: float, damping: float) -> int:
 
 
 def power_iterate(step_all: Callable[[np.ndarray], tuple[np.ndarray, float]], n: int, tol: float, max_iter: int,
-                  advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, int, bool, float]:
+                  advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, int, str, float]:
     """The driver loop of both runtimes: ``step_all(x)`` returns the next full vector and its L1 change.
 
-    Returns (x, iterations, converged, last L1 change)."""
+    Returns (x, iterations, what stopped it: "tol", "floor" or "max_iter", last L1 change)."""
     x = np.full(n, 1.0 / n)
-    change = math.inf
+    change, stop = math.inf, StopRule(tol)
     for it in range(1, max_iter + 1):
         x, change = step_all(x)
         if advance:
             advance(1)
-        if converged(change, tol):
-            return x, it, True, change
-    return x, max_iter, False, change
+        if why := stop(change):
+            return x, it, why, change
+    return x, max_iter, "max_iter", change
 
 
 # ---------------------------------------------------------------------------- the verifier
@@ -314,38 +338,30 @@ def reference_matrix(src: np.ndarray, dst: np.ndarray, directed: bool
 
 
 def reference_iterate(m: sp.csr_array, dangling: np.ndarray, *, damping: float, tol: float, max_iter: int
-                      ) -> tuple[np.ndarray, int, bool, float]:
-    """The power iteration with scipy: (ranks, iterations, converged, last L1 change).
-
-    ``tol < 0`` runs to float64's floor: until the change stops falling (5 steps without a new
-    minimum) or is below 1e-17, at most ``max_iter`` steps; it then counts as converged."""
+                      ) -> tuple[np.ndarray, int, str, float]:
+    """The power iteration with scipy: (ranks, iterations, what stopped it (:class:`StopRule`), last
+    L1 change).  A tiny ``tol`` (1e-17) runs it to float64's floor."""
     n = m.shape[0]
     x = np.full(n, 1.0 / n)
-    change, best, stale = math.inf, math.inf, 0
+    change, stop = math.inf, StopRule(tol)
     for it in range(1, max_iter + 1):
         new = damping * (m @ x) + (damping * x[dangling].sum() + 1.0 - damping) / n
         change = float(np.abs(new - x).sum())
         x = new
-        if tol >= 0:
-            if converged(change, tol):
-                return x, it, True, change
-            continue
-        stale = stale + 1 if change >= best else 0
-        best = min(best, change)
-        if change < 1e-17 or stale >= 5:
-            return x, it, True, best
-    return x, max_iter, False, change
+        if why := stop(change):
+            return x, it, why, change
+    return x, max_iter, "max_iter", change
 
 
 def reference_pagerank(src: np.ndarray, dst: np.ndarray, *, directed: bool = False, damping: float = 0.85,
                        tol: float = DEFAULT_TOL, max_iter: int | None = None
-                       ) -> tuple[np.ndarray, np.ndarray, int, bool, float]:
-    """Single-process scipy PageRank (the verifier): (ids, ranks, iterations, converged, last change)."""
+                       ) -> tuple[np.ndarray, np.ndarray, int, str, float]:
+    """Single-process scipy PageRank (the verifier): (ids, ranks, iterations, what stopped it, last change)."""
     ids, m, dangling = reference_matrix(src, dst, directed)
     if max_iter is None:
         max_iter = iterations_for(max(tol, 1e-17), damping)
-    x, it, done, change = reference_iterate(m, dangling, damping=damping, tol=tol, max_iter=max_iter)
-    return ids, x, it, done, change
+    x, it, why, change = reference_iterate(m, dangling, damping=damping, tol=tol, max_iter=max_iter)
+    return ids, x, it, why, change
 
 
 # ------------------------------------------------------------------------------- worker state
@@ -444,7 +460,7 @@ def plan_rows(counts: np.ndarray, directed: bool, workers: int) -> tuple[np.ndar
     return rank, renumber(outdeg, rank), row_bounds(renumber(indeg, rank), workers)
 
 
-def convergence_metrics(top: list[list[Any]], iterations: int, done: bool, change: float, damping: float
+def convergence_metrics(top: list[list[Any]], iterations: int, stopped_by: str, change: float, damping: float
                         ) -> dict[str, Any]:
     """What stopped the run and how far it can be from the converged vector.
 
@@ -452,16 +468,16 @@ def convergence_metrics(top: list[list[Any]], iterations: int, done: bool, chang
     reported scores (an entry's error is at most the L1 distance)."""
     bound = error_bound(change, damping)
     low = min((s for _, s in top), default=None)
-    return {"iterations": iterations, "converged": done, "stopped_by": "tol" if done else "max_iter",
+    return {"iterations": iterations, "converged": stopped_by != "max_iter", "stopped_by": stopped_by,
             "l1_change": change, "error_bound": bound,
             "top_error_bound": bound / max(low - bound, 1e-300) if low is not None and bound < low else None}
 
 
 def _finish(args: argparse.Namespace, info: InputInfo, rec: dict, ids: np.ndarray, x: np.ndarray,
-            iterations: int, done: bool, change: float, n_edges: int, nnz: int) -> None:
+            iterations: int, stopped_by: str, change: float, n_edges: int, nnz: int) -> None:
     rec["dataset"]["records"] = n_edges
     top = top_k(ids, x, args.top)
-    rec["metrics"] = {**convergence_metrics(top, iterations, done, change, args.damping), "nodes": len(x),
+    rec["metrics"] = {**convergence_metrics(top, iterations, stopped_by, change, args.damping), "nodes": len(x),
                       "edges": n_edges, "arcs": nnz, "top": top}
     if args.verify:
         with timer(rec["timings_s"], "verify"):
@@ -490,8 +506,8 @@ def verify(args: argparse.Namespace, info: InputInfo, ids: np.ndarray, x: np.nda
     ``error`` is the largest relative error of the top-k scores (``--top``, at least one node)."""
     src, dst = read_range(info, info.data_start, info.size)
     same = args.tol == 0
-    rids, rx, r_iters, r_done, r_change = reference_pagerank(
-        src, dst, directed=args.directed, damping=args.damping, tol=0.0 if same else -1.0,
+    rids, rx, r_iters, r_stop, r_change = reference_pagerank(
+        src, dst, directed=args.directed, damping=args.damping, tol=0.0 if same else 1e-17,
         max_iter=iterations if same else iterations_for(1e-17, args.damping))
     del src, dst
     out: dict[str, Any] = {"reference": "scipy power iteration, single process",
@@ -503,7 +519,7 @@ def verify(args: argparse.Namespace, info: InputInfo, ids: np.ndarray, x: np.nda
     if same:
         return {**out, "error": rel, "l1_error": l1, "accuracy": SAME_ITER_TOL,
                 "passed": bool(l1 <= SAME_ITER_TOL and rel <= SAME_ITER_TOL)}
-    ref_bound = error_bound(r_change, args.damping) if r_done else math.inf
+    ref_bound = error_bound(r_change, args.damping) if r_stop != "max_iter" else math.inf
     l1_allowed = error_bound(change, args.damping) + ref_bound + ROUNDING
     rel_allowed = l1_allowed / low
     return {**out, "reference_error_bound": ref_bound, "error": rel, "l1_error": l1, "accuracy": rel_allowed,
@@ -519,10 +535,10 @@ def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: An
     with timer(t, "build"):
         ids, m, dangling = reference_matrix(src, dst, args.directed)
     with timer(t, "compute"):
-        x, iters, done, change = reference_iterate(m, dangling, damping=args.damping, tol=args.tol,
+        x, iters, stopped_by, change = reference_iterate(m, dangling, damping=args.damping, tol=args.tol,
                                                    max_iter=args.max_iter)
     rec["nodes"] = 1
-    _finish(args, info, rec, ids, x, iters, done, change, len(src), int(m.nnz))
+    _finish(args, info, rec, ids, x, iters, stopped_by, change, len(src), int(m.nnz))
     rec["metrics"]["spmv_s_per_iter"] = t["compute"] / max(iters, 1)
 
 
@@ -583,12 +599,12 @@ def run_ray(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> 
             return np.concatenate([p[0] for p in parts]), math.fsum(p[1] for p in parts)
 
         with timer(t, "compute"), _dist.progress("pagerank (ray)", args.max_iter) as advance:
-            x, iters, done, change = power_iterate(step_all, n, args.tol, args.max_iter, advance)
+            x, iters, stopped_by, change = power_iterate(step_all, n, args.tol, args.max_iter, advance)
         x = x[rank]  # back to id order
         rec["metrics_spmv_s"] = max(_dist.ray_get([a.spmv_time.remote() for a in actors]))
         for a in actors:
             ray.kill(a)
-    _finish(args, info, rec, ids, x, iters, done, change, n_edges, nnz)
+    _finish(args, info, rec, ids, x, iters, stopped_by, change, n_edges, nnz)
     rec["metrics"]["spmv_s_per_iter"] = rec.pop("metrics_spmv_s") / max(iters, 1)
     rec["metrics"]["build_steps_s"] = steps
 
@@ -634,11 +650,11 @@ def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.
         return gather(block), float(comm.allreduce(np.array([err]))[0])
 
     with timer(t, "compute"), _dist.maybe(comm.rank == 0, _dist.progress("pagerank (torch)", args.max_iter)) as adv:
-        x, iters, done, change = power_iterate(step_all, n, args.tol, args.max_iter, adv)
+        x, iters, stopped_by, change = power_iterate(step_all, n, args.tol, args.max_iter, adv)
     x = x[rank]  # back to id order
     spmv = float(comm.allreduce(np.array([part.spmv_time()]), "max")[0])
     if comm.rank == 0:
-        _finish(args, info, rec, ids, x, iters, done, change, n_edges, nnz)
+        _finish(args, info, rec, ids, x, iters, stopped_by, change, n_edges, nnz)
         rec["metrics"]["spmv_s_per_iter"] = spmv / max(iters, 1)
         rec["metrics"]["build_steps_s"] = steps
 

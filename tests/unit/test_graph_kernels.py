@@ -196,11 +196,11 @@ def test_top_k_orders_ties_by_id():
 def test_reference_matches_networkx(directed):
     rng = np.random.default_rng(5)
     src, dst = rng.integers(0, 60, 300) * 1000, rng.integers(0, 60, 300) * 1000
-    ids, x, _, done, change = pagerank.reference_pagerank(src, dst, directed=directed)
+    ids, x, _, why, change = pagerank.reference_pagerank(src, dst, directed=directed)
     g = (nx.MultiDiGraph if directed else nx.MultiGraph)()
     g.add_edges_from(zip(src.tolist(), dst.tolist(), strict=True))
     ref = nx.pagerank(g, tol=1e-15, max_iter=1000)
-    assert done and change < pagerank.DEFAULT_TOL
+    assert why == "tol" and change < pagerank.DEFAULT_TOL
     assert np.abs(x - np.array([ref[i] for i in ids.tolist()])).max() < 1e-12  # networkx stops at n * 1e-15
 
 
@@ -236,11 +236,11 @@ def random_matrix(seed: int = 9, n: int = 300, m: int = 900):
 def test_error_bound_holds_at_every_step_and_the_floor_is_far_below_the_default_tol():
     _, mat, dangling = random_matrix()
     assert dangling.any()
-    truth, _, done, floor = pagerank.reference_iterate(mat, dangling, damping=0.85, tol=-1.0, max_iter=1000)
-    assert done and floor < pagerank.DEFAULT_TOL / 10
+    truth, _, why, floor = pagerank.reference_iterate(mat, dangling, damping=0.85, tol=1e-17, max_iter=1000)
+    assert why in ("tol", "floor") and floor < pagerank.DEFAULT_TOL / 10
     for steps in (1, 5, 20, 60, 120):
-        x, it, stopped, change = pagerank.reference_iterate(mat, dangling, damping=0.85, tol=0.0, max_iter=steps)
-        assert it == steps and not stopped
+        x, it, why, change = pagerank.reference_iterate(mat, dangling, damping=0.85, tol=0.0, max_iter=steps)
+        assert (it, why) == (steps, "max_iter")
         assert np.abs(x - truth).sum() <= pagerank.error_bound(change, 0.85) + 1e-15
 
 
@@ -252,13 +252,26 @@ def test_power_iterate_says_whether_it_converged():
         return new, float(np.abs(new - x).sum())
 
     n = mat.shape[0]
-    x, it, done, change = pagerank.power_iterate(step, n, pagerank.DEFAULT_TOL, 1000)
-    assert done and change < pagerank.DEFAULT_TOL and it < pagerank.iterations_for(pagerank.DEFAULT_TOL, 0.85)
-    x, it, done, change = pagerank.power_iterate(step, n, 0.0, 20)
-    assert (it, done) == (20, False) and change > 0
-    m = pagerank.convergence_metrics(pagerank.top_k(np.arange(n), x, 3), it, done, change, 0.85)
+    x, it, why, change = pagerank.power_iterate(step, n, pagerank.DEFAULT_TOL, 1000)
+    assert why == "tol" and change < pagerank.DEFAULT_TOL
+    assert it < pagerank.iterations_for(pagerank.DEFAULT_TOL, 0.85)
+    x, it, why, change = pagerank.power_iterate(step, n, 0.0, 20)
+    assert (it, why) == (20, "max_iter") and change > 0
+    m = pagerank.convergence_metrics(pagerank.top_k(np.arange(n), x, 3), it, why, change, 0.85)
     assert m["converged"] is False and m["stopped_by"] == "max_iter" and m["iterations"] == 20
     assert m["error_bound"] == pytest.approx(0.85 / 0.15 * change) and m["top_error_bound"] > m["error_bound"]
+
+
+def test_stop_rule_stops_at_the_rounding_floor_only_below_its_ceiling():
+    """Rounding can hold the change above tol (a star's hub sums many terms): the run stops once the
+    change has not fallen for FLOOR_STEPS steps, if it is that small; never with --tol 0."""
+    floor = pagerank.StopRule(1e-15)
+    assert [floor(c) for c in (1e-3, 1e-9, 2e-15, 3e-15, 2e-15, 2.5e-15, 2e-15)] == [None] * 7
+    assert floor(2.1e-15) == "floor"
+    high = pagerank.StopRule(1e-15)
+    assert all(high(1e-9) is None for _ in range(50))
+    assert pagerank.StopRule(1e-15)(1e-16) == "tol"
+    assert all(pagerank.StopRule(0.0)(0.0) is None for _ in range(3))
 
 
 def test_reference_does_not_use_the_kernel_relabelling(monkeypatch):
