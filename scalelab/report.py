@@ -44,6 +44,18 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def converged_cells(recs: list[dict]) -> dict[tuple[str, str, str, int], str]:
+    """(workload, dataset, framework, nodes) -> whether its ok runs converged: "yes", "no (stopped at
+    max-iter)", "k/n" when mixed; cells whose records do not say are left out (shown as "-")."""
+    acc: dict[tuple, list[bool]] = defaultdict(list)
+    for r in recs:
+        flag = (r.get("metrics") or {}).get("converged")
+        if r["status"] == "ok" and isinstance(flag, bool):
+            acc[(r["workload"], results.dataset_name(r), r["framework"], int(r["nodes"]))].append(flag)
+    return {k: "yes" if all(v) else ("no (max-iter)" if not any(v) else f"{sum(v)}/{len(v)}")
+            for k, v in acc.items()}
+
+
 def seed_cells() -> dict[tuple[str, str, str, int], float]:
     """(workload, dataset, framework, nodes) -> the seed's mean measured time."""
     acc: dict[tuple, list[float]] = defaultdict(list)
@@ -172,8 +184,11 @@ def build(results_dir: Path = results.RESULTS_DIR, out_dir: Path | None = None) 
         old.unlink()
     summary = results.summarise(recs)
     seed = seed_cells()
+    converged = converged_cells(recs)
     for row in summary:
-        row["seed_time_s"] = seed.get((row["workload"], row["dataset"], row["framework"], row["nodes"]))
+        key = (row["workload"], row["dataset"], row["framework"], row["nodes"])
+        row["seed_time_s"] = seed.get(key)
+        row["converged"] = converged.get(key, "-")
     figures = (fig_time_vs_nodes(summary, seed, figdir) + fig_time_vs_size(recs, figdir)
                + fig_quality(recs, figdir) + fig_resources(recs, figdir))
     failed = [r for r in recs if r["status"] == "failed"]

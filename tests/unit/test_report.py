@@ -31,7 +31,9 @@ def resdir(tmp_path: Path) -> Path:
         for fw in ("ray", "torch"):
             for nodes in (1, 2, 3):
                 for ds, size in (("data_1", 1_060_000_000), ("test_data", 10_000_000)):
-                    extra = {"ch_score": 1.5e7} if wl == "kmeans" else {"iterations": 20}
+                    # PageRank benchmark-style: 20 fixed iterations, not converged
+                    extra = ({"ch_score": 1.5e7, "converged": True} if wl == "kmeans"
+                             else {"iterations": 20, "converged": False})
                     n += 1
                     write_record(_rec(wl, fw, nodes, ds, size, 100.0 / nodes + (fw == "torch") * 5, **extra),
                                  d / wl / f"r{n}.json")
@@ -56,7 +58,9 @@ def test_report_has_tables_figures_and_seed_numbers(resdir: Path, tmp_path: Path
         assert f"figures/{f}" in md and f"figures/{f}" in page
     # the seed's measured number sits beside ours for the same cell: PageRank, data_1, Ray, 1 node = 442.8 s
     row = next(line for line in md.splitlines() if line.startswith("| pagerank | data_1 | ray | 1 |"))
-    assert "442.8" in row and "| pass |" in row
+    assert "442.8" in row and "| pass |" in row and "| no (max-iter) |" in row
+    km = next(line for line in md.splitlines() if line.startswith("| kmeans | data_1 | torch | 2 |"))
+    assert "| yes |" in km and ">no (max-iter)</td>" in page
     assert "measured by the seed paper" in md
     # a failed run is listed as failed, never counted as ok; unreadable files are reported
     assert "--nodes 4 but the cluster has 3 hosts" in md
