@@ -32,6 +32,10 @@ How the work is split (the same for both runtimes, so they differ only in how da
    ``A @ x`` with ``A[v, u] = 1/outdeg(u)`` -- plus the block's L1 change, then an all-gather of ``x'``.
 
 :func:`reference_pagerank` is the single-process scipy version used to verify a run (gapbs style).
+
+``--method seed`` also runs the seed paper's algorithm beside this one (:func:`seed_batch`,
+:func:`seed_metrics`): torch_ppr's PageRank on each fixed ``--block-mb`` batch of the file, scores
+summed per node; the record holds its top-k, their overlap with ours and the L1 distance.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ import argparse
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +51,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from workloads import _dist
-from workloads.graphio import InputInfo, read_range, split_ranges
+from workloads.graphio import InputInfo, block_ranges, read_range, split_ranges
 from workloads.record import UserError, run_main, timer
 
 DENSE_ID_LIMIT = 1 << 28  # ids below this may be relabelled through a bitmap of the id space ...
@@ -364,6 +369,53 @@ def reference_pagerank(src: np.ndarray, dst: np.ndarray, *, directed: bool = Fal
     return ids, x, it, why, change
 
 
+# ---------------------------------------------------------------------- the seed's algorithm
+SEED_KEEP = 10_000  # the seed kept and normalised the top 10,000 summed scores
+
+
+def seed_batch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One batch of the seed's ``--method seed``: ids renumbered 0..k-1 in id order, then
+    ``torch_ppr.page_rank`` with its defaults (alpha 0.05 = damping 0.95, edges symmetrised, float32,
+    stop at an L-inf change of 1e-4).  Returns (ids, scores); the batch's scores sum to 1."""
+    import torch
+    from torch_ppr import page_rank
+
+    ids, inverse = np.unique(np.concatenate([src, dst]), return_inverse=True)
+    edge_index = torch.from_numpy(inverse.astype(np.int64).reshape(2, -1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the seed's 1-CPU tasks: float32 sums in one order, whatever the process
+    try:
+        with warnings.catch_warnings():  # torch's notes on its beta sparse tensors, once per process
+            warnings.simplefilter("ignore", UserWarning)
+            return ids, page_rank(edge_index=edge_index, num_nodes=len(ids)).numpy().astype(np.float64)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def seed_metrics(args: argparse.Namespace, ids: np.ndarray, x: np.ndarray, top: list[list[Any]],
+                 batches: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """The seed's result beside ours: per-batch scores summed per node (batches in file order, so
+    any worker count gives the same sums), the top 10,000 normalised to sum 1, its top-k; compared
+    with this run's PageRank by the overlap of the top-k and the L1 distance of the whole summed
+    vector (normalised to sum 1).  Kept apart from the seed's bugs: exact int64 ids, no batches
+    dropped."""
+    batches = sorted(batches, key=lambda b: b[0])
+    sids, inverse = np.unique(np.concatenate([b[1] for b in batches]), return_inverse=True)
+    summed = np.bincount(inverse, weights=np.concatenate([b[2] for b in batches]), minlength=len(sids))
+    keep = np.lexsort((sids, -summed))[:SEED_KEEP]
+    norm = summed[keep] / summed[keep].sum()
+    k = min(args.top, len(keep))
+    seed_top = [[int(sids[i]), float(v)] for i, v in zip(keep[:k], norm[:k], strict=True)]
+    same_nodes = len(sids) == len(ids) and np.array_equal(sids, ids)
+    overlap = len({n for n, _ in seed_top} & {n for n, _ in top[:k]}) / max(k, 1)
+    return {"algorithm": f"torch_ppr.page_rank per {args.block_mb} MiB batch, scores summed per node, "
+                         f"top {SEED_KEEP} normalised", "batches": len(batches), "top": seed_top,
+            "top_overlap": overlap,
+            "l1_error": float(np.abs(summed / summed.sum() - x).sum()) if same_nodes else None,
+            "compared_with": f"this run's PageRank, damping {args.damping}"
+                             + ("" if args.damping == 0.95 else " (torch_ppr's is 0.95: use --damping 0.95)")}
+
+
 # ------------------------------------------------------------------------------- worker state
 class PageRankPart(_dist.RayPart):
     """One worker's share: its byte range, then its arcs, then its CSR row block."""
@@ -381,6 +433,17 @@ class PageRankPart(_dist.RayPart):
         if len(self.src) == 0:
             return 0, 0, -1
         return len(self.src), int(min(self.src.min(), self.dst.min())), int(max(self.src.max(), self.dst.max()))
+
+    def seed_batches(self, block_bytes: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """:func:`seed_batch` on this worker's contiguous share of the fixed byte blocks."""
+        blocks = block_ranges(self.info, block_bytes)
+        cut = np.linspace(0, len(blocks), self.world + 1).round().astype(int)
+        out = []
+        for b in range(cut[self.rank], cut[self.rank + 1]):
+            src, dst = read_range(self.info, *blocks[b])
+            if len(src):
+                out.append((b, *seed_batch(src, dst)))
+        return out
 
     def node_set(self, max_id: int, dense: bool) -> np.ndarray:
         """This worker's ids: a packed bitmap (``dense``, see :func:`use_bitmap`) or sorted unique ids."""
@@ -474,11 +537,14 @@ def convergence_metrics(top: list[list[Any]], iterations: int, stopped_by: str, 
 
 
 def _finish(args: argparse.Namespace, info: InputInfo, rec: dict, ids: np.ndarray, x: np.ndarray,
-            iterations: int, stopped_by: str, change: float, n_edges: int, nnz: int) -> None:
+            iterations: int, stopped_by: str, change: float, n_edges: int, nnz: int,
+            seed: list[tuple[int, np.ndarray, np.ndarray]] | None = None) -> None:
     rec["dataset"]["records"] = n_edges
     top = top_k(ids, x, args.top)
     rec["metrics"] = {**convergence_metrics(top, iterations, stopped_by, change, args.damping), "nodes": len(x),
                       "edges": n_edges, "arcs": nnz, "top": top}
+    if seed is not None:
+        rec["metrics"]["seed"] = seed_metrics(args, ids, x, top, seed)
     if args.verify:
         with timer(rec["timings_s"], "verify"):
             rec["verification"] = verify(args, info, ids, x, iterations, change)
@@ -536,9 +602,15 @@ def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: An
         ids, m, dangling = reference_matrix(src, dst, args.directed)
     with timer(t, "compute"):
         x, iters, stopped_by, change = reference_iterate(m, dangling, damping=args.damping, tol=args.tol,
-                                                   max_iter=args.max_iter)
+                                                         max_iter=args.max_iter)
     rec["nodes"] = 1
-    _finish(args, info, rec, ids, x, iters, stopped_by, change, len(src), int(m.nnz))
+    n_edges, nnz = len(src), int(m.nnz)
+    del m, src, dst
+    seed = None
+    if args.method == "seed":
+        with timer(t, "seed"):
+            seed = PageRankPart(0, 1, info, args.directed, args.damping).seed_batches(args.block_mb << 20)
+    _finish(args, info, rec, ids, x, iters, stopped_by, change, n_edges, nnz, seed)
     rec["metrics"]["spmv_s_per_iter"] = t["compute"] / max(iters, 1)
 
 
@@ -602,9 +674,14 @@ def run_ray(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> 
             x, iters, stopped_by, change = power_iterate(step_all, n, args.tol, args.max_iter, advance)
         x = x[rank]  # back to id order
         rec["metrics_spmv_s"] = max(_dist.ray_get([a.spmv_time.remote() for a in actors]))
+        seed = None
+        if args.method == "seed":
+            with timer(t, "seed"):
+                seed = [b for bs in _dist.ray_get([a.seed_batches.remote(args.block_mb << 20) for a in actors])
+                        for b in bs]
         for a in actors:
             ray.kill(a)
-    _finish(args, info, rec, ids, x, iters, stopped_by, change, n_edges, nnz)
+    _finish(args, info, rec, ids, x, iters, stopped_by, change, n_edges, nnz, seed)
     rec["metrics"]["spmv_s_per_iter"] = rec.pop("metrics_spmv_s") / max(iters, 1)
     rec["metrics"]["build_steps_s"] = steps
 
@@ -653,8 +730,14 @@ def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.
         x, iters, stopped_by, change = power_iterate(step_all, n, args.tol, args.max_iter, adv)
     x = x[rank]  # back to id order
     spmv = float(comm.allreduce(np.array([part.spmv_time()]), "max")[0])
+    seed = None
+    if args.method == "seed":
+        del part.block
+        with timer(t, "seed"):
+            seed = [b for bs in comm.allgather_object(comm.guard(part.seed_batches, args.block_mb << 20))
+                    for b in bs]
     if comm.rank == 0:
-        _finish(args, info, rec, ids, x, iters, stopped_by, change, n_edges, nnz)
+        _finish(args, info, rec, ids, x, iters, stopped_by, change, n_edges, nnz, seed)
         rec["metrics"]["spmv_s_per_iter"] = spmv / max(iters, 1)
         rec["metrics"]["build_steps_s"] = steps
 
@@ -671,12 +754,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="at most this many iterations (default: enough for --tol at --damping)")
     p.add_argument("--top", type=int, default=10, help="report the K best nodes")
     p.add_argument("--directed", action="store_true", help="treat node1 -> node2 as directed arcs")
+    p.add_argument("--method", choices=("power", "seed"), default="power",
+                   help="seed: also run the seed paper's per-batch torch_ppr PageRank and record it beside "
+                        "this one (use --damping 0.95 to compare like with like)")
+    p.add_argument("--block-mb", type=int, default=10, help="--method seed: batch size in MiB (the seed's Ray: 10)")
     p.add_argument("--inject-fault", action="store_true", help=argparse.SUPPRESS)  # tests: verification must fail
     args = p.parse_args(argv)
     if not 0.0 < args.damping < 1.0:
         p.error("--damping must be in (0, 1)")
-    if args.tol < 0 or (args.max_iter is not None and args.max_iter < 1) or args.top < 0:
-        p.error("--tol >= 0, --max-iter >= 1 and --top >= 0 please")
+    if args.tol < 0 or (args.max_iter is not None and args.max_iter < 1) or args.top < 0 or args.block_mb < 1:
+        p.error("--tol >= 0, --max-iter >= 1, --top >= 0 and --block-mb >= 1 please")
     if args.max_iter is None:
         if args.tol == 0:
             p.error("--tol 0 runs exactly --max-iter iterations: give --max-iter")
@@ -686,7 +773,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    params = {k: getattr(args, k) for k in ("damping", "tol", "max_iter", "top", "directed")}
+    params = {k: getattr(args, k) for k in ("damping", "tol", "max_iter", "top", "directed", "method")}
+    if args.method == "seed":
+        params["block_mb"] = args.block_mb
     return _dist.execute("pagerank", args, params,
                          {"reference": run_reference, "ray": run_ray, "torch": run_torch})
 

@@ -285,6 +285,22 @@ def test_reference_does_not_use_the_kernel_relabelling(monkeypatch):
     assert mat[1, 1] == pytest.approx(1 / 3) and mat[1, 2] == pytest.approx(2 / 3)
 
 
+def test_seed_batch_is_torch_ppr_with_its_defaults_and_batches_are_summed_per_node():
+    edges = np.array([(10, 20), (20, 30), (30, 10), (30, 40), (50, 60)])
+    ids, scores = pagerank.seed_batch(edges[:, 0], edges[:, 1])
+    g = nx.Graph()
+    g.add_edges_from(edges.tolist())
+    ref = nx.pagerank(g, alpha=0.95, tol=1e-12)
+    assert ids.tolist() == [10, 20, 30, 40, 50, 60] and scores.sum() == pytest.approx(1.0, abs=1e-6)
+    assert max(abs(s - ref[i]) for i, s in zip(ids.tolist(), scores, strict=True)) < 1e-3  # float32, eps 1e-4
+    args = pagerank.parse_args(["--input", "g.csv", "--method", "seed", "--top", "2", "--damping", "0.95"])
+    batches = [(1, np.array([20, 30]), np.array([0.5, 0.5])), (0, np.array([10, 20]), np.array([0.25, 0.75]))]
+    x = np.array([0.2, 0.5, 0.3])
+    m = pagerank.seed_metrics(args, np.array([10, 20, 30]), x, [[20, 0.5], [30, 0.3]], batches)
+    assert m["batches"] == 2 and m["top"] == [[20, 1.25 / 2], [30, 0.5 / 2]]  # summed, then normalised
+    assert m["top_overlap"] == 1.0 and m["l1_error"] == pytest.approx(0.075 + 0.125 + 0.05)
+
+
 # -------------------------------------------------------------------------------------- k-means
 def test_exact_sums_are_exact_beyond_float_precision():
     v = np.full(1000, 2.0**50)

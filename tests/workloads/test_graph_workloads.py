@@ -178,6 +178,22 @@ def test_default_pagerank_with_verify_passes_on_a_generated_graph(tmp_path):
     assert rec["verification"]["passed"] and rec["verification"]["error"] <= 1e-9
 
 
+def test_pagerank_seed_method_is_recorded_beside_ours_the_same_for_any_worker_count(tmp_path):
+    """--method seed: the seed's per-batch torch_ppr PageRank (3 fixed 1 MiB batches here) next to the
+    converged PageRank, with the top-10 overlap and the L1 distance between them."""
+    inp = data.synthetic(tmp_path / "s.csv", 30_000, 130_000, seed=6, id_span=10**8)
+    seeds = []
+    for framework, workers in [("ray", 1), ("torch", 3)]:
+        rc, rec = run(pagerank, tmp_path, framework, workers, inp, "--method", "seed", "--block-mb", "1",
+                      "--damping", "0.95")
+        assert rc == 0 and rec["status"] == "ok", rec["error"]
+        m = rec["metrics"]
+        assert m["converged"] and m["seed"]["batches"] == 3 and 0.0 <= m["seed"]["top_overlap"] <= 1.0
+        assert 0.0 < m["seed"]["l1_error"] < 2.0 and len(m["seed"]["top"]) == 10
+        seeds.append(m["seed"])
+    assert seeds[0] == seeds[1]
+
+
 def scipy_pagerank(path: Path, damping: float = 0.85) -> tuple[np.ndarray, np.ndarray]:
     """An independent converged PageRank for the test: pyarrow's reader, np.unique, scipy, run until
     the L1 change stops falling (float64's floor).  (ids, scores)."""
