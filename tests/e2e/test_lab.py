@@ -136,10 +136,9 @@ def test_a_host_that_cannot_be_reached_stops_the_whole_provision(tlab) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
     assert re.search(r"^worker2\s+:.*unreachable=1", proc.stdout, re.M), out[-3000:]
-    # worker1 stopped with it: it never reached the plays after the one that met worker2
-    assert "NO MORE HOSTS LEFT" in out, out[-3000:]
-    assert "PLAY [Hostnames, /etc/hosts and OS upgrade]" not in proc.stdout, out[-3000:]
-    assert took < 300, f"the run took {took:.0f} s to stop"
+    # every host stopped with it, at the first play (facts): no role touched the master or worker1
+    assert not re.findall(r"^TASK \[\w+ : ", proc.stdout, re.M), out[-3000:]
+    assert took < 120, f"the run took {took:.0f} s to stop"
 
 
 def test_bad_host_name_is_one_clear_line(tlab) -> None:
