@@ -19,7 +19,7 @@ from typing import Any
 from scalelab import inventory as _inventory
 from scalelab.cli import REPO_ROOT
 from scalelab.errors import UserError
-from scalelab.inventory import Cluster, Node, node_var, parallel
+from scalelab.inventory import Cluster, Node, node_var, parallel, sudo_refused
 
 BIN = Path(sys.executable).parent
 SERVICE_UNITS = ("ray-head", "ray-worker", "hadoop-namenode", "hadoop-datanode", "hadoop-resourcemanager",
@@ -86,7 +86,7 @@ def ray_status_command(cluster: Cluster) -> str:
 
 
 def ray_line(cluster: Cluster) -> tuple[str, bool]:
-    proc = cluster.ssh(cluster.master, ray_status_command(cluster), timeout=60, check=False)
+    proc = cluster.ssh(cluster.master, ray_status_command(cluster), timeout=60, check=False, root=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
         return f"ray: not answering on {cluster.master.name} ({tail[:120]})", False
@@ -115,9 +115,10 @@ _LIVE = re.compile(r"Live datanodes \((\d+)\)")
 def hdfs_line(cluster: Cluster) -> tuple[str, bool]:
     if not hdfs_running(cluster):
         return "hdfs: not running (no hadoop archive given: datasets are local files on every node)", True
-    proc = cluster.ssh(cluster.master, _hdfs(cluster, "dfsadmin -report"), timeout=60, check=False)
+    proc = cluster.ssh(cluster.master, _hdfs(cluster, "dfsadmin -report"), timeout=60, check=False, root=True)
     live = _LIVE.search(proc.stdout)
-    safemode = cluster.ssh(cluster.master, _hdfs(cluster, "dfsadmin -safemode get"), timeout=60, check=False)
+    safemode = cluster.ssh(cluster.master, _hdfs(cluster, "dfsadmin -safemode get"), timeout=60, check=False,
+                           root=True)
     n = int(live.group(1)) if live else 0
     mode = "off" if "OFF" in safemode.stdout else "ON"
     ok = proc.returncode == 0 and n == len(cluster.nodes) and mode == "off"
@@ -196,8 +197,12 @@ def sha256_file(path: Path) -> str:
 
 
 def _stream(node: Node, src: Path, command: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
+    """src on the stdin of `command`, run as root on the node."""
     with src.open("rb") as fh:
-        return subprocess.run([*node.ssh_argv(), command], stdin=fh, capture_output=True, timeout=timeout)
+        proc = subprocess.run([*node.ssh_argv(), node.as_root(command)], stdin=fh, capture_output=True,
+                              timeout=timeout)
+    sudo_refused(node, proc.stderr)
+    return proc
 
 
 def put_local(cluster: Cluster, src: Path, say: Callable[[str], None]) -> dict[str, str]:
@@ -210,7 +215,9 @@ def put_local(cluster: Cluster, src: Path, say: Callable[[str], None]) -> dict[s
         have = cluster.ssh(n, f"cat {q}.sha256 2>/dev/null", timeout=30, check=False).stdout.strip()
         if have == digest:
             return "unchanged"
-        cmd = (f"mkdir -p $(dirname {q}) && cat > {q}.part && "
+        cmd = (f"test -d {shlex.quote(str(Path(dest).parent))} || {{ echo 'no directory "
+               f"{Path(dest).parent}: run `fab provision` (role python_env makes it)' >&2; exit 3; }}; "
+               f"cat > {q}.part && "
                f"echo {digest} > {q}.sha256.part && mv {q}.part {q} && mv {q}.sha256.part {q}.sha256")
         proc = _stream(n, src, cmd, timeout=3600)
         if proc.returncode != 0:
@@ -230,7 +237,7 @@ def put_hdfs(cluster: Cluster, src: Path, say: Callable[[str], None]) -> dict[st
     dest = f"{node_var(cluster, 'hadoop_data_path')}/{src.name}"
     uri = f"hdfs://{cluster.master.name}:{node_var(cluster, 'hadoop_namenode_rpc_port')}{dest}"
     size = cluster.ssh(cluster.master, _hdfs(cluster, f"dfs -stat %b {shlex.quote(dest)} 2>/dev/null"),
-                       timeout=60, check=False).stdout.strip()
+                       timeout=60, check=False, root=True).stdout.strip()
     if size == str(src.stat().st_size):
         say(f"{src.name}: already in HDFS at {dest}")
         return {"uri": uri, "master": "unchanged"}

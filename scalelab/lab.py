@@ -126,7 +126,7 @@ def resolve_ipv4(hosts: Iterable[str]) -> list[str]:
 
 def base_key(spec: LabSpec, mirror: str) -> str:
     h = hashlib.sha256()
-    h.update(f"{spec.suite}|{mirror}|{','.join(BASE_PACKAGES)}|v3".encode())
+    h.update(f"{spec.suite}|{mirror}|{','.join(BASE_PACKAGES)}|{spec.login_user}|v4".encode())
     for ca in sorted(Path("/usr/local/share/ca-certificates").glob("*.crt")):
         h.update(ca.read_bytes())
     return h.hexdigest()[:12]
@@ -150,14 +150,14 @@ def build_base(spec: LabSpec, say: Progress = _say) -> Path:
     t0 = time.monotonic()
     sh("debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", spec.suite, str(tmp),
        mirror, timeout=1800)
-    _customise_base(tmp)
+    _customise_base(tmp, spec.login_user)
     (tmp / ".scalelab-base-complete").write_text(f"{time.time():.0f} {time.monotonic() - t0:.1f}s\n")
     tmp.rename(dest)
     say(f"base ready in {time.monotonic() - t0:.0f} s")
     return dest
 
 
-def _customise_base(root: Path) -> None:
+def _customise_base(root: Path, login_user: str) -> None:
     # Remove what debootstrap copied from this machine or generated once: each host makes its own.
     for rel in ("etc/hostname", "etc/resolv.conf", "etc/machine-id", "var/lib/dbus/machine-id"):
         p = root / rel
@@ -175,6 +175,15 @@ def _customise_base(root: Path) -> None:
             shutil.copy2(ca, dst / ca.name)
         sh("chroot", str(root), "update-ca-certificates", timeout=300)
         (root / "etc/pip.conf").write_text("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
+    # As a cloud image: a login user with passwordless sudo (the ~okeanos images' "user"), and no
+    # root login over SSH.  Its authorized key is each host's, written before the first boot.
+    sh("chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", login_user)
+    sudoers = root / "etc/sudoers.d/90-scalelab-login-user"
+    sudoers.write_text(f"{login_user} ALL=(ALL) NOPASSWD:ALL\n")
+    sudoers.chmod(0o440)
+    (root / "etc/ssh/sshd_config.d").mkdir(parents=True, exist_ok=True)
+    (root / "etc/ssh/sshd_config.d/50-scalelab-lab.conf").write_text(
+        "PermitRootLogin no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n")
     # apt-daily timers would grab the dpkg lock in the middle of provisioning.
     sh("chroot", str(root), "systemctl", "mask", "apt-daily.timer", "apt-daily-upgrade.timer")
     sh("chroot", str(root), "systemctl", "enable", "systemd-networkd", "ssh")
@@ -433,11 +442,24 @@ def first_boot_setup(spec: LabSpec, host: Host, root: Path, pubkey: str) -> None
     for key in sshdir.glob("ssh_host_*"):
         key.unlink()
     sh("ssh-keygen", "-A", "-f", str(root))
-    rootssh = root / "root/.ssh"
-    rootssh.mkdir(mode=0o700, parents=True, exist_ok=True)
-    (rootssh / "authorized_keys").write_text(pubkey + "\n")
-    os.chmod(rootssh / "authorized_keys", 0o600)
+    _authorize(root, spec.login_user, pubkey)
     marker.write_text(f"{host.name} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+
+
+def _authorize(root: Path, user: str, pubkey: str) -> None:
+    """The controller's key in the login user's authorized_keys (owned by that user, as sshd insists)."""
+    entry = next((line.split(":") for line in (root / "etc/passwd").read_text().splitlines()
+                  if line.split(":")[0] == user), None)
+    if entry is None:
+        raise UserError(f"the lab base has no user {user!r}: rebuild it (`fab lab-up --rebuild-base` "
+                        "after `fab lab-down`)")
+    uid, gid, home = int(entry[2]), int(entry[3]), root / entry[5].lstrip("/")
+    sshdir = home / ".ssh"
+    sshdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (sshdir / "authorized_keys").write_text(pubkey + "\n")
+    os.chmod(sshdir / "authorized_keys", 0o600)
+    for p in (sshdir, sshdir / "authorized_keys"):
+        os.chown(p, uid, gid)
 
 
 def host_keys(spec: LabSpec, host: str) -> list[str]:

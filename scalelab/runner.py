@@ -84,6 +84,13 @@ def check_dataset(cluster: Cluster, nodes: Sequence[Node], name: str) -> None:
                         f"`fab gen-data {name}` then `fab put-data {name}`")
 
 
+def _raise_user_errors(results: dict) -> None:
+    """A per-node UserError (sudo wants a password) is the user's to fix: raise the first one."""
+    for r in results.values():
+        if isinstance(r, UserError):
+            raise r
+
+
 BUSY = 75  # exit code of a run that found the node's run lock taken (EX_TEMPFAIL)
 
 
@@ -94,8 +101,15 @@ def _lock(cluster: Cluster) -> str:
 
 def check_idle(cluster: Cluster, nodes: Sequence[Node]) -> None:
     run_dir = shlex.quote(node_var(cluster, "scalelab_run_dir"))
-    cmd = f"mkdir -p {run_dir} && flock --nonblock --conflict-exit-code {BUSY} {_lock(cluster)} true"
-    res = parallel(lambda n: cluster.ssh(n, cmd, timeout=15, check=False), nodes)
+    cmd = (f"test -d {run_dir} || {{ echo 'error: no run directory {run_dir}: run `fab provision` "
+           f"(role python_env makes it)' >&2; exit 3; }}; "
+           f"flock --nonblock --conflict-exit-code {BUSY} {_lock(cluster)} true")
+    res = parallel(lambda n: cluster.ssh(n, cmd, timeout=15, check=False, root=True), nodes)
+    _raise_user_errors(res)
+    missing = [h for h, r in res.items() if not isinstance(r, Exception) and r.returncode == 3]
+    if missing:
+        raise UserError(f"{', '.join(missing)}: no run directory {node_var(cluster, 'scalelab_run_dir')}: "
+                        "run `fab provision` (role python_env makes it)")
     busy = [h for h, r in res.items() if not isinstance(r, Exception) and r.returncode == BUSY]
     if busy:
         raise UserError(f"another scalelab run is in progress on {', '.join(busy)}: wait for it to end "
@@ -106,7 +120,8 @@ def check_shared(cluster: Cluster, nodes: Sequence[Node]) -> None:
     """Ray Train/Tune write checkpoints to the shared directory from any node: it must be the master's
     everywhere (its marker, role shared_storage), never a node's empty mount point."""
     marker = shlex.quote(f"{node_var(cluster, 'scalelab_shared_dir')}/.scalelab-shared")
-    res = parallel(lambda n: cluster.ssh(n, f"cat {marker}", timeout=30, check=False), nodes)
+    res = parallel(lambda n: cluster.ssh(n, f"cat {marker}", timeout=30, check=False, root=True), nodes)
+    _raise_user_errors(res)
     bad = [h for h, r in res.items() if isinstance(r, Exception) or r.stdout.strip() != cluster.master.name]
     if bad:
         raise UserError(f"the shared directory {node_var(cluster, 'scalelab_shared_dir')} is not the master's on "
@@ -125,7 +140,7 @@ def _ray_prefix(cluster: Cluster) -> str:
 def ray_alive_nodes(cluster: Cluster) -> list[tuple[str, float]]:
     py = f"{node_var(cluster, 'scalelab_venv')}/bin/python"
     proc = cluster.ssh(cluster.master, _ray_prefix(cluster) + f"{py} -c {shlex.quote(RAY_NODES)}",
-                       timeout=60, check=False)
+                       timeout=60, check=False, root=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
         raise UserError(f"Ray is not answering on {cluster.master.name} ({tail}): check `fab status`")
@@ -157,11 +172,11 @@ def _command(cluster: Cluster, wl: Workload, framework: str, nodes: int, run_id:
         if framework == "ray" and "--storage" not in extra:  # Train/Tune files, seen by every node
             args += ["--storage", f"{node_var(cluster, 'scalelab_shared_dir')}/ray"]
     args += list(extra)
-    # sshd makes the remote shell a process-group leader: its PID, written first, names the group
-    # that abort() ends if the run has to be stopped (a peer died, the time ran out).
+    # The command runs as root in a process group of its own (Node.as_root(own_group=True)): its PID,
+    # written first, names the group that abort() ends if the run has to be stopped.
     user = shlex.quote(str(node_var(cluster, "scalelab_cluster_user")))
     pidfile = shlex.quote(f"{run_dir}/{run_id}.pgid")
-    mk = f"install -d -o {user} -g {user} -m 0755 {shlex.quote(run_dir)} && echo $$ > {pidfile} && "
+    mk = f"echo $$ > {pidfile} && "
     limit = (f"exec flock --nonblock --conflict-exit-code {BUSY} {_lock(cluster)} "
              f"timeout --kill-after=15 {int(timeout_s)} ")
     if framework == "torch":
@@ -182,7 +197,7 @@ def _command(cluster: Cluster, wl: Workload, framework: str, nodes: int, run_id:
 def _fetch_record(cluster: Cluster, nodes: Sequence[Node], path: str) -> dict | None:
     """The record written by the run (torch's rank 0 may sit on any node)."""
     for n in nodes:
-        proc = cluster.ssh(n, f"cat {shlex.quote(path)} 2>/dev/null", timeout=30, check=False)
+        proc = cluster.ssh(n, f"cat {shlex.quote(path)} 2>/dev/null", timeout=30, check=False, root=True)
         if proc.returncode == 0 and proc.stdout.strip():
             try:
                 return json.loads(proc.stdout)
@@ -207,7 +222,8 @@ def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Nod
     try:
         for n in targets:
             log = open(logdir / f"{n.name}.log", "wb")
-            procs[n.name] = subprocess.Popen([*n.ssh_argv(), cmd], stdin=subprocess.DEVNULL, stdout=log,
+            procs[n.name] = subprocess.Popen([*n.ssh_argv(), n.as_root(cmd, own_group=True)],
+                                             stdin=subprocess.DEVNULL, stdout=log,
                                              stderr=subprocess.STDOUT)
             log.close()
         deadline = t0 + timeout_s + 60
@@ -263,7 +279,7 @@ def _abort(cluster: Cluster, nodes: Sequence[Node], run_id: str, hard: bool) -> 
     pidfile = shlex.quote(f"{node_var(cluster, 'scalelab_run_dir')}/{run_id}.pgid")
     kill = (f"p=$(cat {pidfile} 2>/dev/null) && kill -TERM -- -$p 2>/dev/null; sleep 2; "
             f"kill -KILL -- -$p 2>/dev/null; " if hard else "")
-    parallel(lambda n: cluster.ssh(n, f"{kill}rm -f {pidfile}; true", timeout=30, check=False), nodes)
+    parallel(lambda n: cluster.ssh(n, f"{kill}rm -f {pidfile}; true", timeout=30, check=False, root=True), nodes)
 
 
 def _log_tail(logdir: Path, hosts: Sequence[str]) -> str:

@@ -131,11 +131,11 @@ def test_ray_learning_run_refused_without_the_shared_directory(exp) -> None:
     plab, results = exp
     cl = _inventory.load(plab.inventory)
     worker = cl.node("worker2")
-    cl.ssh(worker, "umount /srv/scalelab/shared")
+    cl.ssh(worker, "umount /srv/scalelab/shared", root=True)
     try:
         out = run(plab, results / "noshare", "cifar-pbt", "--nodes", "1", "--args", "--trials 1 --epochs 1")
     finally:
-        cl.ssh(worker, "mount /srv/scalelab/shared")
+        cl.ssh(worker, "mount /srv/scalelab/shared", root=True)
     assert out.returncode == 2
     assert "shared directory /srv/scalelab/shared is not the master's on worker2" in out.stderr
     assert "fab provision" in out.stderr
@@ -173,7 +173,8 @@ def test_killed_worker_gives_a_failed_record_not_a_hang(exp) -> None:
     # the cluster is usable again afterwards
     cl = _inventory.load(plab.inventory)
     deadline = time.monotonic() + 120
-    while _cluster.parse_ray_status(cl.ssh(cl.master, _cluster.ray_status_command(cl), check=False).stdout
+    while _cluster.parse_ray_status(cl.ssh(cl.master, _cluster.ray_status_command(cl), check=False,
+                                           root=True).stdout
                                     ).get("alive") != 3:
         assert time.monotonic() < deadline, "Ray did not recover after the power cut"
         time.sleep(3)

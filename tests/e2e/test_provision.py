@@ -1,6 +1,7 @@
 """site.yml on fresh lab hosts: succeeds, is idempotent, and what it sets up survives power cuts."""
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -18,7 +19,8 @@ def test_second_run_changes_nothing(plab) -> None:
     hosts = {h.name for h in plab.spec.hosts}
     assert hosts <= set(rc), rc
     changed = {h: v["changed"] for h, v in rc.items() if v["changed"]}
-    assert not changed, f"second site.yml run changed something: {changed}\n" + proc.stdout[-4000:]
+    tasks = re.findall(r"^TASK \[([^\]]+)\][^\n]*\n(?:(?!TASK \[)[^\n]*\n)*?changed: \[([^\]]+)\]", proc.stdout, re.M)
+    assert not changed, f"second site.yml run changed something: {changed}: {sorted(set(tasks))}"
 
 
 def test_provision_from_empty_package_lists_prints_no_warnings(plab) -> None:
@@ -28,6 +30,15 @@ def test_provision_from_empty_package_lists_prints_no_warnings(plab) -> None:
     warnings = [line for line in out.splitlines() if "[WARNING]" in line or "Failed to parse" in line]
     assert not warnings, "\n".join(warnings[:20])
     assert "Install sshfs" in out and "Refresh the package lists when they are missing or stale" in out
+
+
+def test_one_layer_re_runs_alone_with_its_tag(plab) -> None:
+    """`--tags ray` runs the Ray layer (after preflight) and nothing else, and changes nothing."""
+    proc, rc = plab.playbook("--tags", "ray", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    roles = set(re.findall(r"^TASK \[(\w+) : ", proc.stdout, re.M))
+    assert "ray" in roles and roles <= {"ray"}, roles
+    assert all(v["changed"] == 0 for v in rc.values()), rc
 
 
 def test_base_infra(plab) -> None:

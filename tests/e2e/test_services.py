@@ -70,7 +70,8 @@ def test_a_workload_reads_its_input_from_hdfs(plab, tmp_path) -> None:
     for uri in (out["hdfs_uri"], out["uri"]):
         r = cl.ssh(cl.master, env + f"/opt/scalelab/venv/bin/python -m workloads.pagerank --framework torch "
                                f"--workers 2 --input {uri} --verify --output /tmp/hdfs_e2e.json && "
-                               "echo ==record== && cat /tmp/hdfs_e2e.json", timeout=300, check=False)
+                               "echo ==record== && cat /tmp/hdfs_e2e.json", timeout=300, check=False,
+                   root=True)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         rec = json.loads(r.stdout.split("==record==", 1)[1])
         assert rec["status"] == "ok" and rec["verification"]["passed"] and rec["dataset"]["uri"] == uri
@@ -79,7 +80,7 @@ def test_a_workload_reads_its_input_from_hdfs(plab, tmp_path) -> None:
 
 
 def _alive(cl) -> int:
-    proc = cl.ssh(cl.master, _cluster.ray_status_command(cl), timeout=60, check=False)
+    proc = cl.ssh(cl.master, _cluster.ray_status_command(cl), timeout=60, check=False, root=True)
     return _cluster.parse_ray_status(proc.stdout)["alive"] if proc.returncode == 0 else -1
 
 

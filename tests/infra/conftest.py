@@ -7,21 +7,22 @@
 change nothing, and again after power cuts of a worker and of the master.)
 
 Per-host tests get testinfra's `host` (one run per inventory host); controller-side tests (port
-probes, the DNAT forward) use the `cluster` fixture, read once from the same inventory with
-`ansible-inventory --list`.  The only addresses the controller contacts are the master's public
+probes, the DNAT forward) use the `cluster` fixture, read once from the same inventory as Ansible
+renders it (scalelab.inventory).  Commands run as root: through sudo when the login user is not root
+(set here, as is --force-ansible: only Ansible resolves templated connection values).  The only addresses the controller contacts are the master's public
 address and, through Ansible/ssh, the hosts of the inventory.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from scalelab import inventory as _inventory
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv/bin"
@@ -40,6 +41,9 @@ def inventory_path(config) -> Path:
 
 
 _SKIP = pytest.StashKey[str]()
+# Variables the checks compare the hosts with, besides the controller's own (scalelab.inventory).
+CHECKED_VARS = ("scalelab_private_interface", "scalelab_private_cidr", "scalelab_public_interface",
+                "ray_num_cpus")
 
 
 def pytest_configure(config):
@@ -55,6 +59,11 @@ def pytest_configure(config):
         config.option.hosts = None  # nothing for testinfra to expand; every test is skipped below
     else:
         reason = ""
+        if str(config.getoption("hosts")).startswith("ansible://"):
+            # Templated inventory values (ansible_host: "{{ scalelab_public_ip }}", the workers'
+            # ProxyJump) are resolved only when Ansible runs the command; the checks read root's view.
+            config.option.force_ansible = True
+            config.option.sudo = True
     config.stash[_SKIP] = reason
 
 
@@ -70,65 +79,57 @@ def pytest_collection_modifyitems(config, items):
 
 @dataclass
 class Cluster:
-    inventory: Path
-    hostvars: dict
-    groups: dict
+    """The controller's view (scalelab.inventory: variables rendered by Ansible) for checks that
+    probe from the controller or need one host's shell."""
+    view: _inventory.Cluster
+
+    @property
+    def inventory(self) -> Path:
+        return self.view.inventory
+
+    @property
+    def hostvars(self) -> dict[str, dict]:
+        return {n.name: n.vars for n in self.view.nodes}
 
     @property
     def master(self) -> str:
-        return self.groups["masters"][0]
+        return self.view.master.name
 
     @property
     def workers(self) -> list[str]:
-        return list(self.groups.get("workers", []))
+        return [n.name for n in self.view.nodes[1:]]
 
     @property
     def nodes(self) -> list[str]:
-        return [self.master, *self.workers]
+        return [n.name for n in self.view.nodes]
 
     def private_ip(self, name: str) -> str:
-        return self.hostvars[name]["scalelab_private_ip"]
+        return self.view.node(name).private_ip
 
     @property
     def public_ip(self) -> str:
-        return self.hostvars[self.master]["scalelab_public_ip"]
+        return self.view.master.vars["scalelab_public_ip"]
 
     @property
     def forwards(self) -> list[dict]:
-        return self.hostvars[self.master].get("scalelab_port_forwards", [])
+        return self.view.master.vars.get("scalelab_port_forwards") or []
 
     @property
     def cluster_user(self) -> str:
-        return self.hostvars[self.master]["scalelab_cluster_user"]
-
-    def ssh_argv(self, name: str, command: str) -> list[str]:
-        """ssh to an inventory host the way Ansible does (its ssh args, host key checking on), without
-        connection sharing, so that it works right after a host was killed and started again."""
-        hv = self.hostvars[name]
-        argv = ["ssh", "-o", "BatchMode=yes", "-o", "ControlMaster=no", "-o", "ControlPath=none",
-                "-o", "ConnectTimeout=10"]
-        argv += shlex.split(hv.get("ansible_ssh_common_args", ""))
-        if hv.get("ansible_ssh_private_key_file"):
-            argv += ["-i", hv["ansible_ssh_private_key_file"]]
-        if hv.get("ansible_port"):
-            argv += ["-p", str(hv["ansible_port"])]
-        user = hv.get("ansible_user")
-        target = hv.get("ansible_host", name)
-        argv += [f"{user}@{target}" if user else target, command]
-        return argv
+        return str(_inventory.node_var(self.view, "scalelab_cluster_user"))
 
     def ssh(self, name: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(self.ssh_argv(name, command), capture_output=True, text=True, timeout=timeout)
+        """`command` as root on an inventory host, the way the controller runs it (its ssh arguments,
+        host key checking on, sudo when the login is not root), without connection sharing, so that it
+        works right after a host was killed and started again."""
+        n = self.view.node(name)
+        argv = n.ssh_argv("-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "ConnectTimeout=10")
+        return subprocess.run([*argv, n.as_root(command)], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
 def cluster(request) -> Cluster:
-    inv_path = inventory_path(request.config)
-    out = subprocess.run([str(VENV_BIN / "ansible-inventory"), "-i", str(inv_path), "--list"],
-                         cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
-    data = json.loads(out.stdout)
-    groups = {name: g.get("hosts", []) for name, g in data.items() if isinstance(g, dict) and name != "_meta"}
-    return Cluster(inventory=inv_path, hostvars=data["_meta"]["hostvars"], groups=groups)
+    return Cluster(_inventory.load(inventory_path(request.config), extra_vars=CHECKED_VARS))
 
 
 @pytest.fixture

@@ -60,6 +60,9 @@ def test_every_play_stops_the_whole_run_on_the_first_failed_host():
     for book in books:
         for play in yaml.safe_load(book.read_text()):
             assert play.get("any_errors_fatal") is True, f"{book.name}: play '{play['name']}'"
+            # any_errors_fatal stops the hosts of its own play only: a later play on other hosts would
+            # still run, so every play covers the whole cluster.
+            assert play["hosts"] in ("cluster", "localhost:all"), f"{book.name}: play '{play['name']}'"
 
 
 def test_torch_comes_from_a_local_wheel_directory_when_there_is_one(tmp_path):

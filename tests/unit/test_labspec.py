@@ -98,9 +98,35 @@ def test_inventory_groups_and_connection(inv: Path) -> None:
     assert set(cluster) == {"masters", "workers"}
     assert list(cluster["masters"]["hosts"]) == ["master"]
     assert list(cluster["workers"]["hosts"]) == ["worker1", "worker2"]
-    assert cluster["workers"]["hosts"]["worker1"]["ansible_host"] == "10.77.1.2"
-    assert cluster["masters"]["hosts"]["master"]["ansible_host"] == spec.master_public_ip
-    assert f"-F {spec.ssh_config}" == data["all"]["vars"]["ansible_ssh_common_args"]
+    assert cluster["workers"]["hosts"]["worker1"] == {"scalelab_private_ip": "10.77.1.2",
+                                                      "ansible_host": "{{ scalelab_private_ip }}"}
+    assert cluster["masters"]["hosts"]["master"]["scalelab_public_ip"] == spec.master_public_ip
+    assert "vars" not in data["all"]      # how to log in is in group_vars/*/connection.yml, as for okeanos
+
+
+def _shape(doc):
+    """The structure of an inventory document with the values a user edits (addresses, names) blanked."""
+    if isinstance(doc, dict):
+        return {("HOST" if k.startswith(("master", "slave", "worker")) and k not in ("masters",) else k): _shape(v)
+                for k, v in doc.items()}
+    return doc if isinstance(doc, str) and "{{" in doc else "VALUE"
+
+
+def test_lab_inventory_has_the_shape_of_okeanos(inv: Path) -> None:
+    """Every lab test exercises what a real-cluster user edits: the same files, groups, variables and
+    templated values as inventory/okeanos; only names and addresses differ."""
+    okeanos = REPO / "inventory/okeanos"
+    lab = yaml.safe_load(labspec.render_inventory(labspec.load_spec(inv)))
+    real = yaml.safe_load((okeanos / "hosts.yml").read_text())
+    workers = lambda d: d["all"]["children"]["cluster"]["children"]["workers"]["hosts"]  # noqa: E731
+    assert _shape(workers(lab))["HOST"] == _shape(workers(real))["HOST"]
+    assert _shape(lab) == _shape(real)
+    files = lambda root: sorted(str(p.relative_to(root)) for p in (root / "group_vars").rglob("*.yml"))  # noqa: E731
+    assert sorted(set(files(REPO / "inventory/lab")) - {"group_vars/all/lab.yml"}) == files(okeanos)
+    for f in files(okeanos):
+        assert set(yaml.safe_load((okeanos / f).read_text())) <= set(yaml.safe_load((REPO / "inventory/lab" / f).read_text())), f
+    lab_conn = (REPO / "inventory/lab/group_vars/workers/connection.yml").read_text()
+    assert "ProxyJump={{ ansible_user }}@{{ hostvars[groups['masters'][0]]['scalelab_public_ip'] }}" in lab_conn
 
 
 def test_inventory_is_read_by_ansible(inv: Path) -> None:
@@ -122,7 +148,8 @@ def test_ssh_config_jumps_through_the_master_with_host_keys_checked(inv: Path) -
     cfg = labspec.render_ssh_config(spec)
     blocks = {b.split()[0]: b for b in cfg.split("\nHost ")[1:]}
     assert "ProxyJump" not in blocks["master"]
-    assert f"ProxyJump root@{spec.master_public_ip}" in blocks["worker1"]
+    assert f"ProxyJump user@{spec.master_public_ip}" in blocks["worker1"]
+    assert "User user" in cfg and "root" not in cfg
     assert "StrictHostKeyChecking yes" in cfg
     assert "StrictHostKeyChecking " + "no" not in cfg  # (split so the repo-wide pattern scan stays clean)
     assert f"UserKnownHostsFile {spec.known_hosts}" in cfg

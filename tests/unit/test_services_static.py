@@ -291,7 +291,7 @@ def test_dashboard_tunnel_goes_to_the_private_address(tmp_path):
 
 def test_node_vars_fall_back_to_role_defaults(tmp_path):
     c = _cluster(tmp_path)
-    assert cluster.node_var(c, "scalelab_venv") == "/opt/scalelab/venv"     # templated -> default
+    assert cluster.node_var(c, "scalelab_data_dir") == "/srv/scalelab/data"     # not set -> default
     assert "set -a; . /etc/scalelab/ray.env" in cluster.ray_status_command(c)
 
 
