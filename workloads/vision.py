@@ -79,6 +79,11 @@ def train_resize_size(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
+def center_crop_batch(images: np.ndarray, size: int) -> np.ndarray:
+    """``CenterCrop(size)`` on a uint8 NHWC batch (a contiguous copy)."""
+    return np.ascontiguousarray(np.stack([center_crop(arr, size) for arr in images]))
+
+
 def augment_train(images: np.ndarray, image_size: int, rng: np.random.Generator,
                   degrees: float = 20.0) -> np.ndarray:
     """RandomRotation(+-degrees) then CenterCrop(image_size) on pre-resized uint8 NHWC images."""
@@ -315,6 +320,40 @@ def _ddp_wrap(device):
 
 def unwrap(model):
     return getattr(model, "module", model)
+
+
+def recalibrate_batchnorm(model, batches: Iterator[Any], ctx: WorkerContext) -> None:
+    """Precise BatchNorm: recompute every BN layer's running mean/var for the current weights.
+
+    The running statistics are an exponential average (momentum 0.1) over the last ~10 training
+    steps, taken while the weights were still moving; after a short run they describe older weights
+    than the ones evaluated, and eval-mode predictions collapse to one class although the same model
+    classifies well with batch statistics. Here the averages are rebuilt from scratch by forward passes
+    in train mode over ``batches`` (this rank's share of the data), then averaged over the ranks, so
+    every rank evaluates with the same statistics.
+    """
+    import torch
+    import torch.distributed as dist
+    net = unwrap(model)  # not through DDP: its forward would broadcast rank 0's buffers
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches, not an EMA
+    was_training = net.training
+    net.train()
+    with torch.no_grad():
+        for x in batches:
+            net(x)
+    net.train(was_training)
+    for bn, momentum in zip(bns, momenta, strict=True):
+        bn.momentum = momentum
+        if ctx.world > 1:
+            for buf in (bn.running_mean, bn.running_var):
+                dist.all_reduce(buf)
+                buf.div_(ctx.world)
 
 
 def torch_context(device_req: str) -> WorkerContext:

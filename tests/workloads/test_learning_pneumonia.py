@@ -45,7 +45,8 @@ def check_record(rec: dict, framework: str) -> None:
     m = rec["metrics"]
     assert rec["framework"] == framework and rec["workers"] == 2
     assert m["test_class_counts"] == [234, 390] and m["majority_baseline"] == pytest.approx(0.625)
-    assert m["accuracy"] > 0.625 + 0.05, m          # clearly above always-PNEUMONIA
+    assert m["accuracy"] >= 0.80, m                 # always-PNEUMONIA scores 0.625; seeds 0-4 scored 0.93-0.98
+    assert m["loss_per_epoch"][0] < 1.5, m          # starts at ln 2 scale: no exploding logits
     assert len(m["loss_per_epoch"]) == 2 and len(m["val_accuracy_per_epoch"]) == 2
     assert 1 <= m["selected_epoch"] <= 2
     assert rec["params"]["threads_per_worker"] == 1

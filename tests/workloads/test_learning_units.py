@@ -61,6 +61,47 @@ def test_seed_model_shape_and_size():
     assert pneumonia.classify(64)(torch.zeros(1, 3, 64, 64)).shape == (1, 2)
 
 
+def test_head_lr_scales_down_with_the_heads_fan_in():
+    at64 = pneumonia.make_optimizer(pneumonia.classify(64), 3e-4)
+    assert [g["lr"] for g in at64.param_groups] == [3e-4, 3e-4]             # 64 px: the reference fan-in
+    at224 = pneumonia.make_optimizer(pneumonia.classify(224), 3e-4)
+    body, head = at224.param_groups
+    assert body["lr"] == 3e-4 and head["lr"] == pytest.approx(3e-4 * 32_768 / 401_408)
+    assert sum(p.numel() for g in at224.param_groups for p in g["params"]) == 811_214   # every weight once
+
+
+def test_recalibrated_batchnorm_describes_the_current_weights():
+    """Stale running statistics are replaced by the batches' (cumulative, not EMA) statistics; the
+    layer's momentum and the model's mode are left as they were."""
+    import torch
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    bn = model[1]
+    bn.running_mean.fill_(100.0)
+    bn.running_var.fill_(1e-3)
+    model.eval()
+    batches = [torch.randn(8, 3, 5, 5) * 2 + 1 for _ in range(3)]
+    ctx = vision.WorkerContext(0, 1, torch.device("cpu"), "torch", lambda m: m, lambda _m: None)
+    vision.recalibrate_batchnorm(model, iter(batches), ctx)
+    with torch.no_grad():
+        feats = [model[0](x) for x in batches]
+    mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.transpose(0, 1).reshape(4, -1).var(1) for f in feats]).mean(0)
+    assert torch.allclose(bn.running_mean, mean, atol=1e-5) and torch.allclose(bn.running_var, var, rtol=1e-4)
+    assert bn.momentum == 0.1 and not model.training
+
+
+def test_val_and_test_are_centre_cropped_like_the_training_images(tmp_path):
+    counts = {"train": (2, 2), "val": (1, 1), "test": (1, 1)}
+    root = vision.synthetic_pneumonia(tmp_path, size=32, counts=counts)
+    data = pneumonia.load_data(str(root), 32)
+    assert data["train"].images.shape[1:3] == (37, 37)                     # rotated + cropped per epoch
+    assert data["val"].images.shape[1:3] == data["test"].images.shape[1:3] == (32, 32)
+    full = vision.load_images(str(root), vision.scan_image_folder(str(root), pneumonia.SPLITS,
+                                                                  pneumonia.CLASSES)["test"], 37)
+    assert np.array_equal(data["test"].images, vision.center_crop_batch(full.images, 32))
+
+
 # ---------------------------------------------------------------- global batches -----------
 
 @pytest.mark.parametrize("world", [1, 2, 3])
