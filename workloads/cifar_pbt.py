@@ -142,8 +142,14 @@ def train_epoch(model, opt, data: tuple, batch_size: int, rng: np.random.Generat
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += float(loss) * len(idx)
+        total += float(loss.detach()) * len(idx)
     return total / max(1, (len(perm) // batch_size) * batch_size)
+
+
+def recalibrate(model, data: tuple, batch: int = 500) -> None:
+    """Precise BN over the training images, un-augmented (:func:`vision.recalibrate_batchnorm`)."""
+    X = data[0]
+    vision.recalibrate_batchnorm(model, (to_tensor(X[s:s + batch]) for s in range(0, len(X), batch)))
 
 
 def evaluate(model, data: tuple, batch: int = 500) -> tuple[float, float]:
@@ -191,6 +197,7 @@ def pbt_trial(config: dict, data: dict, cfg: dict) -> None:
     rng = np.random.default_rng([cfg["seed"], epoch, int(config["batch_size"])])
     while epoch < cfg["epochs"]:
         train_loss = train_epoch(model, opt, data["train"], int(config["batch_size"]), rng)
+        recalibrate(model, data["train"])
         val_loss, val_acc = evaluate(model, data["val"])
         epoch += 1
         with tempfile.TemporaryDirectory() as d:
@@ -210,6 +217,7 @@ def run_baseline(data: dict, cfg: dict) -> dict[str, Any]:
     losses, val_accs = [], []
     for _ in range(cfg["epochs"]):
         losses.append(train_epoch(model, opt, data["train"], BASELINE["batch_size"], rng))
+        recalibrate(model, data["train"])
         val_accs.append(evaluate(model, data["val"])[1])
     test_loss, test_acc = evaluate(model, data["test"])
     return {"accuracy": test_acc, "test_loss": test_loss, "loss_per_epoch": losses,

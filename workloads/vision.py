@@ -322,7 +322,7 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
-def recalibrate_batchnorm(model, batches: Iterator[Any], ctx: WorkerContext) -> None:
+def recalibrate_batchnorm(model, batches: Iterator[Any], ctx: WorkerContext | None = None) -> None:
     """Precise BatchNorm: recompute every BN layer's running mean/var for the current weights.
 
     The running statistics are an exponential average (momentum 0.1) over the last ~10 training
@@ -330,7 +330,7 @@ def recalibrate_batchnorm(model, batches: Iterator[Any], ctx: WorkerContext) -> 
     than the ones evaluated, and eval-mode predictions collapse to one class although the same model
     classifies well with batch statistics. Here the averages are rebuilt from scratch by forward passes
     in train mode over ``batches`` (this rank's share of the data), then averaged over the ranks, so
-    every rank evaluates with the same statistics.
+    every rank evaluates with the same statistics (``ctx`` None: one process).
     """
     import torch
     import torch.distributed as dist
@@ -350,7 +350,7 @@ def recalibrate_batchnorm(model, batches: Iterator[Any], ctx: WorkerContext) -> 
     net.train(was_training)
     for bn, momentum in zip(bns, momenta, strict=True):
         bn.momentum = momentum
-        if ctx.world > 1:
+        if ctx is not None and ctx.world > 1:
             for buf in (bn.running_mean, bn.running_var):
                 dist.all_reduce(buf)
                 buf.div_(ctx.world)
