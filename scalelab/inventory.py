@@ -21,6 +21,13 @@ from typing import Any
 from scalelab.errors import UserError
 
 ANSIBLE_INVENTORY = str(Path(sys.executable).parent / "ansible-inventory")
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+HOSTVARS_PLAY = Path(__file__).with_name("ansible") / "hostvars.yml"
+UNDEFINED = "__scalelab_undefined__"
+# What the controller reads of every host: how to reach it, and where things live on it.
+CONNECTION_VARS = ("ansible_host", "ansible_user", "ansible_port", "ansible_ssh_common_args",
+                   "ansible_ssh_extra_args", "ansible_ssh_private_key_file",
+                   "scalelab_private_ip", "scalelab_public_ip", "scalelab_port_forwards")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -104,15 +111,6 @@ class Cluster:
         return proc
 
 
-ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
-HOSTVARS_PLAY = Path(__file__).with_name("ansible") / "hostvars.yml"
-UNDEFINED = "__scalelab_undefined__"
-# What the controller reads of every host: how to reach it, and where things live on it.
-CONNECTION_VARS = ("ansible_host", "ansible_user", "ansible_port", "ansible_ssh_common_args",
-                   "ansible_ssh_extra_args", "ansible_ssh_private_key_file",
-                   "scalelab_private_ip", "scalelab_public_ip", "scalelab_port_forwards")
-
-
 def sudo_refused(node: Node, stderr: str | bytes) -> None:
     """One line instead of a hang or a puzzle when the login user's sudo wants a password."""
     text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
@@ -136,8 +134,9 @@ def rendered_hostvars(path: Path, names: Sequence[str]) -> dict[str, dict[str, A
     host defines is absent.  A value Ansible cannot render is a UserError naming the host and the
     variable."""
     # json on stdout and nothing else (ansible.cfg enables timing callbacks that print there too)
-    env = {**os.environ, "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.json",
-           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
+    env = {**os.environ, "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+           "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.json", "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_RETRY_FILES_ENABLED": "0"}
     proc = subprocess.run([ANSIBLE_PLAYBOOK, "-i", str(path), str(HOSTVARS_PLAY),
                            "-e", json.dumps({"scalelab_controller_vars": ",".join(names)})],
                           capture_output=True, text=True, timeout=180, env=env, cwd=REPO_ROOT)
