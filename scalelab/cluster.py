@@ -75,6 +75,18 @@ def parse_ray_status(text: str) -> dict[str, Any]:
     return {"alive": alive, "cpus": float(cpu.group(2)) if cpu else 0.0}
 
 
+NO_DIR = 3  # exit code of a remote command that found a directory the roles make missing
+
+
+def require_dir(path: str) -> str:
+    """Shell prefix: exit NO_DIR when `path` is missing (the controller creates nothing on the nodes)."""
+    return f"test -d {shlex.quote(path)} || exit {NO_DIR}; "
+
+
+def missing_dir(hosts: Sequence[str], path: str) -> str:
+    return f"{', '.join(hosts)}: no directory {path}: run `fab provision` (role python_env makes it)"
+
+
 def ray_env(cluster: Cluster) -> str:
     """Shell prefix exporting the node's Ray settings (address, token auth) for what follows it."""
     return f"set -a; . {shlex.quote(str(node_var(cluster, 'scalelab_ray_env')))}; set +a; "
@@ -215,11 +227,11 @@ def put_local(cluster: Cluster, src: Path, say: Callable[[str], None]) -> dict[s
         have = cluster.ssh(n, f"cat {q}.sha256 2>/dev/null", timeout=30, check=False).stdout.strip()
         if have == digest:
             return "unchanged"
-        cmd = (f"test -d {shlex.quote(str(Path(dest).parent))} || {{ echo 'no directory "
-               f"{Path(dest).parent}: run `fab provision` (role python_env makes it)' >&2; exit 3; }}; "
-               f"cat > {q}.part && "
+        cmd = (require_dir(str(Path(dest).parent)) + f"cat > {q}.part && "
                f"echo {digest} > {q}.sha256.part && mv {q}.part {q} && mv {q}.sha256.part {q}.sha256")
         proc = _stream(n, src, cmd, timeout=3600)
+        if proc.returncode == NO_DIR:
+            raise RuntimeError(missing_dir([n.name], str(Path(dest).parent)))
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or "copy failed")
         return "copied"

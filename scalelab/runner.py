@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scalelab import results as _results
-from scalelab.cluster import ray_env
+from scalelab.cluster import NO_DIR, missing_dir, ray_env, require_dir
 from scalelab.errors import UserError
 from scalelab.inventory import Cluster, Node, node_var, parallel
 from scalelab.sampler import Sampler
@@ -100,16 +100,13 @@ def _lock(cluster: Cluster) -> str:
 
 
 def check_idle(cluster: Cluster, nodes: Sequence[Node]) -> None:
-    run_dir = shlex.quote(node_var(cluster, "scalelab_run_dir"))
-    cmd = (f"test -d {run_dir} || {{ echo 'error: no run directory {run_dir}: run `fab provision` "
-           f"(role python_env makes it)' >&2; exit 3; }}; "
-           f"flock --nonblock --conflict-exit-code {BUSY} {_lock(cluster)} true")
+    run_dir = str(node_var(cluster, "scalelab_run_dir"))
+    cmd = require_dir(run_dir) + f"flock --nonblock --conflict-exit-code {BUSY} {_lock(cluster)} true"
     res = parallel(lambda n: cluster.ssh(n, cmd, timeout=15, check=False, root=True), nodes)
     _raise_user_errors(res)
-    missing = [h for h, r in res.items() if not isinstance(r, Exception) and r.returncode == 3]
+    missing = [h for h, r in res.items() if not isinstance(r, Exception) and r.returncode == NO_DIR]
     if missing:
-        raise UserError(f"{', '.join(missing)}: no run directory {node_var(cluster, 'scalelab_run_dir')}: "
-                        "run `fab provision` (role python_env makes it)")
+        raise UserError(missing_dir(missing, run_dir))
     busy = [h for h, r in res.items() if not isinstance(r, Exception) and r.returncode == BUSY]
     if busy:
         raise UserError(f"another scalelab run is in progress on {', '.join(busy)}: wait for it to end "
