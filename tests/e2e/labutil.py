@@ -29,7 +29,17 @@ def require_lab_machine() -> None:
 
 
 def make_inventory(dst: Path, name: str, second_octet: int, workers: int = 2, suite: str | None = None) -> Path:
-    """A lab inventory of its own (name, subnets, state dir), so a test's lab never meets the default one."""
+    """A lab inventory of its own (name, subnets, state dir), so a test's lab never meets the default one.
+
+    SCALELAB_E2E_NAMESPACE=LETTER:OFFSET (e.g. ``h:10``) prefixes every test lab's name with LETTER and
+    shifts its subnets by OFFSET, so two checkouts can run the lab tests on one machine at once.
+    """
+    ns = os.environ.get("SCALELAB_E2E_NAMESPACE")
+    if ns:
+        letter, _, offset = ns.partition(":")
+        if not (len(letter) == 1 and letter.isalpha() and letter.islower() and offset.isdigit()):
+            raise ValueError(f"SCALELAB_E2E_NAMESPACE must be LETTER:OFFSET (e.g. h:10), not {ns!r}")
+        name, second_octet = letter + name, second_octet + int(offset)
     shutil.copytree(REPO / "inventory/lab/group_vars", dst / "group_vars")
     gv = dst / "group_vars/all"
     labv = yaml.safe_load((gv / "lab.yml").read_text())
