@@ -11,7 +11,7 @@ LOCK   := requirements.lock
 STAMP  := $(VENV)/.installed-$(shell sha256sum $(LOCK) 2>/dev/null | cut -c1-12)
 LAB_DEBS := debootstrap systemd-container iptables dnsmasq-base openssh-client
 
-.PHONY: help setup lab-deps lock test test-unit test-lab test-upgrade demo bench lint clean lab-up lab-down
+.PHONY: help setup lab-deps lock test test-unit test-lab test-upgrade demo bench bench-provision lint clean lab-up lab-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ demo: setup lab-deps  ## lab up, provision, datasets, PageRank + k-means on Ray 
 
 bench: setup  ## benchmarks (timings live here, never in tests)
 	$(PY) -m bench.graph_bench
+
+bench-provision: setup lab-deps  ## site.yml on 3 fresh lab hosts, cold and re-run, beside the targets (root)
+	$(PY) -m bench.provision_bench
 
 lint: setup  ## ruff and ansible-lint
 	$(VENV)/bin/ruff check .

@@ -21,20 +21,39 @@ def _spec(inventory=None, workers=None):
     return _labspec.load_spec(inv.resolve(), workers=None if workers is None else int(workers))
 
 
-@task(help={"workers": "number of worker hosts besides the master (default: lab.yml, 2)",
-            "rebuild_base": "rebuild the cached Debian base first", "inventory": LAB_HELP})
-@user_errors
-def lab_up(c, workers=None, rebuild_base=False, inventory=None):
-    """Bring up the local lab: a master and N workers as systemd-nspawn hosts (needs root)."""
-    spec = _spec(inventory, workers)
-    if rebuild_base:
-        import shutil
-        shutil.rmtree(_lab.base_path(spec), ignore_errors=True)
+def _bring_up(spec):
     t0 = time.monotonic()
     state = _lab.up(spec, say=console.print)
     console.print(table(_lab.status(spec), title=f"lab {spec.name}"))
     console.print(f"lab up in {time.monotonic() - t0:.1f} s (base {state['base_seconds']} s); "
                   f"inventory: {spec.hosts_file}")
+
+
+@task(help={"workers": "number of worker hosts besides the master (default: the running lab's, else "
+                       "lab.yml's); more than the running lab has adds hosts to it",
+            "rebuild_base": "rebuild the cached Debian base first (the lab must be down)", "inventory": LAB_HELP})
+@user_errors
+def lab_up(c, workers=None, rebuild_base=False, inventory=None):
+    """Bring up the local lab: a master and N workers as systemd-nspawn hosts (needs root)."""
+    spec = _spec(inventory, workers) if workers is not None else _lab.spec_from_state(_spec(inventory))
+    if rebuild_base:
+        if _lab.load_state(spec):
+            raise UserError("the lab is up and its hosts run on the base: `fab lab-down` first, "
+                            "then `fab lab-up --rebuild-base`")
+        import shutil
+        shutil.rmtree(_lab.base_path(spec), ignore_errors=True)
+    _bring_up(spec)
+
+
+@task(help={"inventory": LAB_HELP})
+@user_errors
+def lab_add_worker(c, inventory=None):
+    """Add one worker host to the running lab (then `fab provision` takes it into the cluster)."""
+    spec = _lab.spec_from_state(_spec(inventory))
+    if not _lab.load_state(spec):
+        raise UserError("the lab is not up: run `fab lab-up`")
+    _bring_up(_spec(inventory, spec.workers + 1))
+    console.print(f"worker{spec.workers + 1} added: run `fab provision` to take it into the cluster")
 
 
 @task(help={"keep_disks": "keep the hosts' disks (default: remove them)", "inventory": LAB_HELP})
@@ -160,7 +179,8 @@ def gen_data(c, name, from_snap=None, out=None):
     console.print(f"{name}: {path}")
 
 
-ns = Collection(run_experiment, run_matrix, gen_data, report, lab_up, lab_down, lab_status, lab_kill, lab_start)
+ns = Collection(run_experiment, run_matrix, gen_data, report, lab_up, lab_add_worker, lab_down, lab_status,
+                lab_kill, lab_start)
 
 
 # --- cluster services (scalelab/cluster.py) ---------------------------------------------------------

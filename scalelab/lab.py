@@ -560,15 +560,21 @@ def write_access_files(spec: LabSpec) -> None:
 # --- the verbs ---------------------------------------------------------------------------------
 
 def up(spec: LabSpec, say: Progress = _say) -> dict:
-    """Bring the lab up (idempotent): base, network, hosts, access files; wait for ssh everywhere."""
+    """Bring the lab up (idempotent): base, network, hosts, access files; wait for ssh everywhere.
+
+    On a running lab with fewer workers it grows: the new hosts boot, the others keep running, and
+    the inventory names them all (then `fab provision` takes the new ones into the cluster).
+    """
     check_prerequisites()
     state = load_state(spec)
-    if state and int(state.get("workers", spec.workers)) != spec.workers:
-        raise UserError(f"a lab with {state['workers']} workers exists: `fab lab-down` first to change it")
+    if state and int(state.get("workers", spec.workers)) > spec.workers:
+        raise UserError(f"the lab has {state['workers']} workers and cannot shrink to {spec.workers}: "
+                        "`fab lab-down` first")
     t0 = time.monotonic()
     base = build_base(spec, say)
     t_base = time.monotonic() - t0
-    state = state or {"name": spec.name, "workers": spec.workers, "created": time.time()}
+    state = state or {"name": spec.name, "created": time.time()}
+    state["workers"] = spec.workers
     if not _is_mounted(NSPAWN_RUNDIR):  # /run is on disk here; nspawn wants a tmpfs there
         NSPAWN_RUNDIR.mkdir(parents=True, exist_ok=True)
         sh("mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(NSPAWN_RUNDIR))

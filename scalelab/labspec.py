@@ -194,6 +194,29 @@ def load_spec(inventory_dir: Path = LAB_INVENTORY, workers: int | None = None) -
     )
 
 
+def derive_inventory(dst: Path, name: str, second_octet: int, workers: int = 2, suite: str | None = None,
+                     src: Path = LAB_INVENTORY) -> Path:
+    """A copy of the lab inventory for a lab of its own (name, subnets 10.<second_octet>.0/1.x, state
+    directory), so a test's or a benchmark's lab never meets the default one.  Returns ``dst``."""
+    import shutil
+
+    shutil.copytree(src / "group_vars", dst / "group_vars")
+    gv = dst / "group_vars/all"
+    labv = _load_yaml(gv / "lab.yml")
+    labv.update(scalelab_lab_name=name, scalelab_lab_workers=workers,
+                scalelab_lab_public_cidr=f"10.{second_octet}.0.0/24",
+                scalelab_lab_controller_ip=f"10.{second_octet}.0.1",
+                scalelab_lab_master_public_ip=f"10.{second_octet}.0.10",
+                scalelab_lab_state_dir=f"/var/lib/scalelab/{name}")
+    if suite:
+        labv.update(scalelab_lab_suite=suite)
+    (gv / "lab.yml").write_text(yaml.safe_dump(labv))
+    net = _load_yaml(gv / "network.yml")
+    net.update(scalelab_private_cidr=f"10.{second_octet}.1.0/24", scalelab_public_gateway=f"10.{second_octet}.0.1")
+    (gv / "network.yml").write_text(yaml.safe_dump(net))
+    return dst
+
+
 # --- generated files ---------------------------------------------------------------------------
 
 def render_inventory(spec: LabSpec) -> str:

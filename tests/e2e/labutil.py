@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import yaml
 
 from scalelab import lab, labspec
 
@@ -40,21 +39,7 @@ def make_inventory(dst: Path, name: str, second_octet: int, workers: int = 2, su
         if not (len(letter) == 1 and letter.isalpha() and letter.islower() and offset.isdigit()):
             raise ValueError(f"SCALELAB_E2E_NAMESPACE must be LETTER:OFFSET (e.g. h:10), not {ns!r}")
         name, second_octet = letter + name, second_octet + int(offset)
-    shutil.copytree(REPO / "inventory/lab/group_vars", dst / "group_vars")
-    gv = dst / "group_vars/all"
-    labv = yaml.safe_load((gv / "lab.yml").read_text())
-    labv.update(scalelab_lab_name=name, scalelab_lab_workers=workers,
-                scalelab_lab_public_cidr=f"10.{second_octet}.0.0/24",
-                scalelab_lab_controller_ip=f"10.{second_octet}.0.1",
-                scalelab_lab_master_public_ip=f"10.{second_octet}.0.10",
-                scalelab_lab_state_dir=f"/var/lib/scalelab/{name}")
-    if suite:
-        labv.update(scalelab_lab_suite=suite)
-    (gv / "lab.yml").write_text(yaml.safe_dump(labv))
-    net = yaml.safe_load((gv / "network.yml").read_text())
-    net.update(scalelab_private_cidr=f"10.{second_octet}.1.0/24", scalelab_public_gateway=f"10.{second_octet}.0.1")
-    (gv / "network.yml").write_text(yaml.safe_dump(net))
-    return dst
+    return labspec.derive_inventory(dst, name, second_octet, workers, suite)
 
 
 def fab(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from tests.e2e.labutil import fab
+from scalelab import labspec
+from tests.e2e.labutil import fab, ssh
 
 pytestmark = pytest.mark.lab
 
@@ -19,8 +20,19 @@ def test_second_run_changes_nothing(plab) -> None:
     hosts = {h.name for h in plab.spec.hosts}
     assert hosts <= set(rc), rc
     changed = {h: v["changed"] for h, v in rc.items() if v["changed"]}
-    tasks = re.findall(r"^TASK \[([^\]]+)\][^\n]*\n(?:(?!TASK \[)[^\n]*\n)*?changed: \[([^\]]+)\]", proc.stdout, re.M)
-    assert not changed, f"second site.yml run changed something: {changed}: {sorted(set(tasks))}"
+    assert not changed, f"second site.yml run changed something: {changed}:\n{_changed_tasks(proc.stdout)}"
+
+
+def _changed_tasks(out: str) -> str:
+    """The tasks that reported changed (or failed) and on which hosts, from ansible-playbook's output."""
+    hits, task = [], None
+    for line in out.splitlines():
+        m = re.match(r"TASK \[(.+?)\]", line)
+        if m:
+            task = m.group(1)
+        elif re.match(r"(changed|fatal|failed): \[", line):
+            hits.append(f"{task}: {line[:200]}")
+    return "\n".join(hits[:40])
 
 
 def test_provision_from_empty_package_lists_prints_no_warnings(plab) -> None:
@@ -53,3 +65,43 @@ def test_base_survives_a_power_cut(plab, host: str) -> None:
     fab("lab-start", host, "--inventory", inv)
     out = plab.infra("tests/infra/test_base.py", k="route or hosts or nat or forward")
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
+
+
+def test_check_mode_on_a_provisioned_cluster_changes_nothing(plab) -> None:
+    """`ansible-playbook site.yml --check` on a provisioned cluster: no task fails, none would change."""
+    proc, rc = plab.playbook("--check", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert {h.name for h in plab.spec.hosts} <= set(rc), rc
+    changed = {h: v["changed"] for h, v in rc.items() if v["changed"] or v["failed"]}
+    assert not changed, f"--check would change something: {changed}:\n{_changed_tasks(proc.stdout)}"
+
+
+def _ray_pid(plab, host: str) -> str:
+    """The Ray unit's main PID on a host (ray-head on the master, ray-worker elsewhere)."""
+    pids = ssh(plab.spec, host, "systemctl show -p MainPID --value ray-head ray-worker").stdout.split()
+    return max(pids, key=int, default="0")
+
+
+def test_growing_the_cluster_by_one_worker(plab) -> None:
+    """Runs last here (the later suites check the grown cluster): `fab lab-add-worker`, provision; the new
+    node is in /etc/hosts, the SSH mesh and Ray everywhere, Ray on the others was not restarted, and a
+    further run changes nothing."""
+    old = [h.name for h in plab.spec.hosts]
+    pids = {h: _ray_pid(plab, h) for h in old}
+    assert all(p.isdigit() and p != "0" for p in pids.values()), pids
+    fab("lab-add-worker", "--inventory", str(plab.inventory))
+    plab.spec = labspec.load_spec(plab.inventory, workers=plab.spec.workers + 1)
+    new = plab.spec.hosts[-1].name
+    assert new not in old and new in (plab.inventory / "hosts.yml").read_text()
+    proc, _rc = plab.playbook()
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert {h: _ray_pid(plab, h) for h in old} == pids, "Ray was restarted on the nodes already in the cluster"
+    out = plab.infra("tests/infra/test_base.py", k="hosts or mesh")
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
+    n = len(plab.spec.hosts)
+    status = fab("status", "--inventory", str(plab.inventory), check=False)
+    assert f"ray: {n}/{n} nodes alive" in status.stdout, status.stdout + status.stderr
+    proc, rc = plab.playbook()
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    changed = {h: v["changed"] for h, v in rc.items() if v["changed"]}
+    assert not changed, f"the run after growing changed something: {changed}:\n{_changed_tasks(proc.stdout)}"

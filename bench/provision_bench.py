@@ -1,0 +1,75 @@
+"""`make bench-provision`: how long site.yml takes on 3 fresh lab hosts, as the login user, and again with
+nothing to change (root: it brings up a lab of its own, `slbench` on 10.75.x, and always takes it down).
+
+    .venv/bin/python -m bench.provision_bench [--workers 2] [--keep]
+
+The wheelhouse is warmed first (built once per lock on the controller), so the cold run measures the
+provisioning itself.  Prints a table beside the targets (DESIGN.md: cold <= 180 s, re-run <= 45 s) and
+writes results/bench/provision.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from scalelab import lab, labspec, wheelhouse
+from scalelab.cli import console, table
+
+REPO = Path(__file__).resolve().parent.parent
+TARGETS = {"cold": 180.0, "rerun": 45.0}
+
+
+def playbook(inventory: Path) -> tuple[float, dict[str, int]]:
+    """One site.yml run: (seconds, changed tasks per host); exits with the output's tail if it failed."""
+    t0 = time.monotonic()
+    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "site.yml", "-i", str(inventory)],
+                          cwd=REPO, capture_output=True, text=True)
+    took = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise SystemExit("error: site.yml failed:\n" + "\n".join(proc.stdout.splitlines()[-30:]))
+    changed = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+)\s+:.*?changed=(\d+)", proc.stdout, re.M)}
+    return took, changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=2, help="workers besides the master (default 2)")
+    ap.add_argument("--keep", action="store_true", help="leave the lab up afterwards (fab lab-down --inventory ...)")
+    args = ap.parse_args(argv)
+    wheelhouse.build()  # warm: built once per lock, as before any provision
+    inv = labspec.derive_inventory(Path(tempfile.mkdtemp(prefix="slbench-")) / "lab", "slbench", 75, args.workers)
+    spec = labspec.load_spec(inv)
+    rows = []
+    try:
+        t0 = time.monotonic()
+        lab.up(spec, say=console.print)
+        up = time.monotonic() - t0
+        cold, _ = playbook(inv)
+        rerun, changed = playbook(inv)
+        rows = [{"step": "lab up", "seconds": round(up, 1), "target": "-", "changed": "-"},
+                {"step": "provision (cold)", "seconds": round(cold, 1), "target": TARGETS["cold"], "changed": "-"},
+                {"step": "provision (re-run)", "seconds": round(rerun, 1), "target": TARGETS["rerun"],
+                 "changed": sum(changed.values())}]
+    finally:
+        if args.keep:
+            console.print(f"lab kept: fab lab-down --inventory {inv}")
+        else:
+            lab.down(spec, say=console.print)
+    console.print(table(rows, title=f"site.yml on {args.workers + 1} fresh lab hosts as {spec.login_user}"))
+    out = REPO / "results" / "bench" / "provision.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"hosts": args.workers + 1, "user": spec.login_user, "rows": rows,
+                               "cpus": os.cpu_count(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                              indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
