@@ -1,4 +1,4 @@
-"""Launch plumbing shared by the graph workloads: local Ray / torch.distributed, records, errors.
+"""The harness of the workloads: launching (local or cluster, Ray or torch), communication, timing, records.
 
 Two ways to run, both for each runtime:
 
@@ -8,9 +8,12 @@ Two ways to run, both for each runtime:
 * **cluster**: with ``--address`` / ``RAY_ADDRESS`` the Ray driver joins that cluster; when torchrun's
   variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``) are set, this process is one rank of the job.
 
-A workload supplies *bodies* (``body(args, info, rec, comm)``) that fill the result record; this module
-wraps them so that a user error prints one ``error: ...`` line, exits 2 and writes a failed record, and
-a torch run never leaves ranks blocked in a collective when one rank fails (:meth:`TorchComm.guard`).
+A graph workload supplies one SPMD *body* (``body(args, info, rec, comm)``) that every rank runs and
+that fills the result record; ``comm`` (:class:`Comm`) is the only thing that differs between the
+runtimes: :class:`TorchComm` (gloo), :class:`RayComm` (Ray actors meeting at a :class:`RayHub`, arrays
+through the object store) or :class:`LocalComm` (one process).  This module wraps the body so that a
+user error prints one ``error: ...`` line, exits 2 and writes a failed record, no rank stays blocked in
+a collective when another fails (:meth:`Comm.guard`), and ``--timeout`` stops a run that hangs.
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="join this Ray cluster instead of starting a local one (default: $RAY_ADDRESS)")
     p.add_argument("--verify", action="store_true", help="also run the single-process reference and compare")
     p.add_argument("--dataset", help="dataset name for the record (default: the file's stem)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="stop the workers and fail the run after this many seconds (default: no limit)")
     p.add_argument("--run-id", help=argparse.SUPPRESS)
 
 
@@ -277,26 +282,88 @@ def ray_get(refs: Any) -> Any:
         raise
 
 
-def ray_nodes(actors: Sequence[Any]) -> int:
-    return len(set(ray_get([a.node_id.remote() for a in actors])))
+# ------------------------------------------------------------------------------ communication
+OPS = {"sum": np.add, "max": np.maximum, "min": np.minimum, "bor": np.bitwise_or}
 
 
-class RayPart:
-    """Mixin for worker classes used as Ray actors."""
+class Comm:
+    """What a workload's body sees of the runtime: its rank, the world size and collectives on numpy
+    arrays.  Only arrays cross between workers (never pickles: a peer's bytes are data, not code).
 
-    def node_id(self) -> str:
-        import ray
+    Subclasses give :meth:`allgather` and may override the others with a faster form:
+    :class:`LocalComm` (one process), :class:`TorchComm` (gloo), :class:`RayComm` (the object store).
+    """
 
-        return ray.get_runtime_context().get_node_id()
+    rank = 0
+    world = 1
+
+    def allgather(self, a: np.ndarray) -> list[np.ndarray]:
+        """Every rank's array (lengths may differ; one dtype), in rank order."""
+        raise NotImplementedError
+
+    def allreduce(self, a: np.ndarray, op: str = "sum") -> np.ndarray:
+        """``op`` (sum, max, min, bor) over every rank's array, applied in rank order (a fresh array)."""
+        parts = self.allgather(np.asarray(a).ravel())
+        out = np.array(parts[0], copy=True)
+        for other in parts[1:]:
+            OPS[op](out, other, out=out)
+        return out.reshape(np.shape(a))
+
+    def alltoall(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``pieces[r]`` goes to rank r; returns what every rank sent here, in rank order."""
+        raise NotImplementedError
+
+    def block_gatherer(self, sizes: Sequence[int], dtype: Any) -> Callable[[np.ndarray], np.ndarray]:
+        """A repeated all-gather of blocks of fixed ``sizes`` (rank order) into one vector.  Results
+        alternate between two vectors, so the previous one stays valid while the next is gathered."""
+        outs = [np.empty(int(sum(sizes)), dtype=dtype) for _ in range(2)]
+        turn = [0]
+
+        def gather(block: np.ndarray) -> np.ndarray:
+            out = outs[turn[0]]
+            turn[0] ^= 1
+            np.concatenate(self.allgather(block), out=out)
+            return out
+
+        return gather
+
+    def guard(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one phase on every rank; if any rank failed, all raise the same error (no rank blocks)."""
+        result, err = None, None
+        try:
+            result = fn(*args)
+        except UserError as exc:
+            err = ["user", str(exc)]
+        except Exception as exc:
+            err = ["bug", f"rank {self.rank}: {type(exc).__name__}: {exc}"]
+            traceback.print_exc()
+        errors = [e for e in self.allgather_text(json.dumps(err) if err else "") if e]
+        if errors:
+            kind, msg = json.loads(errors[0])
+            raise UserError(msg) if kind == "user" else RuntimeError(msg)
+        return result
+
+    def allgather_text(self, text: str) -> list[str]:
+        """Every rank's string, sent as UTF-8 bytes."""
+        raw = np.frombuffer(text.encode(), dtype=np.uint8)
+        return [bytes(b).decode("utf-8", "replace") for b in self.allgather(raw)]
+
+    def hosts(self) -> list[str]:
+        return sorted(set(self.allgather_text(socket.gethostname())))
 
 
-# ---------------------------------------------------------------------------------------- torch
-def torchrun_env() -> bool:
-    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
+class LocalComm(Comm):
+    """One process, no runtime: the collectives of a world of one."""
+
+    def allgather(self, a: np.ndarray) -> list[np.ndarray]:
+        return [a]
+
+    def alltoall(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return list(pieces)
 
 
-class TorchComm:
-    """numpy-in, numpy-out wrappers around gloo collectives (zero-copy where torch allows)."""
+class TorchComm(Comm):
+    """gloo collectives, numpy in and out (zero-copy where torch allows)."""
 
     def __init__(self) -> None:
         import torch.distributed as dist
@@ -327,10 +394,7 @@ class TorchComm:
         return [o.numpy()[:s] for o, s in zip(out, sizes.tolist(), strict=True)]
 
     def alltoall(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """pieces[r] goes to rank r; returns what every rank sent here (1-D arrays, one dtype).
-
-        One all_to_all_single with split sizes: no padding, one send and one receive buffer.
-        """
+        """One all_to_all_single with split sizes: no padding, one send and one receive buffer."""
         import torch
 
         sizes = np.zeros((self.world, self.world), dtype=np.int64)
@@ -344,16 +408,11 @@ class TorchComm:
         return np.split(recv.numpy(), np.cumsum(recv_sizes)[:-1])
 
     def block_gatherer(self, sizes: Sequence[int], dtype: Any) -> Callable[[np.ndarray], np.ndarray]:
-        """A repeated all-gather of blocks with fixed ``sizes`` (rank order) into one concatenated vector.
-
-        The send/receive buffers are allocated once; results alternate between two output vectors, so
-        the previous result stays valid while the next one is gathered.
-        """
+        """As :meth:`Comm.block_gatherer`, with the send/receive buffers allocated once."""
         import torch
 
         sizes = [int(v) for v in sizes]
-        longest = max(sizes)
-        send = torch.empty(longest, dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
+        send = torch.empty(max(sizes), dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
         recv = [torch.empty_like(send) for _ in sizes]
         outs = [np.empty(sum(sizes), dtype=dtype) for _ in range(2)]
         turn = [0]
@@ -368,29 +427,133 @@ class TorchComm:
 
         return gather
 
-    def allgather_object(self, obj: Any) -> list[Any]:
-        out: list[Any] = [None] * self.world
-        self.dist.all_gather_object(out, obj)
-        return out
 
-    def guard(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run one phase on every rank; if any rank failed, all raise the same error (no rank blocks)."""
-        result, err = None, None
-        try:
-            result = fn(*args)
-        except UserError as exc:
-            err = ("user", str(exc))
-        except Exception as exc:
-            err = ("bug", f"rank {self.rank}: {type(exc).__name__}: {exc}")
-            traceback.print_exc()
-        errors = [e for e in self.allgather_object(err) if e is not None]
-        if errors:
-            kind, msg = errors[0]
-            raise UserError(msg) if kind == "user" else RuntimeError(msg)
-        return result
+class RayHub:
+    """The meeting point of a Ray job's ranks (an async actor): round r of a collective returns, to
+    every rank, the list of what each rank brought to round r.  Large arrays travel as object refs
+    (the hub never fetches them); each rank gets the others' arrays from the object store."""
 
-    def hosts(self) -> list[str]:
-        return sorted(set(self.allgather_object(socket.gethostname())))
+    def __init__(self, world: int) -> None:
+        import asyncio
+
+        self.world, self.asyncio, self.rounds = world, asyncio, {}
+
+    async def exchange(self, rnd: int, rank: int, item: Any) -> list[Any]:
+        slot = self.rounds.setdefault(rnd, {"items": [None] * self.world, "in": 0, "out": 0,
+                                            "done": self.asyncio.Event()})
+        slot["items"][rank] = item
+        slot["in"] += 1
+        if slot["in"] == self.world:
+            slot["done"].set()
+        await slot["done"].wait()
+        slot["out"] += 1
+        if slot["out"] == self.world:
+            del self.rounds[rnd]
+        return slot["items"]
+
+
+class RayComm(Comm):
+    """Collectives of Ray actors through a :class:`RayHub` and the object store (zero-copy reads of
+    read-only arrays on one node)."""
+
+    INLINE_BYTES = 1 << 16  # smaller arrays go inline with the hub's message
+
+    def __init__(self, rank: int, world: int, hub: Any) -> None:
+        self.rank, self.world, self.hub = rank, world, hub
+        self.round = 0
+        self.keep: list[Any] = []  # this rank's objects of the last round: alive until every rank read them
+
+    def _wrap(self, a: np.ndarray) -> Any:
+        import ray
+
+        if a.nbytes <= self.INLINE_BYTES:
+            return a
+        ref = ray.put(a)
+        self.keep.append(ref)
+        return [ref]  # nested, so that the hub passes the ref on instead of fetching the array
+
+    def _exchange(self, item: Any) -> list[Any]:
+        import ray
+
+        self.round += 1
+        kept, self.keep = self.keep, []
+        items = ray.get(self.hub.exchange.remote(self.round, self.rank, item))
+        del kept  # every rank reached this round, so every read of the last one is done
+        return items
+
+    @staticmethod
+    def _fetch(items: list[Any]) -> list[np.ndarray]:
+        import ray
+
+        refs = [i[0] for i in items if isinstance(i, list)]
+        got = iter(ray.get(refs)) if refs else iter(())
+        return [next(got) if isinstance(i, list) else i for i in items]
+
+    def allgather(self, a: np.ndarray) -> list[np.ndarray]:
+        items = self._exchange(self._wrap(np.ascontiguousarray(a)))
+        items[self.rank] = a
+        return self._fetch(items)
+
+    def alltoall(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
+        mine = [None if r == self.rank else self._wrap(np.ascontiguousarray(p)) for r, p in enumerate(pieces)]
+        rows = self._exchange(mine)
+        items = [pieces[self.rank] if v == self.rank else rows[v][self.rank] for v in range(self.world)]
+        return self._fetch(items)
+
+
+# ------------------------------------------------------------------------------------ Ray ranks
+class RayRank:
+    """A Ray actor that runs a workload's body as one rank of ``world`` (:class:`RayComm`)."""
+
+    def __init__(self, rank: int, world: int, hub: Any) -> None:
+        self.comm = RayComm(rank, world, hub)
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def run(self, body: Body, args: argparse.Namespace, info: InputInfo, rec: dict) -> dict | None:
+        body(args, info, rec, self.comm)
+        return rec if self.comm.rank == 0 else None
+
+
+def ray_ranks(body: Body) -> Body:
+    """The driver side of a Ray run: ``--workers`` :class:`RayRank` actors run ``body`` (SPMD, as the
+    torch ranks do); rank 0's record comes back.  A rank that fails ends the others at once."""
+
+    def driver(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
+        import ray
+
+        with ray_session(args.workers, args.address):
+            hub = ray.remote(num_cpus=0)(RayHub).remote(args.workers)
+            actors = ray_actors(RayRank, args.workers, hub)
+            pending = {a.run.remote(body, args, info, rec): r for r, a in enumerate(actors)}
+            result = None
+            deadline = None if args.timeout is None else time.monotonic() + args.timeout
+            try:
+                while pending:
+                    left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                    done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+                    if not done:
+                        raise LaunchTimeout(f"the {args.workers} Ray workers did not finish within "
+                                            f"{args.timeout:.0f} s; they were stopped (raise --timeout)")
+                    rank = pending.pop(done[0])
+                    out = ray_get(done[0])  # raises the rank's error
+                    if rank == 0:
+                        result = out
+            finally:
+                for a in [*actors, hub]:
+                    ray.kill(a)
+        rec.update(result)
+
+    return driver
+
+
+# ---------------------------------------------------------------------------------------- torch
+def torchrun_env() -> bool:
+    """This process is one rank of a torchrun job (or of :func:`spawn_torch`)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
 def free_port() -> int:
@@ -399,72 +562,128 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _torch_rank_main(rank: int, world: int, env: dict[str, str], target: Callable[..., int],
+RENDEZVOUS_TIMEOUT = dt.timedelta(minutes=10)
+
+
+def init_torch(backend: str = "gloo") -> None:
+    """Join the process group from RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT.
+
+    Under torchrun the agent's store is used (``env://``).  Otherwise rank 0 hosts the rendezvous
+    store on a socket bound to MASTER_ADDR only (127.0.0.1 for local runs, the private address the
+    runner passes on a cluster): torch's own store listens on every interface.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        dist.init_process_group(backend, init_method="env://", timeout=RENDEZVOUS_TIMEOUT)
+        return
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    listener = None
+    if rank == 0:
+        listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                        backlog=max(world, 16))
+    try:
+        store = dist.TCPStore(host, port, world, rank == 0, timeout=RENDEZVOUS_TIMEOUT,
+                              master_listen_fd=listener.fileno() if listener else None, use_libuv=False)
+    finally:
+        if listener is not None:
+            listener.detach()  # the store owns the descriptor now
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=RENDEZVOUS_TIMEOUT)
+
+
+def _torch_rank_main(rank: int, world: int, env: dict[str, str], target: Callable[..., Any],
                      args: tuple[Any, ...]) -> None:
     os.environ.update(env)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    sys.exit(torch_rank(target, args))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    sys.exit(int(target(*args) or 0))
 
 
 def torch_rank(target: Callable[..., int], args: tuple[Any, ...]) -> int:
-    """Join the process group from the environment (torchrun or our spawn), run ``target(comm, *args)``."""
+    """Join the process group (:func:`init_torch`), run ``target(comm, *args)``, leave the group."""
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="env://", timeout=dt.timedelta(minutes=10))
+    init_torch()
     try:
         return int(target(TorchComm(), *args) or 0)
     finally:
         dist.destroy_process_group()
 
 
-def spawn_torch(workers: int, target: Callable[..., int], args: tuple[Any, ...],
-                grace_s: float = 30.0) -> list[int]:
-    """Start ``workers`` local ranks (gloo on 127.0.0.1); return their exit codes."""
+class LaunchTimeout(UserError):
+    pass
+
+
+def spawn_torch(workers: int, target: Callable[..., Any], args: tuple[Any, ...], grace_s: float = 30.0,
+                timeout_s: float | None = None, env: dict[str, str] | None = None) -> list[int]:
+    """Start ``workers`` local ranks running ``target(*args)`` (rendezvous on 127.0.0.1); return their
+    exit codes.  Ranks still running ``grace_s`` after one failed, or when ``timeout_s`` has passed,
+    are terminated (raises :class:`LaunchTimeout` for the latter)."""
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1",
            "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
-           "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}
+           "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p),
+           **(env or {})}
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_torch_rank_main, args=(r, workers, env, target, args), daemon=False)
              for r in range(workers)]
     for p in procs:
         p.start()
-    first_failure: float | None = None
+    start, first_failure, timed_out = time.monotonic(), None, False
     while any(p.is_alive() for p in procs):
         for p in procs:
             p.join(timeout=0.2)
+        now = time.monotonic()
         if first_failure is None and any(p.exitcode not in (None, 0) for p in procs):
-            first_failure = time.monotonic()
-        if first_failure is not None and time.monotonic() - first_failure > grace_s:
+            first_failure = now
+        timed_out = timed_out or (timeout_s is not None and now - start > timeout_s)
+        if timed_out or (first_failure is not None and now - first_failure > grace_s):
             for p in procs:  # only our own children, by handle
                 if p.is_alive():
                     p.terminate()
+    if timed_out:
+        raise LaunchTimeout(f"the {workers} torch ranks did not finish within {timeout_s:.0f} s; "
+                            "they were stopped (raise --timeout or check the input size)")
     return [int(p.exitcode if p.exitcode is not None else 1) for p in procs]
 
 
-def execute(workload: str, args: argparse.Namespace, params: dict[str, Any], bodies: dict[str, Body]) -> int:
-    """Dispatch to the framework's body: reference / Ray in this process, torch in ranks."""
+# ------------------------------------------------------------------------------- dispatching
+def execute(workload: str, args: argparse.Namespace, params: dict[str, Any], run: Body,
+            reference: Body | None = None) -> int:
+    """Run a graph workload: ``run`` (the SPMD body) in torch ranks or Ray actors, or in this process
+    with one rank (``--framework reference`` without a ``reference`` body of its own)."""
     args.run_id = args.run_id or f"{workload}-{args.framework}-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(3).hex()}"
     if getattr(args, "launch_t", None) is None:  # spawned ranks get the parent's, with args
         args.launch_t = launch_time()
-    if args.framework != "torch":
-        return run_recorded(workload, args, params, bodies[args.framework])
+    if args.framework == "reference":
+        if reference is None:
+            return run_recorded(workload, args, params, run, LocalComm())
+        return run_recorded(workload, args, params, reference)
+    if args.framework == "ray":
+        return run_recorded(workload, args, params, ray_ranks(run))
     if torchrun_env():
-        return torch_rank(_torch_target, (workload, args, params, bodies["torch"]))
+        return torch_rank(_torch_target, (workload, args, params, run))
     try:  # fail fast, before starting ranks, on what the parent can see (bad --workers, missing input)
         check_common_args(args)
         inspect_input(args.input)
     except UserError:
-        return run_recorded(workload, args, params, bodies["torch"])  # reports it, writes the record
-    codes = spawn_torch(args.workers, _torch_target, (workload, args, params, bodies["torch"]))
-    if codes[0] == 0 and not any(codes):
+        return run_recorded(workload, args, params, run)  # reports it, writes the record
+    try:
+        codes = spawn_torch(args.workers, torch_rank, (_torch_target, (workload, args, params, run)),
+                            timeout_s=args.timeout)
+        error = f"torch ranks exited with codes {codes}"
+    except LaunchTimeout as exc:
+        codes, error = [2], str(exc)
+    if not any(codes):
         return 0
     if args.output and not _record_written(args.output, args.run_id):
         rec = new_record(workload, "torch", workers=args.workers, params=params, run_id=args.run_id)
-        fail_record(rec, f"torch ranks exited with codes {codes}")
+        fail_record(rec, error)
         write_record(rec, args.output)
-        print(f"error: torch ranks exited with codes {codes}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
     return codes[0] or max(codes)
 
 
