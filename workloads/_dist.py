@@ -23,12 +23,15 @@ import json
 import multiprocessing as mp
 import os
 import secrets
+import shutil
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -189,15 +192,26 @@ def local_ray_env() -> None:
         AuthenticationTokenLoader.instance().reset_cache()
 
 
-def start_local_ray(num_cpus: int, attempts: int = 3) -> None:
-    """Start a private single-machine Ray (no dashboard; its environment: :func:`local_ray_env`)."""
+def start_local_ray(num_cpus: int | None, train: bool = False, attempts: int = 3) -> None:
+    """Start a private single-machine Ray (its environment: :func:`local_ray_env`).
+
+    ``train``: for Ray Train / Tune, which need the dashboard's state API (bound to 127.0.0.1 on a
+    free port) and find their cluster through RAY_ADDRESS: the GCS port is pinned and exported, so
+    they never pick up another user's Ray on this machine."""
     local_ray_env()
     import ray
 
+    if train:
+        port = free_port()
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+        extra = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port(),
+                 "log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
+    else:
+        extra = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     for attempt in range(1, attempts + 1):
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                     log_to_driver=False, configure_logging=False)
+            ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **extra)
             return
         except Exception as exc:  # Ray's raylet waits only 30 s, which a loaded machine can miss
             ray.shutdown()
@@ -205,23 +219,31 @@ def start_local_ray(num_cpus: int, attempts: int = 3) -> None:
                 raise UserError(f"local Ray did not start: {_first_line(exc)}") from None
 
 
+def ray_connect(address: str | None, num_cpus: int | None, train: bool = False) -> bool:
+    """Join the Ray cluster at ``address`` or start a local one (:func:`start_local_ray`); nothing if
+    this process is connected already.  Returns whether this call connected (and should shut down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if not address:
+        start_local_ray(num_cpus, train)
+        return True
+    try:
+        # the workloads package sits at the same path on every node (shipped by the roles)
+        ray.init(address=address, log_to_driver=train, configure_logging=train,
+                 runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT}})
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"cannot join the Ray cluster at {address}: {exc}") from None
+    return True
+
+
 @contextmanager
 def ray_session(workers: int, address: str | None) -> Iterator[None]:
     """Reuse a connected Ray, join ``address``, or start a local one; check there are CPUs for ``workers``."""
     import ray
 
-    owned = False
-    if not ray.is_initialized():
-        if address:
-            try:
-                # the workloads package sits at the same path on every node (shipped by the roles)
-                ray.init(address=address, log_to_driver=False, configure_logging=False,
-                         runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT}})
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise UserError(f"cannot join the Ray cluster at {address}: {exc}") from None
-        else:
-            start_local_ray(workers)
-        owned = True
+    owned = ray_connect(address, workers)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 0))
         if cpus < workers:
@@ -701,3 +723,242 @@ def _record_written(path: str, run_id: str) -> bool:
 
 def maybe(flag: bool, cm: Any) -> Any:
     return cm if flag else nullcontext()
+
+
+# -------------------------------------------------------------------- learning workloads (torch models)
+# One training function ``fn(cfg, ctx)`` runs unchanged as a torch rank (our spawn or torchrun) or as
+# a Ray Train worker; the :class:`WorkerContext` hides which set up torch.distributed.
+@dataclass
+class WorkerContext:
+    rank: int
+    world: int
+    device: Any
+    runtime: str                                   # "torch" | "ray"
+    wrap_model: Callable[[Any], Any]
+    report: Callable[[dict[str, Any]], None]
+    started_at: float = field(default_factory=time.time)
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+        if self.world > 1:
+            dist.barrier()
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Sum floats over ranks (float64 on the model's device; gloo/nccl both handle it)."""
+        import torch
+        import torch.distributed as dist
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t.cpu().tolist()
+
+
+def pick_device(requested: str, local_rank: int = 0):
+    import torch
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        check_device(requested)
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _ddp_wrap(device):
+    def wrap(model):
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = model.to(device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return model
+    return wrap
+
+
+def torch_context(device_req: str) -> WorkerContext:
+    """Context of a torch rank (RANK / WORLD_SIZE / MASTER_* in the environment, :func:`init_torch`)."""
+    import torch.distributed as dist
+    device = pick_device(device_req, int(os.environ.get("LOCAL_RANK", "0")))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        init_torch("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return WorkerContext(rank, world, device, "torch", _ddp_wrap(device), lambda _m: None)
+
+
+def ray_context() -> WorkerContext:
+    """Context inside a Ray TorchTrainer worker (Ray already set up the process group)."""
+    import ray.train
+    import ray.train.torch
+    tctx = ray.train.get_context()
+    return WorkerContext(tctx.get_world_rank(), tctx.get_world_size(), ray.train.torch.get_device(),
+                         "ray", ray.train.torch.prepare_model, lambda m: ray.train.report(m))
+
+
+def run_torch_worker(fn: Callable, cfg: dict) -> dict:
+    """Run ``fn(cfg, ctx)`` in this process as one torch rank (torchrun or :func:`spawn_torch`)."""
+    import torch.distributed as dist
+    ctx = torch_context(cfg["device"])
+    try:
+        return fn(cfg, ctx)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _learning_rank(fn: Callable, cfg: dict, outdir: str) -> int:
+    """A spawned rank: rank 0 leaves its result, and any rank its error, as JSON in ``outdir``."""
+    rank = os.environ["RANK"]
+    try:
+        result = run_torch_worker(fn, cfg)
+    except BaseException as exc:
+        write_record({"error": f"rank {rank}: {type(exc).__name__}: {exc}", "user": isinstance(exc, UserError)},
+                     Path(outdir) / f"error-{rank}.json")
+        traceback.print_exc()
+        return 1
+    if rank == "0":
+        write_record(result, Path(outdir) / "result.json")
+    return 0
+
+
+def launch_torch(fn: Callable, cfg: dict, workers: int, timeout_s: float | None = None) -> dict:
+    """torch.distributed: under torchrun run this rank; else spawn ``workers`` local ranks
+    (:func:`spawn_torch`, stopped after ``timeout_s``) and return rank 0's result."""
+    if torchrun_env():
+        world = int(os.environ["WORLD_SIZE"])
+        if world != workers:
+            raise UserError(f"--workers {workers} but torchrun started WORLD_SIZE={world}; "
+                            "pass --workers equal to nnodes x nproc-per-node")
+        return run_torch_worker(fn, cfg)
+    with tempfile.TemporaryDirectory(prefix="scalelab-ranks-") as outdir:
+        codes = spawn_torch(workers, _learning_rank, (fn, cfg, outdir), timeout_s=timeout_s,
+                            env={"OMP_NUM_THREADS": str(cfg.get("threads", 1))})
+        errors = [json.loads(p.read_text()) for p in sorted(Path(outdir).glob("error-*.json"))]
+        if errors:
+            first = next((e for e in errors if e["user"]), errors[0])
+            raise (UserError if first["user"] else RuntimeError)(first["error"].split(": ", 2)[-1]
+                                                                 if first["user"] else first["error"])
+        result = Path(outdir) / "result.json"
+        if any(codes) or not result.exists():
+            raise RuntimeError(f"a torch worker exited with codes {codes}")
+        return json.loads(result.read_text())
+
+
+@contextmanager
+def ray_storage(storage: str | None) -> Iterator[str]:
+    """Ray's storage_path: the given one, or a private temp dir removed afterwards."""
+    if storage:
+        yield str(Path(storage).resolve()) if "://" not in storage else storage
+        return
+    tmp = tempfile.mkdtemp(prefix="scalelab-ray-")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def launch_ray_torch(fn: Callable, cfg: dict, workers: int, threads: int, use_gpu: bool,
+                     storage: str, name: str) -> dict:
+    """Ray Train TorchTrainer with `workers` workers of `threads` CPUs; returns rank 0's result.
+
+    Train V2 keeps only metrics that come with a checkpoint, so rank 0 reports its final result as a
+    one-file checkpoint (result.json) in the run's storage.
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    trainer = TorchTrainer(
+        _ray_entry, train_loop_config={"fn": fn, "cfg": cfg},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": threads}),
+        run_config=RunConfig(storage_path=storage, name=name))
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("the Ray workers finished without reporting a result")
+    with result.checkpoint.as_directory() as d:
+        return json.loads((Path(d) / "result.json").read_text())
+
+
+def _ray_entry(config: dict) -> None:
+    import ray.train
+    ctx = ray_context()
+    result = config["fn"](config["cfg"], ctx)
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if ctx.rank == 0:
+            (Path(d) / "result.json").write_text(json.dumps(result))
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        ray.train.report({"final": 1}, checkpoint=checkpoint)
+
+
+def ray_has_gpu() -> bool:
+    import ray
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def check_device(requested: str, ray: bool = False) -> None:
+    """``--device cuda`` needs a GPU where the work runs (this machine, or the Ray cluster), checked
+    before anything starts: otherwise spawned ranks fail with tracebacks and Ray waits for a GPU forever."""
+    if requested != "cuda":
+        return
+    if ray and not ray_has_gpu():
+        raise UserError("--device cuda but the Ray cluster has no GPU; use --device cpu or auto")
+    if not ray:
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
+
+
+def default_threads(workers: int) -> int:
+    """Threads per worker when not given: this machine's cores split over the workers on it.
+
+    Under torchrun the workers on this node are LOCAL_WORLD_SIZE; locally all `workers` share it.
+    On a cluster the orchestrator should pass --threads explicitly (cores per node / workers per node).
+    """
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", workers if not torchrun_env() else 1))
+    return max(1, (os.cpu_count() or 1) // max(1, local))
+
+
+def add_learning_args(p: argparse.ArgumentParser) -> None:
+    """The options every learning workload takes (its --framework and --input are its own)."""
+    p.add_argument("--workers", type=int, default=1, help="data-parallel workers (default 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per worker, the same in both frameworks (default: cores // workers)")
+    p.add_argument("--output", help="write the result record (JSON) here")
+    p.add_argument("--nodes", type=int, default=1, help="nodes the run spans (recorded; set by the orchestrator)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="join this Ray cluster instead of starting a local one (default: $RAY_ADDRESS)")
+    p.add_argument("--storage", help="Ray storage_path (default: a temp dir; must be shared on a multi-node cluster)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=None,
+                   help="torch: stop the local ranks and fail the run after this many seconds (default: no limit)")
+    p.add_argument("--run-id", help=argparse.SUPPRESS)  # set by `fab run-experiment`
+
+
+def check_positive(**values: int | None) -> None:
+    for name, v in values.items():
+        if v is not None and v < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+
+def record_run(workload: str, args: argparse.Namespace, body: Callable[[dict, float], bool | None],
+               summary: Callable[[dict], str]) -> int:
+    """The main of the learning workloads: a record filled by ``body(rec, t_start)`` under the same
+    contract as the graph workloads' (:func:`run_recorded`: one line and exit 2 for a user error, a
+    failed record for any error, only the leader writes).  ``body`` returns False on a torchrun rank
+    other than 0.  ``t_start`` is the launch (:func:`workloads.record.launch_time`)."""
+    t_start = launch_time()
+    rec = new_record(workload, args.framework, workers=args.workers, nodes=args.nodes, run_id=args.run_id)
+    leader = int(os.environ.get("RANK", "0")) == 0
+    try:
+        if body(rec, t_start) is False:
+            return 0
+        finish_record(rec)
+    except UserError as exc:
+        return _report_failure(rec, args, leader, f"error: {exc}", str(exc), 2)
+    except Exception as exc:
+        return _report_failure(rec, args, leader, traceback.format_exc().rstrip() if leader else "", exc, 1)
+    if args.output:
+        write_record(rec, args.output)
+    print(summary(rec))
+    return 0
