@@ -201,15 +201,15 @@ def start_local_ray(num_cpus: int | None, train: bool = False, attempts: int = 3
     local_ray_env()
     import ray
 
-    if train:
-        port = free_port()
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-        extra = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port(),
-                 "log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
-    else:
-        extra = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     for attempt in range(1, attempts + 1):
+        if train:  # a fresh port each attempt: a GCS left by a failed attempt keeps its session
+            port = free_port()
+            os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+            os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+            extra = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port(),
+                     "log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
+        else:
+            extra = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         try:
             ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **extra)
             return
