@@ -346,12 +346,18 @@ def lloyd_loop(centers: np.ndarray, max_iter: int, step: Any, advance: Any = Non
     return stats, centers, iters, False
 
 
-def reference_kmeans(x: np.ndarray, y: np.ndarray, k: int, seed: int, max_iter: int) -> dict[str, Any]:
-    """The single-process run of the global method (the verifier)."""
+def local_init(x: np.ndarray, y: np.ndarray, k: int, seed: int) -> tuple[KMeansPart, np.ndarray]:
+    """The seeded k-means++ start over points held by one process: (the points' part, the centres)."""
     part = KMeansPart(0, 1, None)  # type: ignore[arg-type]
     part.x, part.y = x, y
     init = kmeans_pp(k, seed, [len(x)], lambda w, i: part.point(i), lambda c: [part.add_center(c)],
                      lambda w, u: part.pick(u))
+    return part, init
+
+
+def reference_kmeans(x: np.ndarray, y: np.ndarray, k: int, seed: int, max_iter: int) -> dict[str, Any]:
+    """The single-process run of the global method (the verifier)."""
+    part, init = local_init(x, y, k, seed)
     stats, centers, iters, done = lloyd_loop(init, max_iter, lambda c: part.lloyd(c))
     sse = part.sse(centers)
     return {"centroids": centers, "ch_score": calinski_harabasz(stats, sse), "inertia": float(sse.sum()),
