@@ -1,11 +1,13 @@
-"""`make bench`: PageRank and k-means (global) on one synthetic graph, Ray vs torch vs the scipy reference.
+"""`make bench`: PageRank and k-means (global) on one synthetic graph, Ray vs torch vs plain single-process pipelines.
 
     .venv/bin/python -m bench.graph_bench            # data_1 size (66.8 M edges, ~1.1 GB)
     .venv/bin/python -m bench.graph_bench --quick    # test_data size (0.67 M edges), a smoke run
 
 Each run is a fresh ``python -m workloads.<name>`` process (as a user runs it), with fixed iteration
 counts (``--tol 0``), so the runtimes do the same work.  Prints the per-step timings side by side and the
-ratios the DESIGN.md targets are about, and writes everything to ``results/bench/``.
+ratios the DESIGN.md targets are about: our end-to-end ``total`` against a plain scipy PageRank pipeline and
+scikit-learn's ``KMeans`` from the same start (:mod:`bench.baselines`, same iterations), and Ray against
+torch.  Writes everything to ``results/bench/``.
 """
 from __future__ import annotations
 
@@ -39,6 +41,43 @@ def run_workload(module: str, framework: str, inp: Path, out: Path, workers: int
     rec = json.loads(out.read_text())
     rec["wall_s"] = wall
     return rec
+
+
+def run_baseline(module: str, inp: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The plain single-process pipeline (:mod:`bench.baselines`) in its own process, timed from outside."""
+    cmd = [sys.executable, "-m", "bench.baselines", module, "--input", str(inp), "--output", str(out),
+           "--iters", str(args.iters), "--k", str(args.k)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"error: baseline {module} failed: {' | '.join(proc.stderr.strip().splitlines()[-3:])}")
+    return {**json.loads(out.read_text()), "wall_s": wall}
+
+
+TARGETS = {"pagerank": (20.0, 0.4, "plain scipy pipeline"), "kmeans": (15.0, 0.5, "scikit-learn KMeans")}
+RAY_TORCH = 1.15
+
+
+def against_baseline(module: str, recs: dict[str, dict[str, Any]], base: dict[str, Any], dataset: str
+                     ) -> list[str]:
+    """Our end-to-end times beside the plain pipeline's, and the DESIGN.md targets (set for data_1)."""
+    limit, share, name = TARGETS[module]
+
+    def verdict(ok: bool) -> str:
+        return ("met" if ok else "NOT met") if dataset == "data_1" else "set for data_1"
+
+    bt = base["timings_s"]
+    lines = [f"  {name} (1 process): " + ", ".join(f"{k} {v:.2f}" for k, v in bt.items())
+             + f", process wall {base['wall_s']:.2f} s"]
+    totals = {fw: recs[fw]["timings_s"]["total"] for fw in ("ray", "torch")}
+    for fw, total in totals.items():
+        ratio = total / base["wall_s"]
+        lines.append(f"  {fw}: total {total:.2f} s = {ratio:.2f}x {name}  "
+                     f"[target <= {limit:.0f} s and <= {share}x: {verdict(total <= limit and ratio <= share)}]")
+    rt = max(totals.values()) / min(totals.values())
+    lines.append(f"  slower/faster runtime: {rt:.2f}x  [target <= {RAY_TORCH}x: {verdict(rt <= RAY_TORCH)}]")
+    return lines
 
 
 def work_time(rec: dict[str, Any]) -> float:
@@ -96,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"dataset": name, "bytes": inp.stat().st_size, "edges": spec.edges,
                               "workers": args.workers, "iterations": args.iters, "cpus": os.cpu_count()}
     lines = [f"dataset {name}: {inp} ({inp.stat().st_size / 1e9:.2f} GB, {spec.edges:,} edges), "
-             f"{args.workers} workers, {args.iters} iterations, {os.cpu_count()} CPUs"]
+             f"{args.workers} workers, {args.iters} iterations, {os.cpu_count()} CPUs, "
+             f"load average at start {os.getloadavg()[0]:.1f} (other work on the machine skews every time)"]
     jobs = {"pagerank": ["--tol", "0", "--max-iter", str(args.iters)],
             "kmeans": ["--method", "global", "--k", str(args.k), "--max-iter", str(args.iters)]}
     for module, extra in jobs.items():
@@ -112,10 +152,14 @@ def main(argv: list[str] | None = None) -> int:
                              recs, iters, key)]
         r = ratios(recs, iters, key)
         lines += [f"  {k}: {v:.2f}x" for k, v in r.items()]
+        print(f"running {module} baseline ...", flush=True)
+        base = run_baseline(module, inp, outdir / f"{module}-baseline.json", args)
+        lines += against_baseline(module, recs, base, name)
         print("\n".join(lines), flush=True)
         report[module] = {"ratios": r, "records": {fw: rec["run_id"] for fw, rec in recs.items()},
                           "timings_s": {fw: rec["timings_s"] for fw, rec in recs.items()},
-                          "wall_s": {fw: rec["wall_s"] for fw, rec in recs.items()}}
+                          "wall_s": {fw: rec["wall_s"] for fw, rec in recs.items()},
+                          "baseline": base}
     (outdir / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
     (outdir / "summary.txt").write_text("\n".join(lines) + "\n")
     print(f"\nrecords and summary: {outdir}")

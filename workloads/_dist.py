@@ -1,4 +1,4 @@
-"""Launch plumbing shared by the graph workloads: local Ray / torch.distributed, records, errors.
+"""The harness of the workloads: launching (local or cluster, Ray or torch), communication, timing, records.
 
 Two ways to run, both for each runtime:
 
@@ -8,9 +8,12 @@ Two ways to run, both for each runtime:
 * **cluster**: with ``--address`` / ``RAY_ADDRESS`` the Ray driver joins that cluster; when torchrun's
   variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``) are set, this process is one rank of the job.
 
-A workload supplies *bodies* (``body(args, info, rec, comm)``) that fill the result record; this module
-wraps them so that a user error prints one ``error: ...`` line, exits 2 and writes a failed record, and
-a torch run never leaves ranks blocked in a collective when one rank fails (:meth:`TorchComm.guard`).
+A graph workload supplies one SPMD *body* (``body(args, info, rec, comm)``) that every rank runs and
+that fills the result record; ``comm`` (:class:`Comm`) is the only thing that differs between the
+runtimes: :class:`TorchComm` (gloo), :class:`RayComm` (Ray actors meeting at a :class:`RayHub`, arrays
+through the object store) or :class:`LocalComm` (one process).  This module wraps the body so that a
+user error prints one ``error: ...`` line, exits 2 and writes a failed record, no rank stays blocked in
+a collective when another fails (:meth:`Comm.guard`), and ``--timeout`` stops a run that hangs.
 """
 from __future__ import annotations
 
@@ -20,12 +23,15 @@ import json
 import multiprocessing as mp
 import os
 import secrets
+import shutil
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +56,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="join this Ray cluster instead of starting a local one (default: $RAY_ADDRESS)")
     p.add_argument("--verify", action="store_true", help="also run the single-process reference and compare")
     p.add_argument("--dataset", help="dataset name for the record (default: the file's stem)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="stop the workers and fail the run after this many seconds (default: no limit)")
     p.add_argument("--run-id", help=argparse.SUPPRESS)
 
 
@@ -184,15 +192,26 @@ def local_ray_env() -> None:
         AuthenticationTokenLoader.instance().reset_cache()
 
 
-def start_local_ray(num_cpus: int, attempts: int = 3) -> None:
-    """Start a private single-machine Ray (no dashboard; its environment: :func:`local_ray_env`)."""
+def start_local_ray(num_cpus: int | None, train: bool = False, attempts: int = 3) -> None:
+    """Start a private single-machine Ray (its environment: :func:`local_ray_env`).
+
+    ``train``: for Ray Train / Tune, which need the dashboard's state API (bound to 127.0.0.1 on a
+    free port) and find their cluster through RAY_ADDRESS: the GCS port is pinned and exported, so
+    they never pick up another user's Ray on this machine."""
     local_ray_env()
     import ray
 
     for attempt in range(1, attempts + 1):
+        if train:  # a fresh port each attempt: a GCS left by a failed attempt keeps its session
+            port = free_port()
+            os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+            os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+            extra = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port(),
+                     "log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
+        else:
+            extra = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                     log_to_driver=False, configure_logging=False)
+            ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **extra)
             return
         except Exception as exc:  # Ray's raylet waits only 30 s, which a loaded machine can miss
             ray.shutdown()
@@ -200,23 +219,31 @@ def start_local_ray(num_cpus: int, attempts: int = 3) -> None:
                 raise UserError(f"local Ray did not start: {_first_line(exc)}") from None
 
 
+def ray_connect(address: str | None, num_cpus: int | None, train: bool = False) -> bool:
+    """Join the Ray cluster at ``address`` or start a local one (:func:`start_local_ray`); nothing if
+    this process is connected already.  Returns whether this call connected (and should shut down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if not address:
+        start_local_ray(num_cpus, train)
+        return True
+    try:
+        # the workloads package sits at the same path on every node (shipped by the roles)
+        ray.init(address=address, log_to_driver=train, configure_logging=train,
+                 runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT}})
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"cannot join the Ray cluster at {address}: {exc}") from None
+    return True
+
+
 @contextmanager
 def ray_session(workers: int, address: str | None) -> Iterator[None]:
     """Reuse a connected Ray, join ``address``, or start a local one; check there are CPUs for ``workers``."""
     import ray
 
-    owned = False
-    if not ray.is_initialized():
-        if address:
-            try:
-                # the workloads package sits at the same path on every node (shipped by the roles)
-                ray.init(address=address, log_to_driver=False, configure_logging=False,
-                         runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT}})
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise UserError(f"cannot join the Ray cluster at {address}: {exc}") from None
-        else:
-            start_local_ray(workers)
-        owned = True
+    owned = ray_connect(address, workers)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 0))
         if cpus < workers:
@@ -277,26 +304,88 @@ def ray_get(refs: Any) -> Any:
         raise
 
 
-def ray_nodes(actors: Sequence[Any]) -> int:
-    return len(set(ray_get([a.node_id.remote() for a in actors])))
+# ------------------------------------------------------------------------------ communication
+OPS = {"sum": np.add, "max": np.maximum, "min": np.minimum, "bor": np.bitwise_or}
 
 
-class RayPart:
-    """Mixin for worker classes used as Ray actors."""
+class Comm:
+    """What a workload's body sees of the runtime: its rank, the world size and collectives on numpy
+    arrays.  Only arrays cross between workers (never pickles: a peer's bytes are data, not code).
 
-    def node_id(self) -> str:
-        import ray
+    Subclasses give :meth:`allgather` and may override the others with a faster form:
+    :class:`LocalComm` (one process), :class:`TorchComm` (gloo), :class:`RayComm` (the object store).
+    """
 
-        return ray.get_runtime_context().get_node_id()
+    rank = 0
+    world = 1
+
+    def allgather(self, a: np.ndarray) -> list[np.ndarray]:
+        """Every rank's array (lengths may differ; one dtype), in rank order."""
+        raise NotImplementedError
+
+    def allreduce(self, a: np.ndarray, op: str = "sum") -> np.ndarray:
+        """``op`` (sum, max, min, bor) over every rank's array, applied in rank order (a fresh array)."""
+        parts = self.allgather(np.asarray(a).ravel())
+        out = np.array(parts[0], copy=True)
+        for other in parts[1:]:
+            OPS[op](out, other, out=out)
+        return out.reshape(np.shape(a))
+
+    def alltoall(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``pieces[r]`` goes to rank r; returns what every rank sent here, in rank order."""
+        raise NotImplementedError
+
+    def block_gatherer(self, sizes: Sequence[int], dtype: Any) -> Callable[[np.ndarray], np.ndarray]:
+        """A repeated all-gather of blocks of fixed ``sizes`` (rank order) into one vector.  Results
+        alternate between two vectors, so the previous one stays valid while the next is gathered."""
+        outs = [np.empty(int(sum(sizes)), dtype=dtype) for _ in range(2)]
+        turn = [0]
+
+        def gather(block: np.ndarray) -> np.ndarray:
+            out = outs[turn[0]]
+            turn[0] ^= 1
+            np.concatenate(self.allgather(block), out=out)
+            return out
+
+        return gather
+
+    def guard(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one phase on every rank; if any rank failed, all raise the same error (no rank blocks)."""
+        result, err = None, None
+        try:
+            result = fn(*args)
+        except UserError as exc:
+            err = ["user", str(exc)]
+        except Exception as exc:
+            err = ["bug", f"rank {self.rank}: {type(exc).__name__}: {exc}"]
+            traceback.print_exc()
+        errors = [e for e in self.allgather_text(json.dumps(err) if err else "") if e]
+        if errors:
+            kind, msg = json.loads(errors[0])
+            raise UserError(msg) if kind == "user" else RuntimeError(msg)
+        return result
+
+    def allgather_text(self, text: str) -> list[str]:
+        """Every rank's string, sent as UTF-8 bytes."""
+        raw = np.frombuffer(text.encode(), dtype=np.uint8)
+        return [bytes(b).decode("utf-8", "replace") for b in self.allgather(raw)]
+
+    def hosts(self) -> list[str]:
+        return sorted(set(self.allgather_text(socket.gethostname())))
 
 
-# ---------------------------------------------------------------------------------------- torch
-def torchrun_env() -> bool:
-    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
+class LocalComm(Comm):
+    """One process, no runtime: the collectives of a world of one."""
+
+    def allgather(self, a: np.ndarray) -> list[np.ndarray]:
+        return [a]
+
+    def alltoall(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return list(pieces)
 
 
-class TorchComm:
-    """numpy-in, numpy-out wrappers around gloo collectives (zero-copy where torch allows)."""
+class TorchComm(Comm):
+    """gloo collectives, numpy in and out (zero-copy where torch allows)."""
 
     def __init__(self) -> None:
         import torch.distributed as dist
@@ -327,10 +416,7 @@ class TorchComm:
         return [o.numpy()[:s] for o, s in zip(out, sizes.tolist(), strict=True)]
 
     def alltoall(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """pieces[r] goes to rank r; returns what every rank sent here (1-D arrays, one dtype).
-
-        One all_to_all_single with split sizes: no padding, one send and one receive buffer.
-        """
+        """One all_to_all_single with split sizes: no padding, one send and one receive buffer."""
         import torch
 
         sizes = np.zeros((self.world, self.world), dtype=np.int64)
@@ -344,16 +430,11 @@ class TorchComm:
         return np.split(recv.numpy(), np.cumsum(recv_sizes)[:-1])
 
     def block_gatherer(self, sizes: Sequence[int], dtype: Any) -> Callable[[np.ndarray], np.ndarray]:
-        """A repeated all-gather of blocks with fixed ``sizes`` (rank order) into one concatenated vector.
-
-        The send/receive buffers are allocated once; results alternate between two output vectors, so
-        the previous result stays valid while the next one is gathered.
-        """
+        """As :meth:`Comm.block_gatherer`, with the send/receive buffers allocated once."""
         import torch
 
         sizes = [int(v) for v in sizes]
-        longest = max(sizes)
-        send = torch.empty(longest, dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
+        send = torch.empty(max(sizes), dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
         recv = [torch.empty_like(send) for _ in sizes]
         outs = [np.empty(sum(sizes), dtype=dtype) for _ in range(2)]
         turn = [0]
@@ -368,29 +449,133 @@ class TorchComm:
 
         return gather
 
-    def allgather_object(self, obj: Any) -> list[Any]:
-        out: list[Any] = [None] * self.world
-        self.dist.all_gather_object(out, obj)
-        return out
 
-    def guard(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run one phase on every rank; if any rank failed, all raise the same error (no rank blocks)."""
-        result, err = None, None
-        try:
-            result = fn(*args)
-        except UserError as exc:
-            err = ("user", str(exc))
-        except Exception as exc:
-            err = ("bug", f"rank {self.rank}: {type(exc).__name__}: {exc}")
-            traceback.print_exc()
-        errors = [e for e in self.allgather_object(err) if e is not None]
-        if errors:
-            kind, msg = errors[0]
-            raise UserError(msg) if kind == "user" else RuntimeError(msg)
-        return result
+class RayHub:
+    """The meeting point of a Ray job's ranks (an async actor): round r of a collective returns, to
+    every rank, the list of what each rank brought to round r.  Large arrays travel as object refs
+    (the hub never fetches them); each rank gets the others' arrays from the object store."""
 
-    def hosts(self) -> list[str]:
-        return sorted(set(self.allgather_object(socket.gethostname())))
+    def __init__(self, world: int) -> None:
+        import asyncio
+
+        self.world, self.asyncio, self.rounds = world, asyncio, {}
+
+    async def exchange(self, rnd: int, rank: int, item: Any) -> list[Any]:
+        slot = self.rounds.setdefault(rnd, {"items": [None] * self.world, "in": 0, "out": 0,
+                                            "done": self.asyncio.Event()})
+        slot["items"][rank] = item
+        slot["in"] += 1
+        if slot["in"] == self.world:
+            slot["done"].set()
+        await slot["done"].wait()
+        slot["out"] += 1
+        if slot["out"] == self.world:
+            del self.rounds[rnd]
+        return slot["items"]
+
+
+class RayComm(Comm):
+    """Collectives of Ray actors through a :class:`RayHub` and the object store (zero-copy reads of
+    read-only arrays on one node)."""
+
+    INLINE_BYTES = 1 << 16  # smaller arrays go inline with the hub's message
+
+    def __init__(self, rank: int, world: int, hub: Any) -> None:
+        self.rank, self.world, self.hub = rank, world, hub
+        self.round = 0
+        self.keep: list[Any] = []  # this rank's objects of the last round: alive until every rank read them
+
+    def _wrap(self, a: np.ndarray) -> Any:
+        import ray
+
+        if a.nbytes <= self.INLINE_BYTES:
+            return a
+        ref = ray.put(a)
+        self.keep.append(ref)
+        return [ref]  # nested, so that the hub passes the ref on instead of fetching the array
+
+    def _exchange(self, item: Any) -> list[Any]:
+        import ray
+
+        self.round += 1
+        kept, self.keep = self.keep, []
+        items = ray.get(self.hub.exchange.remote(self.round, self.rank, item))
+        del kept  # every rank reached this round, so every read of the last one is done
+        return items
+
+    @staticmethod
+    def _fetch(items: list[Any]) -> list[np.ndarray]:
+        import ray
+
+        refs = [i[0] for i in items if isinstance(i, list)]
+        got = iter(ray.get(refs)) if refs else iter(())
+        return [next(got) if isinstance(i, list) else i for i in items]
+
+    def allgather(self, a: np.ndarray) -> list[np.ndarray]:
+        items = self._exchange(self._wrap(np.ascontiguousarray(a)))
+        items[self.rank] = a
+        return self._fetch(items)
+
+    def alltoall(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
+        mine = [None if r == self.rank else self._wrap(np.ascontiguousarray(p)) for r, p in enumerate(pieces)]
+        rows = self._exchange(mine)
+        items = [pieces[self.rank] if v == self.rank else rows[v][self.rank] for v in range(self.world)]
+        return self._fetch(items)
+
+
+# ------------------------------------------------------------------------------------ Ray ranks
+class RayRank:
+    """A Ray actor that runs a workload's body as one rank of ``world`` (:class:`RayComm`)."""
+
+    def __init__(self, rank: int, world: int, hub: Any) -> None:
+        self.comm = RayComm(rank, world, hub)
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def run(self, body: Body, args: argparse.Namespace, info: InputInfo, rec: dict) -> dict | None:
+        body(args, info, rec, self.comm)
+        return rec if self.comm.rank == 0 else None
+
+
+def ray_ranks(body: Body) -> Body:
+    """The driver side of a Ray run: ``--workers`` :class:`RayRank` actors run ``body`` (SPMD, as the
+    torch ranks do); rank 0's record comes back.  A rank that fails ends the others at once."""
+
+    def driver(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
+        import ray
+
+        with ray_session(args.workers, args.address):
+            hub = ray.remote(num_cpus=0)(RayHub).remote(args.workers)
+            actors = ray_actors(RayRank, args.workers, hub)
+            pending = {a.run.remote(body, args, info, rec): r for r, a in enumerate(actors)}
+            result = None
+            deadline = None if args.timeout is None else time.monotonic() + args.timeout
+            try:
+                while pending:
+                    left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                    done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+                    if not done:
+                        raise LaunchTimeout(f"the {args.workers} Ray workers did not finish within "
+                                            f"{args.timeout:.0f} s; they were stopped (raise --timeout)")
+                    rank = pending.pop(done[0])
+                    out = ray_get(done[0])  # raises the rank's error
+                    if rank == 0:
+                        result = out
+            finally:
+                for a in [*actors, hub]:
+                    ray.kill(a)
+        rec.update(result)
+
+    return driver
+
+
+# ---------------------------------------------------------------------------------------- torch
+def torchrun_env() -> bool:
+    """This process is one rank of a torchrun job (or of :func:`spawn_torch`)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
 def free_port() -> int:
@@ -399,72 +584,128 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _torch_rank_main(rank: int, world: int, env: dict[str, str], target: Callable[..., int],
+RENDEZVOUS_TIMEOUT = dt.timedelta(minutes=10)
+
+
+def init_torch(backend: str = "gloo") -> None:
+    """Join the process group from RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT.
+
+    Under torchrun the agent's store is used (``env://``).  Otherwise rank 0 hosts the rendezvous
+    store on a socket bound to MASTER_ADDR only (127.0.0.1 for local runs, the private address the
+    runner passes on a cluster): torch's own store listens on every interface.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        dist.init_process_group(backend, init_method="env://", timeout=RENDEZVOUS_TIMEOUT)
+        return
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    listener = None
+    if rank == 0:
+        listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                        backlog=max(world, 16))
+    try:
+        store = dist.TCPStore(host, port, world, rank == 0, timeout=RENDEZVOUS_TIMEOUT,
+                              master_listen_fd=listener.fileno() if listener else None, use_libuv=False)
+    finally:
+        if listener is not None:
+            listener.detach()  # the store owns the descriptor now
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=RENDEZVOUS_TIMEOUT)
+
+
+def _torch_rank_main(rank: int, world: int, env: dict[str, str], target: Callable[..., Any],
                      args: tuple[Any, ...]) -> None:
     os.environ.update(env)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    sys.exit(torch_rank(target, args))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    sys.exit(int(target(*args) or 0))
 
 
 def torch_rank(target: Callable[..., int], args: tuple[Any, ...]) -> int:
-    """Join the process group from the environment (torchrun or our spawn), run ``target(comm, *args)``."""
+    """Join the process group (:func:`init_torch`), run ``target(comm, *args)``, leave the group."""
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="env://", timeout=dt.timedelta(minutes=10))
+    init_torch()
     try:
         return int(target(TorchComm(), *args) or 0)
     finally:
         dist.destroy_process_group()
 
 
-def spawn_torch(workers: int, target: Callable[..., int], args: tuple[Any, ...],
-                grace_s: float = 30.0) -> list[int]:
-    """Start ``workers`` local ranks (gloo on 127.0.0.1); return their exit codes."""
+class LaunchTimeout(UserError):
+    pass
+
+
+def spawn_torch(workers: int, target: Callable[..., Any], args: tuple[Any, ...], grace_s: float = 30.0,
+                timeout_s: float | None = None, env: dict[str, str] | None = None) -> list[int]:
+    """Start ``workers`` local ranks running ``target(*args)`` (rendezvous on 127.0.0.1); return their
+    exit codes.  Ranks still running ``grace_s`` after one failed, or when ``timeout_s`` has passed,
+    are terminated (raises :class:`LaunchTimeout` for the latter)."""
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1",
            "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
-           "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}
+           "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p),
+           **(env or {})}
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_torch_rank_main, args=(r, workers, env, target, args), daemon=False)
              for r in range(workers)]
     for p in procs:
         p.start()
-    first_failure: float | None = None
+    start, first_failure, timed_out = time.monotonic(), None, False
     while any(p.is_alive() for p in procs):
         for p in procs:
             p.join(timeout=0.2)
+        now = time.monotonic()
         if first_failure is None and any(p.exitcode not in (None, 0) for p in procs):
-            first_failure = time.monotonic()
-        if first_failure is not None and time.monotonic() - first_failure > grace_s:
+            first_failure = now
+        timed_out = timed_out or (timeout_s is not None and now - start > timeout_s)
+        if timed_out or (first_failure is not None and now - first_failure > grace_s):
             for p in procs:  # only our own children, by handle
                 if p.is_alive():
                     p.terminate()
+    if timed_out:
+        raise LaunchTimeout(f"the {workers} torch ranks did not finish within {timeout_s:.0f} s; "
+                            "they were stopped (raise --timeout or check the input size)")
     return [int(p.exitcode if p.exitcode is not None else 1) for p in procs]
 
 
-def execute(workload: str, args: argparse.Namespace, params: dict[str, Any], bodies: dict[str, Body]) -> int:
-    """Dispatch to the framework's body: reference / Ray in this process, torch in ranks."""
+# ------------------------------------------------------------------------------- dispatching
+def execute(workload: str, args: argparse.Namespace, params: dict[str, Any], run: Body,
+            reference: Body | None = None) -> int:
+    """Run a graph workload: ``run`` (the SPMD body) in torch ranks or Ray actors, or in this process
+    with one rank (``--framework reference`` without a ``reference`` body of its own)."""
     args.run_id = args.run_id or f"{workload}-{args.framework}-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(3).hex()}"
     if getattr(args, "launch_t", None) is None:  # spawned ranks get the parent's, with args
         args.launch_t = launch_time()
-    if args.framework != "torch":
-        return run_recorded(workload, args, params, bodies[args.framework])
+    if args.framework == "reference":
+        if reference is None:
+            return run_recorded(workload, args, params, run, LocalComm())
+        return run_recorded(workload, args, params, reference)
+    if args.framework == "ray":
+        return run_recorded(workload, args, params, ray_ranks(run))
     if torchrun_env():
-        return torch_rank(_torch_target, (workload, args, params, bodies["torch"]))
+        return torch_rank(_torch_target, (workload, args, params, run))
     try:  # fail fast, before starting ranks, on what the parent can see (bad --workers, missing input)
         check_common_args(args)
         inspect_input(args.input)
     except UserError:
-        return run_recorded(workload, args, params, bodies["torch"])  # reports it, writes the record
-    codes = spawn_torch(args.workers, _torch_target, (workload, args, params, bodies["torch"]))
-    if codes[0] == 0 and not any(codes):
+        return run_recorded(workload, args, params, run)  # reports it, writes the record
+    try:
+        codes = spawn_torch(args.workers, torch_rank, (_torch_target, (workload, args, params, run)),
+                            timeout_s=args.timeout)
+        error = f"torch ranks exited with codes {codes}"
+    except LaunchTimeout as exc:
+        codes, error = [2], str(exc)
+    if not any(codes):
         return 0
     if args.output and not _record_written(args.output, args.run_id):
         rec = new_record(workload, "torch", workers=args.workers, params=params, run_id=args.run_id)
-        fail_record(rec, f"torch ranks exited with codes {codes}")
+        fail_record(rec, error)
         write_record(rec, args.output)
-        print(f"error: torch ranks exited with codes {codes}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
     return codes[0] or max(codes)
 
 
@@ -482,3 +723,242 @@ def _record_written(path: str, run_id: str) -> bool:
 
 def maybe(flag: bool, cm: Any) -> Any:
     return cm if flag else nullcontext()
+
+
+# -------------------------------------------------------------------- learning workloads (torch models)
+# One training function ``fn(cfg, ctx)`` runs unchanged as a torch rank (our spawn or torchrun) or as
+# a Ray Train worker; the :class:`WorkerContext` hides which set up torch.distributed.
+@dataclass
+class WorkerContext:
+    rank: int
+    world: int
+    device: Any
+    runtime: str                                   # "torch" | "ray"
+    wrap_model: Callable[[Any], Any]
+    report: Callable[[dict[str, Any]], None]
+    started_at: float = field(default_factory=time.time)
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+        if self.world > 1:
+            dist.barrier()
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Sum floats over ranks (float64 on the model's device; gloo/nccl both handle it)."""
+        import torch
+        import torch.distributed as dist
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t.cpu().tolist()
+
+
+def pick_device(requested: str, local_rank: int = 0):
+    import torch
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        check_device(requested)
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _ddp_wrap(device):
+    def wrap(model):
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = model.to(device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return model
+    return wrap
+
+
+def torch_context(device_req: str) -> WorkerContext:
+    """Context of a torch rank (RANK / WORLD_SIZE / MASTER_* in the environment, :func:`init_torch`)."""
+    import torch.distributed as dist
+    device = pick_device(device_req, int(os.environ.get("LOCAL_RANK", "0")))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        init_torch("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return WorkerContext(rank, world, device, "torch", _ddp_wrap(device), lambda _m: None)
+
+
+def ray_context() -> WorkerContext:
+    """Context inside a Ray TorchTrainer worker (Ray already set up the process group)."""
+    import ray.train
+    import ray.train.torch
+    tctx = ray.train.get_context()
+    return WorkerContext(tctx.get_world_rank(), tctx.get_world_size(), ray.train.torch.get_device(),
+                         "ray", ray.train.torch.prepare_model, lambda m: ray.train.report(m))
+
+
+def run_torch_worker(fn: Callable, cfg: dict) -> dict:
+    """Run ``fn(cfg, ctx)`` in this process as one torch rank (torchrun or :func:`spawn_torch`)."""
+    import torch.distributed as dist
+    ctx = torch_context(cfg["device"])
+    try:
+        return fn(cfg, ctx)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _learning_rank(fn: Callable, cfg: dict, outdir: str) -> int:
+    """A spawned rank: rank 0 leaves its result, and any rank its error, as JSON in ``outdir``."""
+    rank = os.environ["RANK"]
+    try:
+        result = run_torch_worker(fn, cfg)
+    except BaseException as exc:
+        write_record({"error": f"rank {rank}: {type(exc).__name__}: {exc}", "user": isinstance(exc, UserError)},
+                     Path(outdir) / f"error-{rank}.json")
+        traceback.print_exc()
+        return 1
+    if rank == "0":
+        write_record(result, Path(outdir) / "result.json")
+    return 0
+
+
+def launch_torch(fn: Callable, cfg: dict, workers: int, timeout_s: float | None = None) -> dict:
+    """torch.distributed: under torchrun run this rank; else spawn ``workers`` local ranks
+    (:func:`spawn_torch`, stopped after ``timeout_s``) and return rank 0's result."""
+    if torchrun_env():
+        world = int(os.environ["WORLD_SIZE"])
+        if world != workers:
+            raise UserError(f"--workers {workers} but torchrun started WORLD_SIZE={world}; "
+                            "pass --workers equal to nnodes x nproc-per-node")
+        return run_torch_worker(fn, cfg)
+    with tempfile.TemporaryDirectory(prefix="scalelab-ranks-") as outdir:
+        codes = spawn_torch(workers, _learning_rank, (fn, cfg, outdir), timeout_s=timeout_s,
+                            env={"OMP_NUM_THREADS": str(cfg.get("threads", 1))})
+        errors = [json.loads(p.read_text()) for p in sorted(Path(outdir).glob("error-*.json"))]
+        if errors:
+            first = next((e for e in errors if e["user"]), errors[0])
+            raise (UserError if first["user"] else RuntimeError)(first["error"].split(": ", 2)[-1]
+                                                                 if first["user"] else first["error"])
+        result = Path(outdir) / "result.json"
+        if any(codes) or not result.exists():
+            raise RuntimeError(f"a torch worker exited with codes {codes}")
+        return json.loads(result.read_text())
+
+
+@contextmanager
+def ray_storage(storage: str | None) -> Iterator[str]:
+    """Ray's storage_path: the given one, or a private temp dir removed afterwards."""
+    if storage:
+        yield str(Path(storage).resolve()) if "://" not in storage else storage
+        return
+    tmp = tempfile.mkdtemp(prefix="scalelab-ray-")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def launch_ray_torch(fn: Callable, cfg: dict, workers: int, threads: int, use_gpu: bool,
+                     storage: str, name: str) -> dict:
+    """Ray Train TorchTrainer with `workers` workers of `threads` CPUs; returns rank 0's result.
+
+    Train V2 keeps only metrics that come with a checkpoint, so rank 0 reports its final result as a
+    one-file checkpoint (result.json) in the run's storage.
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    trainer = TorchTrainer(
+        _ray_entry, train_loop_config={"fn": fn, "cfg": cfg},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": threads}),
+        run_config=RunConfig(storage_path=storage, name=name))
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("the Ray workers finished without reporting a result")
+    with result.checkpoint.as_directory() as d:
+        return json.loads((Path(d) / "result.json").read_text())
+
+
+def _ray_entry(config: dict) -> None:
+    import ray.train
+    ctx = ray_context()
+    result = config["fn"](config["cfg"], ctx)
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if ctx.rank == 0:
+            (Path(d) / "result.json").write_text(json.dumps(result))
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        ray.train.report({"final": 1}, checkpoint=checkpoint)
+
+
+def ray_has_gpu() -> bool:
+    import ray
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def check_device(requested: str, ray: bool = False) -> None:
+    """``--device cuda`` needs a GPU where the work runs (this machine, or the Ray cluster), checked
+    before anything starts: otherwise spawned ranks fail with tracebacks and Ray waits for a GPU forever."""
+    if requested != "cuda":
+        return
+    if ray and not ray_has_gpu():
+        raise UserError("--device cuda but the Ray cluster has no GPU; use --device cpu or auto")
+    if not ray:
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
+
+
+def default_threads(workers: int) -> int:
+    """Threads per worker when not given: this machine's cores split over the workers on it.
+
+    Under torchrun the workers on this node are LOCAL_WORLD_SIZE; locally all `workers` share it.
+    On a cluster the orchestrator should pass --threads explicitly (cores per node / workers per node).
+    """
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", workers if not torchrun_env() else 1))
+    return max(1, (os.cpu_count() or 1) // max(1, local))
+
+
+def add_learning_args(p: argparse.ArgumentParser) -> None:
+    """The options every learning workload takes (its --framework and --input are its own)."""
+    p.add_argument("--workers", type=int, default=1, help="data-parallel workers (default 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per worker, the same in both frameworks (default: cores // workers)")
+    p.add_argument("--output", help="write the result record (JSON) here")
+    p.add_argument("--nodes", type=int, default=1, help="nodes the run spans (recorded; set by the orchestrator)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="join this Ray cluster instead of starting a local one (default: $RAY_ADDRESS)")
+    p.add_argument("--storage", help="Ray storage_path (default: a temp dir; must be shared on a multi-node cluster)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=None,
+                   help="torch: stop the local ranks and fail the run after this many seconds (default: no limit)")
+    p.add_argument("--run-id", help=argparse.SUPPRESS)  # set by `fab run-experiment`
+
+
+def check_positive(**values: int | None) -> None:
+    for name, v in values.items():
+        if v is not None and v < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+
+def record_run(workload: str, args: argparse.Namespace, body: Callable[[dict, float], bool | None],
+               summary: Callable[[dict], str]) -> int:
+    """The main of the learning workloads: a record filled by ``body(rec, t_start)`` under the same
+    contract as the graph workloads' (:func:`run_recorded`: one line and exit 2 for a user error, a
+    failed record for any error, only the leader writes).  ``body`` returns False on a torchrun rank
+    other than 0.  ``t_start`` is the launch (:func:`workloads.record.launch_time`)."""
+    t_start = launch_time()
+    rec = new_record(workload, args.framework, workers=args.workers, nodes=args.nodes, run_id=args.run_id)
+    leader = int(os.environ.get("RANK", "0")) == 0
+    try:
+        if body(rec, t_start) is False:
+            return 0
+        finish_record(rec)
+    except UserError as exc:
+        return _report_failure(rec, args, leader, f"error: {exc}", str(exc), 2)
+    except Exception as exc:
+        return _report_failure(rec, args, leader, traceback.format_exc().rstrip() if leader else "", exc, 1)
+    if args.output:
+        write_record(rec, args.output)
+    print(summary(rec))
+    return 0

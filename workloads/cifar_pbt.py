@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from workloads import vision
+from workloads import _dist, vision
 from workloads.record import UserError, run_main, timer
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -284,19 +284,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--no-baseline", action="store_true", help="skip the single-run baseline")
     p.add_argument("--cache-dir", help="where the synthetic set is cached (default $SCALELAB_CACHE or ~/.cache/scalelab)")
-    vision.add_common_args(p)
+    _dist.add_learning_args(p)
     return p.parse_args(argv)
 
 
 def make_config(args: argparse.Namespace) -> dict[str, Any]:
-    vision.check_positive(workers=args.workers, threads=args.threads, trials=args.trials, epochs=args.epochs,
+    _dist.check_positive(workers=args.workers, threads=args.threads, trials=args.trials, epochs=args.epochs,
                           perturbation_interval=args.perturbation_interval, nodes=args.nodes)
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     src = args.input or str(synthetic_cifar(Path(args.cache_dir) if args.cache_dir else None))
-    use_gpu = args.device == "cuda" or (args.device == "auto" and vision.pick_device("auto").type == "cuda")
+    use_gpu = args.device == "cuda" or (args.device == "auto" and _dist.pick_device("auto").type == "cuda")
     return {"input": src, "trials": args.trials, "epochs": args.epochs, "workers": args.workers,
-            "threads": args.threads or vision.default_threads(args.workers), "seed": args.seed,
+            "threads": args.threads or _dist.default_threads(args.workers), "seed": args.seed,
             "perturbation_interval": args.perturbation_interval, "val_fraction": args.val_fraction,
             "use_gpu": use_gpu}
 
@@ -311,9 +311,9 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
                       "records": int(sum(len(v[1]) for v in data.values())),
                       "bytes": int(sum(f.stat().st_size for f in Path(cfg["input"]).iterdir() if f.is_file()))}
     with timer(timings, "startup"):
-        vision.ray_init(vision.ray_address(args.address), num_cpus=cfg["workers"] * cfg["threads"])
-    vision.check_device(args.device, ray=True)
-    with vision.ray_storage(args.storage) as storage, timer(timings, "compute"):
+        _dist.ray_connect(args.address, train=True, num_cpus=cfg["workers"] * cfg["threads"])
+    _dist.check_device(args.device, ray=True)
+    with _dist.ray_storage(args.storage) as storage, timer(timings, "compute"):
         tuned = run_pbt(data, cfg, storage)
     baseline = None
     if not args.no_baseline:
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         return (f"cifar_pbt ray trials={args.trials}: test accuracy {m['accuracy']:.4f}{base} (chance 0.1), "
                 f"best config {m['best_config']}, total {rec['timings_s']['total']:.1f}s")
 
-    return vision.record_run("cifar-pbt", args, lambda rec, t0: run(args, rec, t0), summary)
+    return _dist.record_run("cifar-pbt", args, lambda rec, t0: run(args, rec, t0), summary)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""k-means over the edge list's (node1, node2) pairs as 2-D points: one kernel, a Ray and a torch driver.
+"""k-means over the edge list's (node1, node2) pairs as 2-D points: one kernel run by every rank, and its verifier.
 
 Two definitions (DESIGN.md):
 
@@ -239,7 +239,7 @@ def blockwise_block(x: np.ndarray, y: np.ndarray, k: int, seed: int) -> tuple[fl
 
 
 # ------------------------------------------------------------------------------- worker state
-class KMeansPart(_dist.RayPart):
+class KMeansPart:
     """One worker's points (global method) or blocks (blockwise method)."""
 
     def __init__(self, rank: int, world: int, info: InputInfo) -> None:
@@ -346,12 +346,18 @@ def lloyd_loop(centers: np.ndarray, max_iter: int, step: Any, advance: Any = Non
     return stats, centers, iters, False
 
 
-def reference_kmeans(x: np.ndarray, y: np.ndarray, k: int, seed: int, max_iter: int) -> dict[str, Any]:
-    """The single-process run of the global method (the verifier)."""
+def local_init(x: np.ndarray, y: np.ndarray, k: int, seed: int) -> tuple[KMeansPart, np.ndarray]:
+    """The seeded k-means++ start over points held by one process: (the points' part, the centres)."""
     part = KMeansPart(0, 1, None)  # type: ignore[arg-type]
     part.x, part.y = x, y
     init = kmeans_pp(k, seed, [len(x)], lambda w, i: part.point(i), lambda c: [part.add_center(c)],
                      lambda w, u: part.pick(u))
+    return part, init
+
+
+def reference_kmeans(x: np.ndarray, y: np.ndarray, k: int, seed: int, max_iter: int) -> dict[str, Any]:
+    """The single-process run of the global method (the verifier)."""
+    part, init = local_init(x, y, k, seed)
     stats, centers, iters, done = lloyd_loop(init, max_iter, lambda c: part.lloyd(c))
     sse = part.sse(centers)
     return {"centroids": centers, "ch_score": calinski_harabasz(stats, sse), "inertia": float(sse.sum()),
@@ -410,62 +416,8 @@ def _record(args: argparse.Namespace, info: InputInfo, rec: dict, metrics: dict[
             rec["verification"] = verify(args, info, metrics)
 
 
-def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
-    t = rec["timings_s"]
-    _dist.mark_startup(args, rec)
-    rec["nodes"] = 1
-    part = KMeansPart(0, 1, info)
-    if args.method == "blockwise":
-        with timer(t, "compute"):
-            res = part.blocks(args.block_mb << 20, args.k, args.seed)
-        _record(args, info, rec, _blockwise_metrics(args, res, len(block_ranges(info, args.block_mb << 20))))
-        return
-    with timer(t, "load"):
-        total = part.load()
-    _check_points(total, args.k, info.uri)
-    with timer(t, "build"):
-        init = kmeans_pp(args.k, args.seed, [total], lambda w, i: part.point(i),
-                         lambda c: [part.add_center(c)], lambda w, u: part.pick(u))
-        part.index()
-    with timer(t, "compute"), _dist.progress("k-means (reference)", args.max_iter) as adv:
-        stats, centers, iters, done = lloyd_loop(init, args.max_iter, part.lloyd, adv)
-        sse = part.sse(centers)
-    _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters, done))
-
-
-def run_ray(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
-    t = rec["timings_s"]
-    g = _dist.ray_get
-    with _dist.ray_session(args.workers, args.address):
-        actors = _dist.ray_actors(KMeansPart, args.workers, info)
-        rec["nodes"] = _dist.ray_nodes(actors)
-        _dist.mark_startup(args, rec)
-        if args.method == "blockwise":
-            with timer(t, "compute"):
-                res = [r for part in g([a.blocks.remote(args.block_mb << 20, args.k, args.seed) for a in actors])
-                       for r in part]
-            _record(args, info, rec, _blockwise_metrics(args, res, len(block_ranges(info, args.block_mb << 20))))
-            return
-        with timer(t, "load"):
-            counts = g([a.load.remote() for a in actors])
-        _check_points(sum(counts), args.k, info.uri)
-        with timer(t, "build"):
-            init = kmeans_pp(args.k, args.seed, counts, lambda w, i: g(actors[w].point.remote(i)),
-                             lambda c: g([a.add_center.remote(c) for a in actors]),
-                             lambda w, u: g(actors[w].pick.remote(u)))
-            g([a.index.remote() for a in actors])
-
-        def step(c: np.ndarray) -> tuple[np.ndarray, int]:
-            parts = g([a.lloyd.remote(c) for a in actors])
-            return np.sum([p[0] for p in parts], axis=0), sum(p[1] for p in parts)
-
-        with timer(t, "compute"), _dist.progress("k-means (ray)", args.max_iter) as adv:
-            stats, centers, iters, done = lloyd_loop(init, args.max_iter, step, adv)
-            sse = np.sum(g([a.sse.remote(centers) for a in actors]), axis=0)
-    _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters, done))
-
-
-def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.TorchComm) -> None:
+def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) -> None:
+    """One rank of k-means (every runtime, and one process for ``--framework reference``)."""
     t = rec["timings_s"]
     _dist.mark_startup(args, rec)
     rec["nodes"] = len(comm.hosts())
@@ -474,7 +426,8 @@ def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.
     if args.method == "blockwise":
         with timer(t, "compute"):
             mine = comm.guard(part.blocks, args.block_mb << 20, args.k, args.seed)
-            res = [r for rs in comm.allgather_object(mine) for r in rs]
+            rows = np.concatenate(comm.allgather(np.array(mine, dtype=np.float64).reshape(-1))).reshape(-1, 4)
+            res = [(int(b), float(ch), float(sse), int(n)) for b, ch, sse, n in rows]
         metrics = comm.guard(_blockwise_metrics, args, res, len(block_ranges(info, args.block_mb << 20)))
         if lead:
             _record(args, info, rec, metrics)
@@ -491,10 +444,11 @@ def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.
         mine = part.pick(u) if comm.rank == w else np.zeros(2)
         return comm.allreduce(mine)
 
+    def add_center(c: np.ndarray) -> list[float]:
+        return [float(v) for v in np.concatenate(comm.allgather(np.array([part.add_center(c)])))]
+
     with timer(t, "build"):
-        init = kmeans_pp(args.k, args.seed, counts, point_at,
-                         lambda c: [float(v) for v in np.concatenate(comm.allgather(np.array([part.add_center(c)])))],
-                         pick)
+        init = kmeans_pp(args.k, args.seed, counts, point_at, add_center, pick)
         comm.guard(part.index)
 
     def step(c: np.ndarray) -> tuple[np.ndarray, int]:
@@ -502,7 +456,8 @@ def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.
         red = comm.allreduce(np.concatenate([stats.ravel(), [changed]]).astype(np.int64))
         return red[:-1].reshape(3, -1), int(red[-1])
 
-    with timer(t, "compute"), _dist.maybe(lead, _dist.progress("k-means (torch)", args.max_iter)) as adv:
+    label = f"k-means ({args.framework})"
+    with timer(t, "compute"), _dist.maybe(lead, _dist.progress(label, args.max_iter)) as adv:
         stats, centers, iters, done = lloyd_loop(init, args.max_iter, step, adv)
         sse = comm.allreduce(part.sse(centers))
     if lead:
@@ -528,7 +483,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = {k: getattr(args, k) for k in ("method", "k", "seed", "max_iter", "block_mb")}
-    return _dist.execute("kmeans", args, params, {"reference": run_reference, "ray": run_ray, "torch": run_torch})
+    return _dist.execute("kmeans", args, params, run)
 
 
 if __name__ == "__main__":

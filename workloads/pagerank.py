@@ -1,4 +1,4 @@
-"""PageRank over an edge list: one kernel (partitioned CSR SpMV), a Ray and a torch.distributed driver.
+"""PageRank over an edge list: one kernel (partitioned CSR SpMV) run by every rank, and its verifier.
 
 Semantics (DESIGN.md, networkx's ``pagerank``): damping ``d`` (0.85), uniform teleport, the rank of
 dangling nodes spread uniformly, start at 1/n.  Edges are undirected unless ``--directed``; repeated
@@ -17,7 +17,7 @@ it above tol (a hub on a small graph: up to ~1e-14), the run stops when it no lo
 (:class:`StopRule`, ``stopped_by: floor``).  ``--tol 0`` runs exactly ``--max-iter`` iterations
 (benchmarks, the seed comparison) and says "not converged".
 
-How the work is split (the same for both runtimes, so they differ only in how data moves):
+How the work is split (:func:`run`, the same code in every runtime; only ``comm`` moves data):
 
 1. each worker parses its byte range of the file (:mod:`workloads.graphio`);
 2. the workers agree on the node set: an OR of bit-packed presence bitmaps when the id space is
@@ -417,7 +417,7 @@ def seed_metrics(args: argparse.Namespace, ids: np.ndarray, x: np.ndarray, top: 
 
 
 # ------------------------------------------------------------------------------- worker state
-class PageRankPart(_dist.RayPart):
+class PageRankPart:
     """One worker's share: its byte range, then its arcs, then its CSR row block."""
 
     def __init__(self, rank: int, world: int, info: InputInfo, directed: bool, damping: float,
@@ -469,22 +469,6 @@ class PageRankPart(_dist.RayPart):
         src, dst = rank[self.src], rank[self.dst]
         self.src = self.dst = None
         return split_edges(src, dst, bounds, self.directed)
-
-    def split_ray(self, rank: np.ndarray, bounds: np.ndarray) -> Any:
-        """split() for Ray: this worker's own piece stays here (it never goes through the object
-        store); the others are returned for ``num_returns=max(world - 1, 1)`` (None when alone)."""
-        pieces = self.split(rank, bounds)
-        self.own = pieces.pop(self.rank)
-        if not pieces:
-            return None
-        return pieces[0] if len(pieces) == 1 else tuple(pieces)
-
-    def build_ray(self, bounds: np.ndarray, outdeg: np.ndarray, *others: np.ndarray) -> int:
-        """build() from the other workers' pieces (rank order) and the one kept by split_ray()."""
-        pieces = list(others)
-        pieces.insert(self.rank, self.own)
-        self.own = None
-        return self.build(bounds, outdeg, *pieces)
 
     def build(self, bounds: np.ndarray, outdeg: np.ndarray, *pieces: np.ndarray) -> int:
         """CSR pattern of this worker's rows from the arcs every worker sent; ``outdeg`` renumbered."""
@@ -614,79 +598,8 @@ def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: An
     rec["metrics"]["spmv_s_per_iter"] = t["compute"] / max(iters, 1)
 
 
-def _reduce_into_first(arrays: list[np.ndarray], op: np.ufunc) -> np.ndarray:
-    """op over the arrays (read-only ones from Ray's object store), into a copy of the first."""
-    out = arrays[0].copy()
-    for other in arrays[1:]:
-        op(out, other, out=out)
-    return out
-
-
-def run_ray(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
-    import ray
-
-    t = rec["timings_s"]
-    w = args.workers
-    with _dist.ray_session(w, args.address):
-        actors = _dist.ray_actors(PageRankPart, w, info, args.directed, args.damping, args.inject_fault)
-        rec["nodes"] = _dist.ray_nodes(actors)
-        _dist.mark_startup(args, rec)
-        with timer(t, "load"):
-            stats = _dist.ray_get([a.load.remote() for a in actors])
-        n_edges = sum(s[0] for s in stats)
-        check_ids(min(s[1] for s in stats if s[0]) if n_edges else 0, n_edges, info.uri)
-        max_id = max(s[2] for s in stats)
-        steps: dict[str, float] = {}
-        with timer(t, "build"):
-            with timer(steps, "node_set"):
-                dense = use_bitmap(max_id, n_edges)
-                sets = _dist.ray_get([a.node_set.remote(max_id, dense) for a in actors])
-                if dense:
-                    node_set = _reduce_into_first(sets, np.bitwise_or)
-                else:
-                    node_set = np.unique(np.concatenate(sets))
-                del sets
-            with timer(steps, "degrees"):
-                set_ref = ray.put(node_set)
-                counts = _reduce_into_first(_dist.ray_get([a.degrees.remote(set_ref) for a in actors]), np.add)
-                rank, outdeg, bounds = plan_rows(counts, args.directed, w)
-            with timer(steps, "split"):
-                rank_ref = ray.put(rank)
-                sent = [a.split_ray.options(num_returns=max(w - 1, 1)).remote(rank_ref, bounds) for a in actors]
-                sent = [[p] if w <= 2 else p for p in sent]  # sent[v]: v's pieces for the others, rank order
-                ray.wait([p for ps in sent for p in ps], num_returns=w * max(w - 1, 1), fetch_local=False)
-            with timer(steps, "exchange_csr"):
-                out_ref = ray.put(outdeg)
-                # worker r gets from every v != r the piece v made for r: index r in v's list, less one past v
-                nnz = sum(_dist.ray_get([a.build_ray.remote(bounds, out_ref,
-                                                             *[sent[v][r - (r > v)] for v in range(w) if v != r])
-                                         for r, a in enumerate(actors)]))
-                del sent
-        ids = node_ids(node_set, dense)
-        n = len(outdeg)
-
-        def step_all(x: np.ndarray) -> tuple[np.ndarray, float]:
-            x_ref = ray.put(x)
-            parts = _dist.ray_get([a.step.remote(x_ref) for a in actors])
-            return np.concatenate([p[0] for p in parts]), math.fsum(p[1] for p in parts)
-
-        with timer(t, "compute"), _dist.progress("pagerank (ray)", args.max_iter) as advance:
-            x, iters, stopped_by, change = power_iterate(step_all, n, args.tol, args.max_iter, advance)
-        x = x[rank]  # back to id order
-        rec["metrics_spmv_s"] = max(_dist.ray_get([a.spmv_time.remote() for a in actors]))
-        seed = None
-        if args.method == "seed":
-            with timer(t, "seed"):
-                seed = [b for bs in _dist.ray_get([a.seed_batches.remote(args.block_mb << 20) for a in actors])
-                        for b in bs]
-        for a in actors:
-            ray.kill(a)
-    _finish(args, info, rec, ids, x, iters, stopped_by, change, n_edges, nnz, seed)
-    rec["metrics"]["spmv_s_per_iter"] = rec.pop("metrics_spmv_s") / max(iters, 1)
-    rec["metrics"]["build_steps_s"] = steps
-
-
-def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.TorchComm) -> None:
+def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) -> None:
+    """One rank of the distributed PageRank (every runtime): load, build, iterate; rank 0 records."""
     t = rec["timings_s"]
     _dist.mark_startup(args, rec)
     w = comm.world
@@ -719,27 +632,40 @@ def run_torch(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.
             nnz = int(comm.allreduce(np.array([comm.guard(part.build, bounds, outdeg, *received)]))[0])
             del received
     ids = node_ids(node_set, dense)
-    n = len(outdeg)
     gather = comm.block_gatherer(np.diff(bounds), np.float64)
 
     def step_all(x: np.ndarray) -> tuple[np.ndarray, float]:
         block, err = part.step(x)
         return gather(block), float(comm.allreduce(np.array([err]))[0])
 
-    with timer(t, "compute"), _dist.maybe(comm.rank == 0, _dist.progress("pagerank (torch)", args.max_iter)) as adv:
-        x, iters, stopped_by, change = power_iterate(step_all, n, args.tol, args.max_iter, adv)
+    label = f"pagerank ({args.framework})"
+    with timer(t, "compute"), _dist.maybe(comm.rank == 0, _dist.progress(label, args.max_iter)) as adv:
+        x, iters, stopped_by, change = power_iterate(step_all, len(outdeg), args.tol, args.max_iter, adv)
     x = x[rank]  # back to id order
     spmv = float(comm.allreduce(np.array([part.spmv_time()]), "max")[0])
     seed = None
     if args.method == "seed":
         del part.block
         with timer(t, "seed"):
-            seed = [b for bs in comm.allgather_object(comm.guard(part.seed_batches, args.block_mb << 20))
-                    for b in bs]
+            seed = gather_batches(comm, comm.guard(part.seed_batches, args.block_mb << 20))
     if comm.rank == 0:
         _finish(args, info, rec, ids, x, iters, stopped_by, change, n_edges, nnz, seed)
         rec["metrics"]["spmv_s_per_iter"] = spmv / max(iters, 1)
         rec["metrics"]["build_steps_s"] = steps
+
+
+def gather_batches(comm: _dist.Comm, mine: list[tuple[int, np.ndarray, np.ndarray]]
+                   ) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Every rank's seed batches (block index, ids, scores) as three all-gathers of arrays."""
+    heads = comm.allgather(np.array([[b, len(i)] for b, i, _ in mine], dtype=np.int64).reshape(-1))
+    ids = comm.allgather(np.concatenate([i.astype(np.int64) for _, i, _ in mine] or [np.empty(0, np.int64)]))
+    scores = comm.allgather(np.concatenate([s for _, _, s in mine] or [np.empty(0)]))
+    out = []
+    for head, i, s in zip(heads, ids, scores, strict=True):
+        cuts = np.cumsum(head.reshape(-1, 2)[:, 1])[:-1]
+        out += [(int(b), bi, bs) for b, bi, bs in zip(head.reshape(-1, 2)[:, 0], np.split(i, cuts),
+                                                         np.split(s, cuts), strict=True)]
+    return out
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -776,8 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {k: getattr(args, k) for k in ("damping", "tol", "max_iter", "top", "directed", "method")}
     if args.method == "seed":
         params["block_mb"] = args.block_mb
-    return _dist.execute("pagerank", args, params,
-                         {"reference": run_reference, "ray": run_ray, "torch": run_torch})
+    return _dist.execute("pagerank", args, params, run, reference=run_reference)
 
 
 if __name__ == "__main__":

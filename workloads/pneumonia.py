@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from workloads import vision
+from workloads import _dist, vision
 from workloads.record import UserError, run_main, timer
 
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -89,7 +89,7 @@ def eval_view(data: vision.ImageSet, idx: np.ndarray, cfg: dict) -> np.ndarray:
 # training / evaluation (one function for both runtimes)
 # ------------------------------------------------------------------------------------------
 
-def train_epoch(model, opt, data: vision.ImageSet, cfg: dict, ctx: vision.WorkerContext, epoch: int
+def train_epoch(model, opt, data: vision.ImageSet, cfg: dict, ctx: _dist.WorkerContext, epoch: int
                 ) -> tuple[float, int]:
     """One epoch of global-batch SGD; returns (mean train loss over all ranks, optimiser steps)."""
     import torch
@@ -112,7 +112,7 @@ def train_epoch(model, opt, data: vision.ImageSet, cfg: dict, ctx: vision.Worker
     return total_loss / max(total, 1.0), steps
 
 
-def evaluate(model, data: vision.ImageSet, cfg: dict, ctx: vision.WorkerContext, shard: bool
+def evaluate(model, data: vision.ImageSet, cfg: dict, ctx: _dist.WorkerContext, shard: bool
              ) -> tuple[float, float]:
     """Batched (loss, accuracy); shard=True splits the set over ranks and sums the counts."""
     import torch
@@ -135,7 +135,7 @@ def evaluate(model, data: vision.ImageSet, cfg: dict, ctx: vision.WorkerContext,
     return loss_sum / len(data), correct / len(data)
 
 
-def recalibrate(model, data: vision.ImageSet, cfg: dict, ctx: vision.WorkerContext) -> None:
+def recalibrate(model, data: vision.ImageSet, cfg: dict, ctx: _dist.WorkerContext) -> None:
     """Precise BN (:func:`vision.recalibrate_batchnorm`) over this rank's share of the training set,
     seen through the eval transform."""
     idx_all = np.arange(ctx.rank, len(data), ctx.world)
@@ -149,7 +149,7 @@ def better(val: tuple[float, float], best: tuple[float, float] | None) -> bool:
     return best is None or (val[1], -val[0]) > (best[1], -best[0])
 
 
-def fit(model, opt, data: dict[str, vision.ImageSet], cfg: dict, ctx: vision.WorkerContext,
+def fit(model, opt, data: dict[str, vision.ImageSet], cfg: dict, ctx: _dist.WorkerContext,
         timings: dict[str, float]) -> dict[str, Any]:
     """Train cfg['epochs'] epochs, keeping the weights of the best-val epoch; the timed span is the epochs."""
     hist: dict[str, list] = {"loss_per_epoch": [], "val_loss_per_epoch": [], "val_accuracy_per_epoch": [],
@@ -181,7 +181,7 @@ def fit(model, opt, data: dict[str, vision.ImageSet], cfg: dict, ctx: vision.Wor
     return hist
 
 
-def train_worker(cfg: dict, ctx: vision.WorkerContext) -> dict[str, Any]:
+def train_worker(cfg: dict, ctx: _dist.WorkerContext) -> dict[str, Any]:
     """The whole per-worker job, identical under torch.distributed and Ray Train."""
     import torch
     torch.set_num_threads(cfg["threads"])
@@ -225,12 +225,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-batch", type=int, default=128)
     p.add_argument("--synthetic-size", type=int, default=128, help="pixel size of generated images")
     p.add_argument("--cache-dir", help="where the synthetic set is cached (default $SCALELAB_CACHE or ~/.cache/scalelab)")
-    vision.add_common_args(p)
+    _dist.add_learning_args(p)
     return p.parse_args(argv)
 
 
 def make_config(args: argparse.Namespace) -> dict[str, Any]:
-    vision.check_positive(workers=args.workers, threads=args.threads, epochs=args.epochs,
+    _dist.check_positive(workers=args.workers, threads=args.threads, epochs=args.epochs,
                           global_batch=args.global_batch, image_size=args.image_size,
                           eval_batch=args.eval_batch, nodes=args.nodes)
     if args.global_batch < args.workers:
@@ -240,7 +240,7 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--image-size must be even (the model pools by 2), got {args.image_size}")
     cfg = {k: getattr(args, k) for k in ("epochs", "global_batch", "lr", "image_size", "eval_batch",
                                          "synthetic_size", "cache_dir", "input", "device", "seed")}
-    cfg["threads"] = args.threads or vision.default_threads(args.workers)
+    cfg["threads"] = args.threads or _dist.default_threads(args.workers)
     cfg["input_resolved"] = resolve_input(cfg)
     return cfg
 
@@ -258,22 +258,22 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> dict[str, Any] |
     rec["params"].update({k: v for k, v in cfg.items() if k != "input_resolved"})
     rec["dataset"] = dataset_info(cfg)
     if args.framework == "torch":
-        vision.check_device(args.device)
-        result = vision.launch_torch(train_worker, cfg, args.workers)
+        _dist.check_device(args.device)
+        result = _dist.launch_torch(train_worker, cfg, args.workers, args.timeout)
     else:
         result = run_ray(args, cfg)
-    if not vision.is_rank_zero():
+    if int(os.environ.get("RANK", "0")) != 0:
         return None
     return result
 
 
 def run_ray(args: argparse.Namespace, cfg: dict) -> dict[str, Any]:
-    vision.ray_init(vision.ray_address(args.address), num_cpus=max(os.cpu_count() or 1, args.workers * cfg["threads"]))
-    vision.check_device(args.device, ray=True)
-    use_gpu = args.device == "cuda" or (args.device == "auto" and vision.ray_has_gpu())
+    _dist.ray_connect(args.address, train=True, num_cpus=max(os.cpu_count() or 1, args.workers * cfg["threads"]))
+    _dist.check_device(args.device, ray=True)
+    use_gpu = args.device == "cuda" or (args.device == "auto" and _dist.ray_has_gpu())
     cfg = {**cfg, "device": "auto"}  # Ray picks the worker's device from use_gpu
-    with vision.ray_storage(args.storage) as storage:
-        return vision.launch_ray_torch(train_worker, cfg, args.workers, cfg["threads"], use_gpu,
+    with _dist.ray_storage(args.storage) as storage:
+        return _dist.launch_ray_torch(train_worker, cfg, args.workers, cfg["threads"], use_gpu,
                                        storage, f"pneumonia-{int(time.time())}")
 
 
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(majority {m['majority_baseline']:.3f}), steps/epoch {m['steps_per_epoch'][0]}, "
                 f"train {rec['timings_s']['compute']:.1f}s, total {rec['timings_s']['total']:.1f}s")
 
-    return vision.record_run("pneumonia", args, body, summary)
+    return _dist.record_run("pneumonia", args, body, summary)
 
 
 if __name__ == "__main__":

@@ -4,37 +4,31 @@
   RandomRotation, CenterCrop, ToTensor and Normalize are re-implemented with Pillow + torch);
 * an ImageFolder-style reader over local disk or HDFS (pyarrow.fs);
 * the synthetic chest X-ray generator used when no real data is given;
-* the data-parallel plumbing shared by both runtimes: a global-batch sampler, a worker context that
-  hides whether torch.distributed was set up by us/torchrun or by Ray Train, and the launchers
-  (local spawn, torchrun, Ray TorchTrainer).
+* the global-batch sampler (the same optimiser steps at every worker count) and precise BatchNorm.
 
-One training function runs unchanged under both runtimes; only the launcher differs.
+Launching, the worker context and the record are the harness's (:mod:`workloads._dist`).
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import io
-import json
 import os
 import shutil
 import tempfile
-import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from workloads import _dist
-from workloads.record import UserError, fail_record, finish_record, launch_time, new_record, write_record
+from workloads.record import UserError
+
+if TYPE_CHECKING:
+    from workloads._dist import WorkerContext
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
-PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,53 +264,8 @@ def rank_batches(n: int, global_batch: int, rank: int, world: int, epoch: int, s
 
 
 # --------------------------------------------------------------------------------------------
-# worker context: one training function, two runtimes
+# models
 # --------------------------------------------------------------------------------------------
-
-@dataclass
-class WorkerContext:
-    rank: int
-    world: int
-    device: Any
-    runtime: str                                   # "torch" | "ray"
-    wrap_model: Callable[[Any], Any]
-    report: Callable[[dict[str, Any]], None]
-    started_at: float = field(default_factory=time.time)
-
-    def barrier(self) -> None:
-        import torch.distributed as dist
-        if self.world > 1:
-            dist.barrier()
-
-    def all_sum(self, values: list[float]) -> list[float]:
-        """Sum floats over ranks (float64 on the model's device; gloo/nccl both handle it)."""
-        import torch
-        import torch.distributed as dist
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        if self.world > 1:
-            dist.all_reduce(t)
-        return t.cpu().tolist()
-
-
-def pick_device(requested: str, local_rank: int = 0):
-    import torch
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        check_device(requested)
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def _ddp_wrap(device):
-    def wrap(model):
-        import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = model.to(device)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-        return model
-    return wrap
-
 
 def unwrap(model):
     return getattr(model, "module", model)
@@ -354,248 +303,3 @@ def recalibrate_batchnorm(model, batches: Iterator[Any], ctx: WorkerContext | No
             for buf in (bn.running_mean, bn.running_var):
                 dist.all_reduce(buf)
                 buf.div_(ctx.world)
-
-
-def torch_context(device_req: str) -> WorkerContext:
-    """Context for a process in a torch.distributed group set up from RANK/WORLD_SIZE/MASTER_*."""
-    import torch.distributed as dist
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_req, local_rank)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return WorkerContext(rank, world, device, "torch", _ddp_wrap(device), lambda _m: None)
-
-
-def ray_context() -> WorkerContext:
-    """Context inside a Ray TorchTrainer worker (Ray already set up the process group)."""
-    import ray.train
-    import ray.train.torch
-    tctx = ray.train.get_context()
-    return WorkerContext(tctx.get_world_rank(), tctx.get_world_size(), ray.train.torch.get_device(),
-                         "ray", ray.train.torch.prepare_model, lambda m: ray.train.report(m))
-
-
-# --------------------------------------------------------------------------------------------
-# launchers
-# --------------------------------------------------------------------------------------------
-
-def under_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def _spawned_worker(rank: int, world: int, port: int, fn: Callable, cfg: dict, queue) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    try:
-        result = run_torch_worker(fn, cfg)
-        if rank == 0:
-            queue.put(("ok", result))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, then re-raised
-        queue.put(("error", f"rank {rank}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-        raise
-
-
-def run_torch_worker(fn: Callable, cfg: dict) -> dict:
-    """Run fn in this process as one torch.distributed rank (torchrun or our spawn)."""
-    import torch.distributed as dist
-    ctx = torch_context(cfg["device"])
-    try:
-        return fn(cfg, ctx)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def launch_torch(fn: Callable, cfg: dict, workers: int) -> dict:
-    """torch.distributed: under torchrun run this rank; else spawn `workers` local gloo processes."""
-    if under_torchrun():
-        world = int(os.environ["WORLD_SIZE"])
-        if world != workers:
-            raise UserError(f"--workers {workers} but torchrun started WORLD_SIZE={world}; "
-                            "pass --workers equal to nnodes x nproc-per-node")
-        return run_torch_worker(fn, cfg)
-    import torch.multiprocessing as mp
-    mpctx = mp.get_context("spawn")
-    queue = mpctx.SimpleQueue()
-    port = _dist.free_port()
-    procs = [mpctx.Process(target=_spawned_worker, args=(r, workers, port, fn, cfg, queue), daemon=False)
-             for r in range(workers)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    messages = []
-    while not queue.empty():
-        messages.append(queue.get())
-    errors = [m for kind, m in messages if kind == "error"]
-    if errors or any(p.exitcode != 0 for p in procs):
-        raise RuntimeError(errors[0] if errors else f"a torch worker exited with codes "
-                           f"{[p.exitcode for p in procs]}")
-    return next(m for kind, m in messages if kind == "ok")
-
-
-def ray_address(cli_address: str | None) -> str | None:
-    return cli_address or os.environ.get("RAY_ADDRESS") or None
-
-
-def ray_init(address: str | None, num_cpus: int | None = None) -> None:
-    """Connect to an existing cluster (address) or start a private local one.
-
-    ``address="local"`` is explicit so that a cluster another user started on this machine is never
-    joined by accident. A Ray we start ourselves gets token auth with a fresh token and workers at
-    nice 0 (:func:`workloads._dist.local_ray_env`); for an existing cluster the caller's environment
-    (RAY_AUTH_MODE and token) is used as is.
-    """
-    import ray
-    if ray.is_initialized():
-        return
-    if address:
-        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-            p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)}}
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-        return
-    _dist.local_ray_env()
-    # Pin the GCS port and export it as RAY_ADDRESS to every process of this instance: Train V2's
-    # state-API clients otherwise scan the machine and fail when another user's Ray is also running.
-    port = _dist.free_port()
-    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-    # The dashboard hosts the state API that Train V2's placement-group cleaner polls; bind it (and
-    # the node) to loopback only, on a free port so another user's local Ray is never disturbed.
-    ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=True,
-             dashboard_host="127.0.0.1", dashboard_port=_dist.free_port(),
-             log_to_driver=True, configure_logging=True, logging_level="WARNING")
-
-
-@contextlib.contextmanager
-def ray_storage(storage: str | None) -> Iterator[str]:
-    """Ray's storage_path: the given one, or a private temp dir removed afterwards."""
-    if storage:
-        yield str(Path(storage).resolve()) if "://" not in storage else storage
-        return
-    tmp = tempfile.mkdtemp(prefix="scalelab-ray-")
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def launch_ray_torch(fn: Callable, cfg: dict, workers: int, threads: int, use_gpu: bool,
-                     storage: str, name: str) -> dict:
-    """Ray Train TorchTrainer with `workers` workers of `threads` CPUs; returns rank 0's result.
-
-    Train V2 keeps only metrics that come with a checkpoint, so rank 0 reports its final result as a
-    one-file checkpoint (result.json) in the run's storage.
-    """
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    trainer = TorchTrainer(
-        _ray_entry, train_loop_config={"fn": fn, "cfg": cfg},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": threads}),
-        run_config=RunConfig(storage_path=storage, name=name))
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError("the Ray workers finished without reporting a result")
-    with result.checkpoint.as_directory() as d:
-        return json.loads((Path(d) / "result.json").read_text())
-
-
-def _ray_entry(config: dict) -> None:
-    import ray.train
-    ctx = ray_context()
-    result = config["fn"](config["cfg"], ctx)
-    with tempfile.TemporaryDirectory() as d:
-        checkpoint = None
-        if ctx.rank == 0:
-            (Path(d) / "result.json").write_text(json.dumps(result))
-            checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report({"final": 1}, checkpoint=checkpoint)
-
-
-def ray_has_gpu() -> bool:
-    import ray
-    return ray.cluster_resources().get("GPU", 0) > 0
-
-
-def check_device(requested: str, ray: bool = False) -> None:
-    """``--device cuda`` needs a GPU where the work runs (this machine, or the Ray cluster), checked
-    before anything starts: otherwise spawned ranks fail with tracebacks and Ray waits for a GPU forever."""
-    if requested != "cuda":
-        return
-    if ray and not ray_has_gpu():
-        raise UserError("--device cuda but the Ray cluster has no GPU; use --device cpu or auto")
-    if not ray:
-        import torch
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu or auto")
-
-
-# --------------------------------------------------------------------------------------------
-# CLI helpers
-# --------------------------------------------------------------------------------------------
-
-def default_threads(workers: int) -> int:
-    """Threads per worker when not given: this machine's cores split over the workers on it.
-
-    Under torchrun the workers on this node are LOCAL_WORLD_SIZE; locally all `workers` share it.
-    On a cluster the orchestrator should pass --threads explicitly (cores per node / workers per node).
-    """
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", workers if not under_torchrun() else 1))
-    return max(1, (os.cpu_count() or 1) // max(1, local))
-
-
-def add_common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=1, help="data-parallel workers (default 1)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per worker, the same in both frameworks (default: cores // workers)")
-    p.add_argument("--output", help="write the result record (JSON) here")
-    p.add_argument("--nodes", type=int, default=1, help="nodes the run spans (recorded; set by the orchestrator)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a private local Ray)")
-    p.add_argument("--storage", help="Ray storage_path (default: a temp dir; must be shared on a multi-node cluster)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-id", help=argparse.SUPPRESS)  # set by `fab run-experiment`
-
-
-def check_positive(**values: int | None) -> None:
-    for name, v in values.items():
-        if v is not None and v < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-
-
-def is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def record_run(workload: str, args: argparse.Namespace, body: Callable[[dict, float], bool | None],
-               summary: Callable[[dict], str]) -> int:
-    """The common main of the learning workloads: a record for the run, filled by ``body(rec, t_start)``,
-    written ok (or failed by :func:`failed_record_on_error`), then a one-line summary.  ``body`` returns
-    False on a rank that is not rank 0 (rank 0 writes the record).  ``t_start`` is the launch
-    (:func:`workloads.record.launch_time`), so ``startup`` includes the interpreter and imports."""
-    t_start = launch_time()
-    rec = new_record(workload, args.framework, workers=args.workers, nodes=args.nodes, run_id=args.run_id)
-    with failed_record_on_error(rec, args.output):
-        if body(rec, t_start) is False:
-            return 0
-        finish_record(rec)
-    if args.output:
-        write_record(rec, args.output)
-    print(summary(rec))
-    return 0
-
-
-@contextlib.contextmanager
-def failed_record_on_error(rec: dict, output: str | None) -> Iterator[None]:
-    """Write a failed record (rank 0 only) for any error escaping the block, then re-raise."""
-    try:
-        yield
-    except BaseException as exc:
-        if output and is_rank_zero():
-            write_record(fail_record(rec, exc if not isinstance(exc, UserError) else str(exc)), output)
-        raise

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from workloads import vision
+from workloads import _dist
 from workloads.record import UserError, run_main, timer
 
 DEFAULT_DEPTHS = (1, 5, 50, 100)
@@ -160,7 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--depths", default=",".join(map(str, DEFAULT_DEPTHS)), help="max_depth grid (comma list)")
     p.add_argument("--eta", type=float, default=0.3, help="learning rate (xgboost default, as the seed)")
     p.add_argument("--split-seed", type=int, default=13, help="random_state of the split (the seed's baseline: 13)")
-    vision.add_common_args(p)
+    _dist.add_learning_args(p)
     return p.parse_args(argv)
 
 
@@ -175,11 +175,11 @@ def parse_depths(text: str) -> list[int]:
 
 
 def make_config(args: argparse.Namespace) -> dict[str, Any]:
-    vision.check_positive(workers=args.workers, threads=args.threads, rounds=args.rounds, nodes=args.nodes)
+    _dist.check_positive(workers=args.workers, threads=args.threads, rounds=args.rounds, nodes=args.nodes)
     if args.framework == "reference" and args.workers != 1:
         raise UserError("--framework reference runs in one process; use --workers 1 (or --framework ray)")
     use_gpu = args.device == "cuda" or (args.device == "auto" and _torch_cuda())
-    return {"workers": args.workers, "threads": args.threads or vision.default_threads(args.workers),
+    return {"workers": args.workers, "threads": args.threads or _dist.default_threads(args.workers),
             "rounds": args.rounds, "eta": args.eta, "depths": parse_depths(args.depths),
             "split_seed": args.split_seed, "use_gpu": use_gpu, "xgb_device": "cuda" if use_gpu else "cpu"}
 
@@ -202,15 +202,15 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
                       "records": int(sum(len(v[1]) for v in split.values())),
                       "bytes": int(sum(v[0].nbytes + v[1].nbytes for v in split.values()))}
     if args.framework == "reference":
-        vision.check_device(args.device)
+        _dist.check_device(args.device)
         with timer(timings, "compute"):
             out = grid_reference(split, cfg["depths"], cfg)
     else:
         with timer(timings, "startup"):
-            vision.ray_init(vision.ray_address(args.address), num_cpus=max(os.cpu_count() or 1,
+            _dist.ray_connect(args.address, train=True, num_cpus=max(os.cpu_count() or 1,
                                                                             cfg["workers"] * cfg["threads"]))
-        vision.check_device(args.device, ray=True)
-        with vision.ray_storage(args.storage) as storage, timer(timings, "compute"):
+        _dist.check_device(args.device, ray=True)
+        with _dist.ray_storage(args.storage) as storage, timer(timings, "compute"):
             out = grid_ray(split, cfg["depths"], {**cfg, "storage": storage})
     fill_metrics(rec, out, split, cfg)
     timings["total"] = time.time() - t_start
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(valid logloss), test accuracy {m['accuracy']:.4f}, logloss {m['logloss']:.4f}, "
                 f"total {rec['timings_s']['total']:.1f}s")
 
-    return vision.record_run("xgboost", args, lambda rec, t0: run(args, rec, t0), summary)
+    return _dist.record_run("xgboost", args, lambda rec, t0: run(args, rec, t0), summary)
 
 
 if __name__ == "__main__":

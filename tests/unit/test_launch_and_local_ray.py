@@ -57,3 +57,63 @@ def test_local_ray_env_keeps_what_the_user_set(monkeypatch):
     _dist.local_ray_env()
     assert os.environ["RAY_AUTH_MODE"] == "disabled" and "RAY_AUTH_TOKEN" not in os.environ
     assert os.environ["RAY_worker_niceness"] == "15"
+
+
+# ------------------------------------------------------------------ the harness's communication
+class TwoRanks(_dist.Comm):
+    """The generic collectives over a fixed peer: rank 0 of two, the other rank's arrays given."""
+
+    world = 2
+
+    def __init__(self, peer: list) -> None:
+        self.peer = iter(peer)
+
+    def allgather(self, a):
+        return [a, next(self.peer)]
+
+
+def test_comm_reduces_in_rank_order_and_gathers_blocks_into_alternating_vectors():
+    import numpy as np
+
+    comm = TwoRanks([np.array([5, 1]), np.array([2.0]), np.array([3.0])])
+    assert comm.allreduce(np.array([1, 4]), "max").tolist() == [5, 4]
+    gather = comm.block_gatherer([1, 1], np.float64)
+    first = gather(np.array([1.0]))
+    second = gather(np.array([4.0]))
+    assert first.tolist() == [1.0, 2.0] and second.tolist() == [4.0, 3.0]  # the first is still valid
+
+
+def test_guard_raises_a_peers_user_error_on_every_rank_sent_as_text_not_a_pickle():
+    import json
+
+    import numpy as np
+
+    peer = np.frombuffer(json.dumps(["user", "bad line 7"]).encode(), dtype=np.uint8)
+    with pytest.raises(record.UserError, match="^bad line 7$"):
+        TwoRanks([peer]).guard(lambda: 1)
+    assert TwoRanks([np.empty(0, np.uint8)]).guard(lambda: 41 + 1) == 42
+    assert _dist.LocalComm().hosts() == [os.uname().nodename]
+
+
+def test_a_hung_local_launch_times_out_and_its_ranks_are_stopped():
+    t0 = time.monotonic()
+    with pytest.raises(_dist.LaunchTimeout, match="did not finish within 2 s"):
+        _dist.spawn_torch(2, time.sleep, (120,), timeout_s=2)
+    assert time.monotonic() - t0 < 60
+
+
+def test_the_torch_rendezvous_store_listens_on_the_master_address_only():
+    """Rank 0 hosts the store on MASTER_ADDR (127.0.0.1 locally), not on every interface."""
+    port = _dist.free_port()
+    code = ("import os, socket; from workloads import _dist; _dist.init_torch(); "
+            "print('TCP'); print(open('/proc/net/tcp').read())")
+    env = {**os.environ, "PYTHONPATH": _dist.REPO_ROOT, "RANK": "0", "WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env.pop("TORCHELASTIC_RUN_ID", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=_dist.REPO_ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = [line.split() for line in out.stdout.split("TCP\n", 1)[1].splitlines()[1:] if line.strip()]
+    listening = [cols[1] for cols in table if cols[3] == "0A"]
+    mine = [addr for addr in listening if int(addr.split(":")[1], 16) == port]
+    assert mine == [f"0100007F:{port:04X}"], listening  # 127.0.0.1 in /proc's little-endian hex

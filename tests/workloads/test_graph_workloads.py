@@ -360,3 +360,12 @@ def test_more_workers_than_cpus_is_a_clear_error(tmp_path):
     inp = write_edges(tmp_path / "g.csv", mixed_shapes())
     rc, rec = run(pagerank, tmp_path, "ray", 64, inp)
     assert rc == 2 and "needs 64 CPUs" in rec["error"]
+
+
+@pytest.mark.parametrize("framework", ["ray", "torch"])
+def test_a_run_past_its_timeout_is_stopped_with_one_line_and_a_failed_record(tmp_path, capsys, framework):
+    inp = write_edges(tmp_path / "g.csv", mixed_shapes())
+    rc, rec = run(pagerank, tmp_path, framework, 2, inp, "--timeout", "0.01")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and rec["status"] == "failed" and "did not finish within 0 s" in rec["error"], rec["error"]
+    assert err[-1].startswith("error: the 2 ") and "were stopped" in err[-1]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workloads import cifar_pbt, pneumonia, vision
+from workloads import _dist, cifar_pbt, pneumonia, vision
 from workloads import xgboost as xgb_workload
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,7 +81,7 @@ def test_recalibrated_batchnorm_describes_the_current_weights():
     bn.running_var.fill_(1e-3)
     model.eval()
     batches = [torch.randn(8, 3, 5, 5) * 2 + 1 for _ in range(3)]
-    ctx = vision.WorkerContext(0, 1, torch.device("cpu"), "torch", lambda m: m, lambda _m: None)
+    ctx = _dist.WorkerContext(0, 1, torch.device("cpu"), "torch", lambda m: m, lambda _m: None)
     vision.recalibrate_batchnorm(model, iter(batches), ctx)
     with torch.no_grad():
         feats = [model[0](x) for x in batches]
