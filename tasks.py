@@ -97,8 +97,8 @@ def _cluster(inventory=None):
             "args": "extra workload options, quoted: --args '--damping 0.95 --max-iter 20'",
             "timeout": "seconds a run may take before it is stopped and recorded failed (default 3600)"})
 @user_errors
-def run_experiment(c, workload, nodes, framework="both", dataset=None, repeat=1, inventory=None, args="",
-                   timeout=3600):
+def run_experiment(c, workload, nodes, framework="both", dataset=None, repeat="1", inventory=None, args="",
+                   timeout="3600"):
     """Run WORKLOAD on N nodes of the cluster; records and logs land in results/<workload>/."""
     import sys
 
@@ -131,8 +131,8 @@ def _row(path):
             "datasets": "comma-separated datasets for graph workloads (default: tiny)", "repeat": "runs per cell",
             "inventory": "inventory (default: inventory/lab)", "timeout": "seconds per run"})
 @user_errors
-def run_matrix(c, workloads="pagerank,kmeans", frameworks="both", nodes="1,2,3", datasets="tiny", repeat=1,
-               inventory=None, timeout=3600):
+def run_matrix(c, workloads="pagerank,kmeans", frameworks="both", nodes="1,2,3", datasets="tiny", repeat="1",
+               inventory=None, timeout="3600"):
     """Run workloads x frameworks x node counts x datasets x repeats; resumable (recorded cells are skipped)."""
     import sys
 
