@@ -32,15 +32,17 @@ def mux_options() -> list[str]:
 
 
 def remote(node: Node, command: str, *, root: bool = False, timeout: float = 30,
-           input: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    """`command` on a node over the shared connection; raises RuntimeError when it does not finish."""
+           input: bytes | None = None, binary: bool = False) -> subprocess.CompletedProcess[Any]:
+    """`command` on a node over the shared connection (stdout as bytes with binary=True); raises
+    RuntimeError when it does not finish."""
     try:
         proc = subprocess.run([*node.ssh_argv(*mux_options()), node.as_root(command) if root else command],
                               capture_output=True, timeout=timeout, input=input,
                               stdin=None if input is not None else subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"{node.name}: no answer in {timeout:.0f} s") from None
-    out = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(errors="replace"),
+    out = subprocess.CompletedProcess(proc.args, proc.returncode,
+                                      proc.stdout if binary else proc.stdout.decode(errors="replace"),
                                       proc.stderr.decode(errors="replace"))
     if root:
         sudo_refused(node, out.stderr)

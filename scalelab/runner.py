@@ -13,10 +13,12 @@ with a ``failed`` record; a partial result is never marked ok.
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 import shlex
 import subprocess
+import tarfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -230,7 +232,7 @@ def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Nod
     targets = list(nodes) if framework == "torch" else [cluster.master]
     sampler = Sampler({n.name: n.ssh_argv() for n in nodes}).start()
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    t0 = time.monotonic()
+    t0, started = time.monotonic(), time.time()
     why: str | None = None
     interrupted = False
     try:
@@ -264,6 +266,8 @@ def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Nod
         resources = sampler.stop()
         # every node, not only the targets: a torch rank may have started on any of them
         rec, problems = _finish(cluster, nodes, run_id)
+        if framework == "ray":
+            collect_ray_logs(nodes, started, logdir)
     wall = time.monotonic() - t0
     codes = {h: p.returncode for h, p in procs.items()}
     failed_hosts = [h for h, c in codes.items() if c != 0]
@@ -293,6 +297,30 @@ def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Nod
     if interrupted:
         raise KeyboardInterrupt
     return path
+
+
+# Ray writes its worker logs under the session directory of the node's raylet (its --log_dir).
+RAY_WORKER_LOGS = ("d=$(ps -eo args= | sed -n 's/.*raylet.*--log_dir=\\([^ ]*\\).*/\\1/p' | head -n1); "
+                   "[ -d \"$d\" ] || exit 0; cd \"$d\" && find . -maxdepth 1 -type f \\( -name 'worker-*' "
+                   "-o -name 'python-core-worker-*' \\) -newermt @{since} -print0 | tar -czf - --null -T -")
+
+
+def collect_ray_logs(nodes: Sequence[Node], since: float, logdir: Path) -> dict[str, int]:
+    """The Ray worker logs written on each node since `since` (epoch seconds) into logdir/ray/<node>/;
+    {node: files}.  Best effort: a node that does not answer keeps its logs."""
+    res = parallel(lambda n: _prov.remote(n, RAY_WORKER_LOGS.format(since=int(since) - 1), root=True,
+                                          timeout=60, binary=True), nodes)
+    counts = {}
+    for h, r in res.items():
+        if isinstance(r, Exception) or r.returncode != 0 or not r.stdout:
+            continue
+        dest = logdir / "ray" / h
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(r.stdout), mode="r:gz") as tar:
+            members = [m for m in tar.getmembers() if m.isfile()]
+            tar.extractall(dest, members=members, filter="data")
+        counts[h] = len(members)
+    return counts
 
 
 # --- leftovers: `fab runs`, `fab abort` --------------------------------------------------------------
