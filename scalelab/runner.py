@@ -271,6 +271,8 @@ def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Nod
     wall = time.monotonic() - t0
     codes = {h: p.returncode for h, p in procs.items()}
     failed_hosts = [h for h, c in codes.items() if c != 0]
+    if failed_hosts and not why and wall >= timeout_s:  # systemd stopped the units (RuntimeMaxSec)
+        why = f"stopped after the {timeout_s} s timeout"
     if rec is None or failed_hosts or why:
         base = rec or new_record(wl.name, framework if framework in ("ray", "torch", "reference") else "ray",
                                  workers=len(nodes), nodes=len(nodes), run_id=run_id)
