@@ -142,6 +142,7 @@ def test_a_planted_link_changes_nothing(lab) -> None:
     cl = _inventory.load(plab.inventory)
     login = cl.master.login_user
     plant = "mkdir -p /var/tmp/scalelab && ln -sfn /etc /var/tmp/scalelab/runs"
+    ssh(plab.spec, "master", "rm -rf /var/tmp/scalelab")  # as an older provision left it
     ssh(plab.spec, "master", f"runuser -u {login} -- sh -c '{plant}'")
     denied = ssh(plab.spec, "master", f"runuser -u {login} -- ln -s /etc /var/lib/scalelab/evil", check=False)
     assert denied.returncode != 0
