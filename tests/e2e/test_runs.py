@@ -42,7 +42,8 @@ def fab_args(plab, results: Path, *args: str) -> tuple[list[str], dict]:
 def start(plab, results: Path, *args: str) -> subprocess.Popen[str]:
     """`fab ARGS` in a session of its own (so that the test can end it and its ssh clients at once)."""
     argv, env = fab_args(plab, results, *args)
-    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
 
