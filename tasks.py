@@ -116,20 +116,21 @@ def _cluster(inventory=None):
             "args": "extra workload options, quoted: --args '--damping 0.95 --max-iter 20'",
             "timeout": "seconds a run may take before it is stopped and recorded failed (default 3600)"})
 @user_errors
-def run_experiment(c, workload, nodes, framework="both", dataset=None, repeat=1, inventory=None, args="",
-                   timeout=3600):
+def run_experiment(c, workload, nodes, framework="both", dataset=None, repeat="1", inventory=None, args="",
+                   timeout="3600"):
     """Run WORKLOAD on N nodes of the cluster; records and logs land in results/<workload>/."""
-    import shlex
     import sys
 
     from scalelab import runner
+    from scalelab.cli import int_option, say, split_args
+    n, rep, secs, extra = (int_option("nodes", nodes), int_option("repeat", repeat),
+                           int_option("timeout", timeout), split_args(args))
     cl = _cluster(inventory)
     with console.status("starting") as st:
-        paths = runner.run_experiment(cl, workload, int(nodes), framework, dataset, int(repeat),
-                                      shlex.split(args), timeout_s=int(timeout), say=console.print,
-                                      status=st.update)
+        paths = runner.run_experiment(cl, workload, n, framework, dataset, rep, extra, timeout_s=secs,
+                                      say=say, status=st.update)
     rows = [_row(p) for p in paths]
-    console.print(table(rows, title=f"{workload} on {nodes} node(s)"))
+    console.print(table(rows, title=f"{workload} on {n} node(s)"))
     if any(r["status"] != "ok" for r in rows):
         sys.exit(1)
 
@@ -149,21 +150,60 @@ def _row(path):
             "datasets": "comma-separated datasets for graph workloads (default: tiny)", "repeat": "runs per cell",
             "inventory": "inventory (default: inventory/lab)", "timeout": "seconds per run"})
 @user_errors
-def run_matrix(c, workloads="pagerank,kmeans", frameworks="both", nodes="1,2,3", datasets="tiny", repeat=1,
-               inventory=None, timeout=3600):
+def run_matrix(c, workloads="pagerank,kmeans", frameworks="both", nodes="1,2,3", datasets="tiny", repeat="1",
+               inventory=None, timeout="3600"):
     """Run workloads x frameworks x node counts x datasets x repeats; resumable (recorded cells are skipped)."""
     import sys
 
     from scalelab import runner
+    from scalelab.cli import int_list, int_option, name_list, say
+    cells = runner.matrix(name_list("workloads", workloads), frameworks, int_list("nodes", nodes),
+                          name_list("datasets", datasets))
+    rep, secs = int_option("repeat", repeat), int_option("timeout", timeout)
     cl = _cluster(inventory)
-    cells = runner.matrix(workloads.split(","), frameworks, [int(n) for n in nodes.split(",")],
-                          datasets.split(","))
     with console.status("matrix") as st:
-        out = runner.run_matrix(cl, cells, int(repeat), timeout_s=int(timeout), say=console.print, status=st.update)
+        out = runner.run_matrix(cl, cells, rep, timeout_s=secs, say=say, status=st.update)
     console.print(f"matrix done: {out['runs']} runs, {out['failed']} failed, {out['skipped_done']} already done; "
                   "`fab report` builds the report")
     if out["failed"]:
         sys.exit(1)
+
+
+@task(help={"inventory": "inventory (default: inventory/lab)"})
+@user_errors
+def runs(c, inventory=None):
+    """List the scalelab runs on every node (running, or left over by a controller that went away)."""
+    from scalelab import runner
+    rows = runner.runs(_cluster(inventory))
+    console.print(table(rows, title="runs", columns=["host", "run", "state"]) if rows else "no scalelab run on any node")
+
+
+@task(help={"run": "the run id to stop (default: every scalelab run)", "inventory": "inventory (default: inventory/lab)"})
+@user_errors
+def abort(c, run=None, inventory=None):
+    """Stop a run (default: every scalelab run) on every node: all its processes, its lock, its files."""
+    import sys
+
+    from scalelab import runner
+    out = runner.abort(_cluster(inventory), run)
+    bad = False
+    for host, r in out.items():
+        if isinstance(r, Exception):
+            bad = True
+            console.print(f"{host}: not reachable ({r})", markup=False)
+        else:
+            console.print(f"{host}: stopped {', '.join(r)}" if r else f"{host}: nothing running", markup=False)
+    if bad:
+        sys.exit(1)
+
+
+@task(help={"inventory": "inventory (default: inventory/lab)"})
+@user_errors
+def sync_code(c, inventory=None):
+    """Ship this checkout's workloads to every node in seconds (no provision); prints their hash."""
+    from scalelab import cluster
+    from scalelab.cli import say
+    cluster.sync_code(_cluster(inventory), say=say)
 
 
 @task(help={"name": "tiny, test_data, data_1, data_2 or data", "from_snap": "cut the real SNAP Friendster file",
@@ -179,8 +219,8 @@ def gen_data(c, name, from_snap=None, out=None):
     console.print(f"{name}: {path}")
 
 
-ns = Collection(run_experiment, run_matrix, gen_data, report, lab_up, lab_add_worker, lab_down, lab_status,
-                lab_kill, lab_start)
+ns = Collection(run_experiment, run_matrix, runs, abort, sync_code, gen_data, report, lab_up, lab_add_worker,
+                lab_down, lab_status, lab_kill, lab_start)
 
 
 # --- cluster services (scalelab/cluster.py) ---------------------------------------------------------

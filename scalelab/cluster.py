@@ -271,3 +271,41 @@ def put_data(inventory: Path, name: str, say: Callable[[str], None] = print,
     if hdfs_running(cluster):
         out["hdfs_uri"] = put_hdfs(cluster, src, say)["uri"]
     return out
+
+
+# --- code ----------------------------------------------------------------------------------------
+
+def sync_code(cluster: Cluster, say: Callable[[str], None] = print) -> dict[str, str]:
+    """This checkout's workloads package on every node, as the python_env role ships it (the same tar
+    at <src>/.workloads.tar, unpacked in place of the old package); {node: its workloads hash}."""
+    import tempfile
+
+    from scalelab import provenance as _prov
+    from scalelab.wheelhouse import pack_tree
+    src = str(node_var(cluster, "scalelab_src"))
+    with tempfile.TemporaryDirectory() as tmp:
+        tar = Path(tmp) / "workloads.tar"
+        pack_tree(_prov.WORKLOADS_DIR, tar)
+        data = tar.read_bytes()
+    cmd = (require_dir(src) + f"cd {shlex.quote(src)} && cat > .workloads.tar.part && mv .workloads.tar.part "
+           ".workloads.tar && rm -rf workloads.new && mkdir workloads.new && "
+           "tar -xf .workloads.tar -C workloads.new --no-same-owner && rm -rf workloads && "
+           "mv workloads.new/workloads workloads && rmdir workloads.new && "
+           f"{_prov.node_code_hash_command(src)}")
+    res = parallel(lambda n: _prov.remote(n, cmd, root=True, timeout=120, input=data), cluster.nodes)
+    for r in res.values():
+        if isinstance(r, UserError):
+            raise r
+    want = _prov.code_hash()
+    bad = {}
+    for h, r in res.items():
+        if isinstance(r, Exception):
+            bad[h] = str(r)
+        elif r.returncode == NO_DIR:
+            bad[h] = missing_dir([h], src)
+        elif r.returncode != 0 or r.stdout.strip() != want:
+            bad[h] = (r.stderr.strip().splitlines() or [f"hash {r.stdout.strip()[:12]} after the copy"])[-1]
+    if bad:
+        raise UserError("sync-code failed on " + "; ".join(f"{k}: {v}" for k, v in bad.items()))
+    say(f"workloads {want[:12]} on {', '.join(res)}")
+    return {h: want for h in res}

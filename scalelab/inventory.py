@@ -191,7 +191,7 @@ NODE_DEFAULTS: dict[str, Any] = {
     "scalelab_data_dir": "/srv/scalelab/data",
     "scalelab_shared_dir": "/srv/scalelab/shared",
     "scalelab_cluster_user": "scalelab",
-    "scalelab_run_dir": "/var/tmp/scalelab/runs",
+    "scalelab_run_dir": "/var/lib/scalelab/runs",
     "scalelab_torchrun": "/usr/local/bin/scalelab-torchrun",
     "scalelab_ray_env": "/etc/scalelab/ray.env",
     "ray_dashboard_port": 8265,

@@ -80,10 +80,11 @@ def _finish(fig, ax, path: Path, title: str) -> dict:
 
 def fig_time_vs_nodes(summary: list[dict], seed: dict, outdir: Path) -> list[dict]:
     figs = []
-    by_cell: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    by_cell: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for row in summary:
-        by_cell[(row["workload"], row["dataset"])].append(row)
-    for (wl, ds), rows in sorted(by_cell.items()):
+        by_cell[(row["cluster"], row["workload"], row["dataset"])].append(row)
+    many = len({c for c, _, _ in by_cell}) > 1
+    for (cl, wl, ds), rows in sorted(by_cell.items()):
         if not any(r["time_mean_s"] for r in rows):
             continue  # only failed runs here: they are listed in the failed-runs table
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -94,12 +95,14 @@ def fig_time_vs_nodes(summary: list[dict], seed: dict, outdir: Path) -> list[dic
             spts = sorted((n, t) for (w, d, f, n), t in seed.items() if (w, d, f) == (wl, ds, fw))
             if spts:
                 ax.plot(*zip(*spts, strict=True), marker="s", ls="--", color=COLORS.get(fw), alpha=0.6, label=f"{fw} (seed)")
-        ax.set(title=f"{wl} on {ds}: time vs nodes", xlabel="nodes", ylabel="total time (s)")
+        where = f" ({cl})" if many else ""
+        ax.set(title=f"{wl} on {ds}{where}: time vs nodes", xlabel="nodes", ylabel="total time (s)")
         ys = [y for line in ax.get_lines() for y in line.get_ydata() if y > 0]
         if ys and max(ys) / min(ys) > 20:
             ax.set_yscale("log")  # the seed's times are 10-100x ours: keep both readable
         ax.set_xticks(sorted({r["nodes"] for r in rows}))
-        figs.append(_finish(fig, ax, outdir / f"time_vs_nodes_{wl}_{ds}.png", f"{wl} on {ds}: time vs nodes"))
+        name = f"time_vs_nodes_{wl}_{ds}" + (f"_{cl}" if many else "")
+        figs.append(_finish(fig, ax, outdir / f"{name}.png", f"{wl} on {ds}{where}: time vs nodes"))
     return figs
 
 

@@ -77,6 +77,11 @@ def load_seed(path: Path = SEED_RESULTS) -> list[SeedRow]:
     return rows
 
 
+def cluster_name(rec: dict) -> str:
+    """Where the run ran: the inventory's name (a lab's name, a cluster's directory); '-' when unknown."""
+    return (((rec.get("provenance") or {}).get("inventory") or {}).get("name")) or "-"
+
+
 def dataset_name(rec: dict) -> str:
     return ((rec.get("dataset") or {}).get("name")) or "-"
 
@@ -99,18 +104,20 @@ def quality(rec: dict) -> tuple[str, float] | None:
 
 
 def summarise(recs: list[dict]) -> list[dict[str, Any]]:
-    """One row per (workload, dataset, framework, nodes): runs, ok runs, mean/min time, verdicts."""
+    """One row per (cluster, workload, dataset, framework, nodes): runs, ok runs, mean/min time, verdicts.
+    Runs on different clusters (the lab, a real one) are never averaged together."""
     groups: dict[tuple, list[dict]] = {}
     for r in recs:
-        groups.setdefault((r["workload"], dataset_name(r), r["framework"], int(r["nodes"])), []).append(r)
+        groups.setdefault((cluster_name(r), r["workload"], dataset_name(r), r["framework"], int(r["nodes"])),
+                          []).append(r)
     rows = []
-    for (wl, ds, fw, n), rs in sorted(groups.items()):
+    for (cl, wl, ds, fw, n), rs in sorted(groups.items()):
         ok = [r for r in rs if r["status"] == "ok"]
         times = [t for r in ok if (t := total_time(r)) is not None]
         verified = [r["verification"]["passed"] for r in ok if r.get("verification")]
         q = [qq[1] for r in ok if (qq := quality(r))]
         rows.append({
-            "workload": wl, "dataset": ds, "framework": fw, "nodes": n, "runs": len(rs), "ok": len(ok),
+            "cluster": cl, "workload": wl, "dataset": ds, "framework": fw, "nodes": n, "runs": len(rs), "ok": len(ok),
             "time_mean_s": sum(times) / len(times) if times else None,
             "time_min_s": min(times) if times else None,
             "quality": sum(q) / len(q) if q else None,

@@ -77,6 +77,11 @@ def inventory_errors(groups: Mapping, hostvars: Mapping) -> list[str]:
         for name in ("scalelab_private_interface", "scalelab_public_interface"):
             if not _get(hostvars, ref, name):
                 errors.append(f"{name} is not set (group_vars/all/network.yml)")
+        private_if = _get(hostvars, ref, "scalelab_private_interface")
+        if private_if and private_if == _get(hostvars, ref, "scalelab_public_interface"):
+            errors.append(f"scalelab_private_interface and scalelab_public_interface are both '{private_if}': "
+                          "the master needs two interfaces (the NAT forwards from one to the other); "
+                          "name each in group_vars/all/network.yml")
 
     # Private addresses: present, valid, unique, inside the private network.
     owners: dict[str, list[str]] = {}
@@ -91,6 +96,9 @@ def inventory_errors(groups: Mapping, hostvars: Mapping) -> list[str]:
             errors.append(f"host '{host}': scalelab_private_ip '{raw}' is not an IP address")
             continue
         owners.setdefault(str(addr), []).append(host)
+        if addr.is_global:
+            errors.append(f"host '{host}': scalelab_private_ip {addr} is a public address; the private "
+                          "network must use private addresses (10/8, 172.16/12, 192.168/16)")
         if cidr is not None and addr not in cidr:
             errors.append(f"host '{host}': scalelab_private_ip {addr} is outside scalelab_private_cidr {cidr}")
     for addr, hosts in owners.items():
@@ -103,9 +111,18 @@ def inventory_errors(groups: Mapping, hostvars: Mapping) -> list[str]:
             errors.append(f"master '{host}' has no scalelab_public_ip (its address on the public interface)")
         else:
             try:
-                ipaddress.ip_address(str(public))
+                addr = ipaddress.ip_address(str(public))
             except ValueError:
                 errors.append(f"master '{host}': scalelab_public_ip '{public}' is not an IP address")
+            else:
+                for other in owners.get(str(addr), []):
+                    errors.append(f"master '{host}': scalelab_public_ip {addr} is also the private address of "
+                                  f"'{other}'; the public and the private networks must not overlap")
+    # Workers sit behind the master's NAT: a public address on one means the inventory is mixed up.
+    for host in workers:
+        if host not in masters and _get(hostvars, host, "scalelab_public_ip"):
+            errors.append(f"worker '{host}' has a scalelab_public_ip; workers have only a private address "
+                          "(they reach out through the master's NAT): remove it")
 
     # Port forwards on the master's public address.
     forwards = _get(hostvars, ref, "scalelab_port_forwards", []) if ref else []
@@ -113,6 +130,7 @@ def inventory_errors(groups: Mapping, hostvars: Mapping) -> list[str]:
         errors.append("scalelab_port_forwards must be a list of {port, host, dest_port}")
         forwards = []
     seen_ports: dict[int, int] = {}
+    master_ssh = _port(_get(hostvars, masters[0], "ansible_port", 22)) if masters else None
     for i, fwd in enumerate(forwards, start=1):
         if not isinstance(fwd, Mapping) or any(k not in fwd for k in _FORWARD_KEYS):
             errors.append(f"port forward #{i} ({fwd}) needs port, host and dest_port")
@@ -128,6 +146,9 @@ def inventory_errors(groups: Mapping, hostvars: Mapping) -> list[str]:
             errors.append(f"{label} points at the master itself; forwards must point at a worker")
         if port == 22:
             errors.append(f"{label}: port 22 is the master's own sshd; pick another public port")
+        elif port == master_ssh:
+            errors.append(f"{label}: port {port} is the master's own ssh port (its ansible_port): forwarding it "
+                          "would lock you out; pick another public port")
         if port in seen_ports:
             errors.append(f"{label}: public port {port} is already forwarded by forward #{seen_ports[port]}")
         seen_ports.setdefault(port, i)

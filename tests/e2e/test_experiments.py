@@ -114,7 +114,7 @@ def test_a_second_run_at_once_is_refused(exp) -> None:
     """A run holding the master (here: its run lock, taken by hand) makes another one fail fast in one line."""
     plab, results = exp
     cl = _inventory.load(plab.inventory)
-    holder = subprocess.Popen([*cl.master.ssh_argv(), "flock /var/tmp/scalelab/runs/.run.lock sleep 12"],
+    holder = subprocess.Popen([*cl.master.ssh_argv(), "flock /var/lib/scalelab/runs/run.lock sleep 12"],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(4)

@@ -103,6 +103,27 @@ def master_is_worker(doc):
     _groups(doc)["workers"]["hosts"]["master"] = {}
 
 
+def worker_public_ip(doc):
+    _groups(doc)["workers"]["hosts"]["worker1"]["scalelab_public_ip"] = "10.77.0.12"
+
+
+def worker_global_ip(doc):
+    doc["all"]["vars"]["scalelab_private_cidr"] = "0.0.0.0/0"
+    _groups(doc)["workers"]["hosts"]["worker2"]["scalelab_private_ip"] = "8.8.8.8"
+
+
+def same_interface(doc):
+    doc["all"]["vars"]["scalelab_private_interface"] = "eth2"
+
+
+def forward_master_ssh_port(doc):
+    _groups(doc)["masters"]["hosts"]["master"]["ansible_port"] = 10022
+
+
+def public_is_private(doc):
+    _groups(doc)["masters"]["hosts"]["master"]["scalelab_public_ip"] = "10.77.1.3"
+
+
 # case -> (mutation, the one line preflight must print)
 BROKEN = {
     "no_master": (no_master, "preflight: no master: group 'masters' is missing or empty; put exactly one host in it"),
@@ -117,6 +138,16 @@ BROKEN = {
     "outside_cidr": (outside_cidr, "preflight: host 'worker2': scalelab_private_ip 10.99.0.3 is outside scalelab_private_cidr 10.77.1.0/24"),
     "forward_port_22": (forward_port_22, "preflight: port forward 22 -> worker1:22: port 22 is the master's own sshd"),
     "master_is_worker": (master_is_worker, "preflight: host 'master' is in both 'masters' and 'workers'"),
+    "worker_public_ip": (worker_public_ip, "preflight: worker 'worker1' has a scalelab_public_ip; workers have "
+                         "only a private address"),
+    "worker_global_ip": (worker_global_ip, "preflight: host 'worker2': scalelab_private_ip 8.8.8.8 is a public "
+                         "address"),
+    "same_interface": (same_interface, "preflight: scalelab_private_interface and scalelab_public_interface are "
+                       "both 'eth2'"),
+    "forward_master_ssh_port": (forward_master_ssh_port, "preflight: port forward 10022 -> worker1:22: port 10022 "
+                                "is the master's own ssh port"),
+    "public_is_private": (public_is_private, "preflight: master 'master': scalelab_public_ip 10.77.1.3 is also the "
+                          "private address of 'worker2'"),
 }
 
 

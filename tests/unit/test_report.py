@@ -57,14 +57,14 @@ def test_report_has_tables_figures_and_seed_numbers(resdir: Path, tmp_path: Path
             assert im.size[0] > 300 and im.size[1] > 200
         assert f"figures/{f}" in md and f"figures/{f}" in page
     # the seed's measured number sits beside ours for the same cell: PageRank, data_1, Ray, 1 node = 442.8 s
-    row = next(line for line in md.splitlines() if line.startswith("| pagerank | data_1 | ray | 1 |"))
+    row = next(line for line in md.splitlines() if line.startswith("| - | pagerank | data_1 | ray | 1 |"))
     assert "442.8" in row and "| pass |" in row and "| no (max-iter) |" in row
-    km = next(line for line in md.splitlines() if line.startswith("| kmeans | data_1 | torch | 2 |"))
+    km = next(line for line in md.splitlines() if line.startswith("| - | kmeans | data_1 | torch | 2 |"))
     assert "| yes |" in km and ">no (max-iter)</td>" in page
     assert "measured by the seed paper" in md
     # a failed run is listed as failed, never counted as ok; unreadable files are reported
     assert "--nodes 4 but the cluster has 3 hosts" in md
-    assert "| pagerank | - | torch | 4 | 0/1 |" in md
+    assert "| - | pagerank | - | torch | 4 | 0/1 |" in md
     assert "garbage.json" in md and "garbage.json" in page
 
 
@@ -86,3 +86,14 @@ def test_seed_rows_parse() -> None:
     pr = [r for r in rows if (r.workload, r.framework, r.dataset, r.nodes) == ("pagerank", "torch", "data_1", 1)]
     assert pr and abs(pr[0].time_s - 1763.1) < 0.1
     assert json.dumps(report.seed_cells()[("kmeans", "data_2", "ray", 3)])
+
+
+def test_runs_on_different_clusters_are_never_averaged() -> None:
+    """A lab run and a real-cluster run of the same cell are two rows, not one mean."""
+    def rec(cluster: str, total: float) -> dict:
+        r = new_record("pagerank", "ray", workers=2, nodes=2, dataset={"name": "tiny"})
+        r["timings_s"] = {"total": total}
+        r["provenance"] = {"inventory": {"name": cluster, "hash": "x"}}
+        return finish_record(r)
+    rows = results.summarise([rec("lab", 1.0), rec("okeanos", 9.0), rec("okeanos", 11.0)])
+    assert [(r["cluster"], r["runs"], r["time_mean_s"]) for r in rows] == [("lab", 1, 1.0), ("okeanos", 2, 10.0)]
