@@ -125,7 +125,8 @@ def test_datanode_power_cut_reads_go_on_and_it_rejoins(cl, plab, cut_file) -> No
         fab("lab-start", "worker1", "--inventory", inv)
     t0 = time.monotonic()
     ip = cl.node("worker1").private_ip
-    jmx = f"curl -sf 'http://{ip}:9864/jmx?qry=Hadoop:service=DataNode,name=DataNodeInfo'"
+    url = f"http://{ip}:9864/jmx?qry=Hadoop:service=DataNode,name=DataNodeInfo"
+    jmx = f"python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' '{url}'"
     while True:   # the booted DataNode (a new process) has registered and heartbeats to the NameNode
         r = cl.ssh("worker1", jmx, timeout=30, check=False)
         actors = []

@@ -198,7 +198,10 @@ def test_yarn_rest_app_submission_off(host, name, cluster):
         return
     _need_hdfs(host, cluster)
     rm = f"http://{cluster.private_ip(cluster.master)}:8088/ws/v1/cluster/apps/new-application?user.name=hadoop"
-    code = host.run(f"curl -s -o /dev/null -w '%{{http_code}}' -X POST '{rm}'").stdout.strip()
+    post = ("import sys, urllib.request, urllib.error\n"
+            "try: print(urllib.request.urlopen(urllib.request.Request(sys.argv[1], method='POST')).status)\n"
+            "except urllib.error.HTTPError as e: print(e.code)")
+    code = host.run(f"python3 -c \"{post}\" '{rm}'").stdout.strip()
     assert code in ("403", "401"), f"the ResourceManager answered {code} to a REST application request"
 
 
