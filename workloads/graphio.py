@@ -7,13 +7,24 @@ the last line it owns.  Parsing is pyarrow's C++ CSV reader with typed integer c
 every id of the range fits (a third faster to parse, half the memory), else int64, so node ids stay
 exact however large they are (the seed's float32 ids were not).
 
+``hdfs://`` URIs are read over WebHDFS (HTTP range reads from the NameNode's web address, which
+redirects each read to a DataNode holding the block): it needs no libhdfs or JVM on the reading host,
+and each worker reads only its own range.  ``webhdfs://HOST:HTTP_PORT/path`` names the web address
+directly.
+
 The format is the seed's: an optional header line (``node1,node2``) and one ``a,b`` integer pair per
 line.  A malformed line is reported with the file, the 1-based line number and the byte offset.
 """
 from __future__ import annotations
 
+import getpass
+import http.client
 import io
+import json
+import os
 import re
+import urllib.parse
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +35,8 @@ import pyarrow.fs as pafs
 
 from workloads.record import UserError
 
-_READ_BLOCK = 1 << 24  # bytes read per call when scanning for a line end
+_READ_BLOCK = 1 << 24  # most bytes read per call when scanning for a line end
+_FIRST_SCAN = 1 << 16  # first read of that scan: a line is short, and a remote read costs what it moves
 _LINE_OK = re.compile(rb"^\s*-?\d+\s*,\s*-?\d+\s*$")
 _INT64_MAX = (1 << 63) - 1
 
@@ -39,16 +51,168 @@ class InputInfo:
 
 
 def open_fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Return (filesystem, path) for a local path, ``file://`` or ``hdfs://`` URI."""
+    """Return (filesystem, path) for a local path, ``file://``, ``hdfs://`` or ``webhdfs://`` URI."""
     if "://" not in uri:
         return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme in ("hdfs", "webhdfs"):
+        if not parts.hostname:
+            raise UserError(f"cannot open {uri}: no host (expected {parts.scheme}://HOST:PORT/path)")
+        web = f"{parts.hostname}:{parts.port}" if parts.scheme == "webhdfs" else namenode_http_address(parts.hostname)
+        return pafs.PyFileSystem(WebHdfs(web)), parts.path
     try:
         return pafs.FileSystem.from_uri(uri)
     except (OSError, pa.ArrowException) as exc:
-        hint = ""
-        if uri.startswith(("hdfs://", "viewfs://")):
-            hint = " (HDFS needs libhdfs: set ARROW_LIBHDFS_DIR or HADOOP_HOME, and CLASSPATH from `hadoop classpath --glob`)"
-        raise UserError(f"cannot open {uri}: {_first_line(exc)}{hint}") from None
+        raise UserError(f"cannot open {uri}: {_first_line(exc)}") from None
+
+
+# --- WebHDFS ----------------------------------------------------------------------------------------
+
+_NAMENODE_HTTP_PORT = 9870  # Hadoop 3's default dfs.namenode.http-address port
+
+
+def namenode_http_address(host: str) -> str:
+    """``host:port`` of the NameNode's web server: dfs.namenode.http-address from the node's
+    hdfs-site.xml ($HADOOP_CONF_DIR, default /etc/hadoop) when it names one, else ``host:9870``."""
+    site = Path(os.environ.get("HADOOP_CONF_DIR", "/etc/hadoop")) / "hdfs-site.xml"
+    try:
+        root = ET.parse(site).getroot()
+    except (OSError, ET.ParseError):
+        return f"{host}:{_NAMENODE_HTTP_PORT}"
+    for prop in root.iter("property"):
+        if prop.findtext("name") == "dfs.namenode.http-address" and prop.findtext("value"):
+            addr = prop.findtext("value").strip()
+            return addr if not addr.startswith("0.0.0.0:") else f"{host}:{addr.rsplit(':', 1)[1]}"
+    return f"{host}:{_NAMENODE_HTTP_PORT}"
+
+
+class WebHdfs(pafs.FileSystemHandler):
+    """Read-only pyarrow filesystem over WebHDFS (simple authentication: ``user.name``)."""
+
+    CONNECT_TIMEOUT = 5.0  # a power-cut host does not refuse, it stays silent
+
+    def __init__(self, address: str, timeout: float = 300.0) -> None:
+        self.address, self.timeout, self.user = address, timeout, getpass.getuser()
+
+    def url(self, path: str, op: str, **params: int | str) -> str:
+        query = urllib.parse.urlencode({"op": op, "user.name": self.user, **params})
+        return f"http://{self.address}/webhdfs/v1{urllib.parse.quote(path)}?{query}"
+
+    def get(self, path: str, op: str, **params: int | str) -> bytes:
+        """One WebHDFS GET to the NameNode; HTTP errors become OSError."""
+        return self.fetch(self.url(path, op, **params), path, op)
+
+    def read(self, path: str, offset: int, length: int, tries: int = 3) -> bytes:
+        """``length`` bytes at ``offset``: the NameNode names a DataNode holding the block (the local
+        one first); one that does not answer (a power-cut host the NameNode still counts live) is
+        excluded and the NameNode asked again, as Hadoop's own WebHDFS client does."""
+        excluded: list[str] = []
+        while True:
+            params = {"offset": offset, "length": length, "noredirect": "true"}
+            if excluded:
+                params["excludedatanodes"] = ",".join(excluded)
+            location = json.loads(self.get(path, "OPEN", **params))["Location"]
+            try:
+                return self.fetch(location, path, "OPEN")
+            except ConnectionError:
+                excluded.append(urllib.parse.urlsplit(location).netloc)
+                if len(excluded) >= tries:
+                    raise
+
+    def fetch(self, url: str, path: str, op: str) -> bytes:
+        """GET ``url``: the body, FileNotFoundError/OSError for an HTTP error, ConnectionError when the
+        server cannot be reached."""
+        parts = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=self.CONNECT_TIMEOUT)
+        try:
+            try:
+                conn.connect()
+                conn.sock.settimeout(self.timeout)
+                conn.request("GET", f"{parts.path}?{parts.query}")
+                resp = conn.getresponse()
+                body = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                raise ConnectionError(f"webhdfs at {parts.netloc} not answering: {exc}") from None
+        finally:
+            conn.close()
+        if resp.status == 200:
+            return body
+        try:
+            why = json.loads(body)["RemoteException"]["message"].splitlines()[0]
+        except (ValueError, KeyError, TypeError, IndexError):
+            why = f"HTTP {resp.status}"
+        raise (FileNotFoundError if resp.status == 404 else OSError)(f"webhdfs {op} {path}: {why}")
+
+    def get_type_name(self) -> str:
+        return "webhdfs"
+
+    def normalize_path(self, path: str) -> str:
+        return path
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        infos = []
+        for path in paths:
+            try:
+                st = json.loads(self.get(path, "GETFILESTATUS"))["FileStatus"]
+            except FileNotFoundError:
+                infos.append(pafs.FileInfo(path, pafs.FileType.NotFound))
+                continue
+            kind = pafs.FileType.File if st["type"] == "FILE" else pafs.FileType.Directory
+            infos.append(pafs.FileInfo(path, kind, size=st["length"] if kind == pafs.FileType.File else None))
+        return infos
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        [info] = self.get_file_info([path])
+        if info.type != pafs.FileType.File:
+            raise FileNotFoundError(f"webhdfs: no file {path}")
+        return pa.PythonFile(_WebHdfsFile(self, path, info.size), mode="r")
+
+    def open_input_stream(self, path: str) -> pa.NativeFile:
+        return self.open_input_file(path)
+
+    def _read_only(self, *args: object) -> None:
+        raise OSError("webhdfs: this reader is read-only (write with `hdfs dfs -put`)")
+
+    get_file_info_selector = create_dir = delete_dir = delete_dir_contents = _read_only
+    delete_root_dir_contents = delete_file = move = copy_file = _read_only
+    open_output_stream = open_append_stream = _read_only
+
+
+class _WebHdfsFile(io.RawIOBase):
+    """A seekable file whose every read is one ranged WebHDFS OPEN (served by a DataNode)."""
+
+    def __init__(self, fs: WebHdfs, path: str, size: int) -> None:
+        super().__init__()
+        self.fs, self.path, self.size, self.pos = fs, path, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.pos if n is None or n < 0 else min(n, self.size - self.pos)
+        if n <= 0:
+            return b""
+        data = self.fs.read(self.path, self.pos, n)
+        if len(data) != n:
+            raise OSError(f"webhdfs: short read of {self.path} at {self.pos}: {len(data)} of {n} bytes")
+        self.pos += n
+        return data
+
+    def readinto(self, buf) -> int:  # noqa: ANN001 (a writable buffer)
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -99,12 +263,14 @@ def block_ranges(info: InputInfo, block_bytes: int) -> list[tuple[int, int]]:
 
 def _line_end(f: pa.NativeFile, pos: int, size: int) -> int:
     """Offset just past the newline at or after ``pos`` (or ``size``)."""
+    step = _FIRST_SCAN
     while pos < size:
-        chunk = f.read_at(min(_READ_BLOCK, size - pos), pos)
+        chunk = f.read_at(min(step, size - pos), pos)
         i = chunk.find(b"\n")
         if i >= 0:
             return pos + i + 1
         pos += len(chunk)
+        step = min(step * 4, _READ_BLOCK)
     return size
 
 

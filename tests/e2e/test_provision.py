@@ -6,17 +6,32 @@ import time
 
 import pytest
 
+from scalelab import inventory as _inventory
 from scalelab import labspec
 from tests.e2e.labutil import fab, ssh
 
 pytestmark = pytest.mark.lab
 
 
+HDFS = ". /etc/profile.d/scalelab-java.sh; . /etc/profile.d/scalelab-hadoop.sh; cd /tmp; sudo -n -E -u hadoop $HADOOP_HOME/bin/hdfs "
+NAME_VERSION = "cat /var/lib/hadoop/hdfs/name/current/VERSION"
+
+
 def test_second_run_changes_nothing(plab) -> None:
+    """...and keeps HDFS's data: the NameNode is not formatted again (same cluster and namespace ids)
+    and a file written before is still there."""
+    cl = _inventory.load(plab.inventory)
+    before = cl.ssh(cl.master, NAME_VERSION, root=True).stdout
+    put = cl.ssh(cl.master, f"echo kept | {HDFS} dfs -put -f - /data/provision_e2e.txt", root=True, check=False)
+    assert put.returncode == 0, put.stderr[-1500:]
     t0 = time.monotonic()
     proc, rc = plab.playbook()
     plab.timings["rerun"] = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout[-3000:]
+    ids = [re.findall(r"^(clusterID|namespaceID)=(.*)$", v, re.M) for v in (before, cl.ssh(cl.master, NAME_VERSION, root=True).stdout)]
+    assert len(ids[0]) == 2 and ids[0] == ids[1], ids
+    cat = cl.ssh(cl.master, f"{HDFS} dfs -cat /data/provision_e2e.txt", root=True, check=False)
+    assert cat.stdout.strip() == "kept", cat.stderr[-1500:]
     hosts = {h.name for h in plab.spec.hosts}
     assert hosts <= set(rc), rc
     changed = {h: v["changed"] for h, v in rc.items() if v["changed"]}

@@ -4,12 +4,12 @@ worker that is power-cut and booted again rejoins by itself.
 Uses the session lab of tests/e2e/conftest.py (`plab`: its own lab `sle2e`, made with make_inventory,
 site.yml run once, torn down at the end even on failure); tests/e2e/test_provision.py asserts that a
 second site.yml run over it changes nothing (all layers, these services included).
-With HADOOP_ARCHIVE=/path/to/hadoop-3.x.y.tar.gz set, site.yml installs HDFS too and the HDFS daemon
-checks of tests/infra/test_services.py run; without it they are skipped with that reason.
+The lab runs HDFS and YARN (a Hadoop runtime built from Maven Central): the daemon checks of
+tests/infra/test_services.py run here, and tests/e2e/test_hadoop.py runs YARN, the HDFS read path
+and the HDFS faults.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -43,40 +43,12 @@ def test_put_data_copies_to_the_same_path_on_every_node(plab, tmp_path) -> None:
     out = _cluster.put_data(plab.inventory, "svc_e2e", say=lambda m: None, data_dir=data)
     assert out["uri"] == "file:///srv/scalelab/data/svc_e2e.csv"
     assert {out[n.name] for n in cl.nodes} == {"copied"}
-    assert ("hdfs_uri" in out) == _cluster.hdfs_running(cl)  # and in HDFS too where it runs
+    assert out["hdfs_uri"] == f"hdfs://{cl.master.name}:9000/data/svc_e2e.csv"   # and into HDFS /data
     again = _cluster.put_data(plab.inventory, "svc_e2e", say=lambda m: None, data_dir=data)
     assert {again[n.name] for n in cl.nodes} == {"unchanged"}
     for node in cl.nodes:
         r = cl.ssh(node, "wc -l < /srv/scalelab/data/svc_e2e.csv")
         assert r.stdout.strip() == "1000"
-
-
-def test_a_workload_reads_its_input_from_hdfs(plab, tmp_path) -> None:
-    """--input hdfs://... through pyarrow's HadoopFileSystem (libhdfs + the JVM), checked against
-    the same file read locally.  Needs HDFS, i.e. a Hadoop release (HADOOP_ARCHIVE)."""
-    cl = _inventory.load(plab.inventory)
-    if not _cluster.hdfs_running(cl):
-        pytest.skip("HDFS is not running: HADOOP_ARCHIVE is unset (no Hadoop release can be downloaded "
-                    "here); with it, this runs PageRank on a dataset read from HDFS")
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "hdfs_e2e.csv").write_text("node1,node2\n" + "".join(f"{i},{(i * 7) % 101}\n" for i in range(500)))
-    out = _cluster.put_data(plab.inventory, "hdfs_e2e", say=lambda m: None, data_dir=data)
-    env = ("set -e; . /etc/profile.d/scalelab-hadoop.sh; "
-           "export JAVA_HOME=$(. $HADOOP_CONF_DIR/hadoop-env.sh && echo $JAVA_HOME); "
-           "export ARROW_LIBHDFS_DIR=$HADOOP_HOME/lib/native; "
-           "export CLASSPATH=$($HADOOP_HOME/bin/hadoop classpath --glob); cd /opt/scalelab/src; ")
-    tops = []
-    for uri in (out["hdfs_uri"], out["uri"]):
-        r = cl.ssh(cl.master, env + f"/opt/scalelab/venv/bin/python -m workloads.pagerank --framework torch "
-                               f"--workers 2 --input {uri} --verify --output /tmp/hdfs_e2e.json && "
-                               "echo ==record== && cat /tmp/hdfs_e2e.json", timeout=300, check=False,
-                   root=True)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        rec = json.loads(r.stdout.split("==record==", 1)[1])
-        assert rec["status"] == "ok" and rec["verification"]["passed"] and rec["dataset"]["uri"] == uri
-        tops.append(rec["metrics"]["top"])
-    assert tops[0] == tops[1]
 
 
 def _alive(cl) -> int:

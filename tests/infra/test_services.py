@@ -2,9 +2,9 @@
 
     .venv/bin/pytest tests/infra/test_services.py --hosts=ansible://all --ansible-inventory=inventory/lab
 
-HDFS daemons run only when a Hadoop release was given (lab: HADOOP_ARCHIVE=/path/to/hadoop-3.x.y.tar.gz,
-see inventory/lab/group_vars/all/hadoop.yml); without one, their checks are skipped with that reason
-and only the configuration and unit files are checked.
+The Hadoop daemons run wherever hadoop_enabled is true (the lab: a runtime built from Maven Central, see
+inventory/lab/group_vars/all/hadoop.yml); an inventory that turns Hadoop off skips their checks with
+that reason, and only the configuration and unit files are checked.
 """
 from __future__ import annotations
 
@@ -28,16 +28,21 @@ RAY_PORTS = {6379, 6380, 6381, 6382, 6383, 6384, 6385, 6386, 6387, 8265, 10001}
 RAY_WORKER_PORTS = range(10002, 11000)
 
 
-def _hdfs_installed(host) -> bool:
-    return host.file(f"{HADOOP_HOME}/bin/hdfs").exists
+# Every port the hadoop role binds (roles/hadoop/defaults/main.yml): master-only ones, then every node's.
+HADOOP_MASTER_PORTS = [9000, 9870, 8032, 8030, 8031, 8033, 8088]
+HADOOP_NODE_PORTS = [9866, 9864, 9867, 8041, 8040, 8042]
+HADOOP_ENV = ". /etc/profile.d/scalelab-java.sh; . /etc/profile.d/scalelab-hadoop.sh;"
 
 
-def _need_hdfs(host):
-    if not _hdfs_installed(host):
-        if os.environ.get("HADOOP_ARCHIVE"):
-            pytest.fail(f"HADOOP_ARCHIVE is set but {HADOOP_HOME}/bin/hdfs is missing: provision again")
-        pytest.skip("HDFS daemons not installed: HADOOP_ARCHIVE is unset (no Hadoop release can be downloaded "
-                    "here; export HADOOP_ARCHIVE=/path/to/hadoop-3.x.y.tar.gz and provision to run these)")
+def _need_hdfs(host, cluster):
+    enabled = str(cluster.hostvars[cluster.master].get("hadoop_enabled", True)).lower() in ("true", "1", "yes")
+    if not enabled:
+        pytest.skip("hadoop_enabled is false in this inventory: no Hadoop daemons to check")
+    assert host.file(f"{HADOOP_HOME}/bin/hdfs").exists, f"{HADOOP_HOME}/bin/hdfs missing: provision again"
+
+
+def _as_hadoop(host, command: str):
+    return host.run(f"{HADOOP_ENV} sudo -E -u hadoop {command}")
 
 
 def _props(host, name: str) -> dict[str, str]:
@@ -131,7 +136,7 @@ def test_hadoop_unit_files(host, name, cluster):
 # --- Hadoop daemons (with an archive) ---------------------------------------------------------------------
 
 def test_hadoop_units_enabled_and_running(host, name, cluster):
-    _need_hdfs(host)
+    _need_hdfs(host, cluster)
     assert host.file(HADOOP_HOME).is_symlink and re.search(r"hadoop-3\.", host.file(HADOOP_HOME).linked_to)
     for unit in _units(name, cluster):
         s = host.service(unit)
@@ -139,23 +144,65 @@ def test_hadoop_units_enabled_and_running(host, name, cluster):
 
 
 def test_hadoop_ports_on_the_private_address(host, name, cluster):
-    _need_hdfs(host)
+    _need_hdfs(host, cluster)
     ip = cluster.private_ip(name)
-    ports = [9866, 9864, 8042] + ([9000, 9870, 8032, 8088] if name == cluster.master else [])
+    ports = HADOOP_NODE_PORTS + (HADOOP_MASTER_PORTS if name == cluster.master else [])
     for port in ports:
         assert host.socket(f"tcp://{ip}:{port}").is_listening, port
-    assert not host.socket("tcp://0.0.0.0:9870").is_listening
+        assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening, port
+
+
+def test_hadoop_ports_closed_on_the_public_address(cluster):
+    """From the controller (the public side), no Hadoop port on the master's public address answers."""
+    import socket
+    opened = []
+    for port in HADOOP_MASTER_PORTS + HADOOP_NODE_PORTS + [13562]:   # + the mapreduce_shuffle port
+        s = socket.socket()
+        s.settimeout(2)
+        try:
+            if s.connect_ex((cluster.public_ip, port)) == 0:
+                opened.append(port)
+        finally:
+            s.close()
+    assert not opened, f"Hadoop ports reachable on the public address {cluster.public_ip}: {opened}"
 
 
 def test_hdfs_report_every_datanode_live_safemode_off(host, name, cluster):
     if name != cluster.master:
         pytest.skip("runs on the master")
-    _need_hdfs(host)
-    env = ". /etc/profile.d/scalelab-java.sh; . /etc/profile.d/scalelab-hadoop.sh;"
-    report = host.run(f"{env} sudo -E -u hadoop {HADOOP_HOME}/bin/hdfs dfsadmin -report")
+    _need_hdfs(host, cluster)
+    report = _as_hadoop(host, f"{HADOOP_HOME}/bin/hdfs dfsadmin -report -live")
     assert report.rc == 0, report.stderr
     assert f"Live datanodes ({len(cluster.nodes)})" in report.stdout
-    assert "OFF" in host.run(f"{env} sudo -E -u hadoop {HADOOP_HOME}/bin/hdfs dfsadmin -safemode get").stdout
+    for n in cluster.nodes:
+        assert f"Name: {cluster.private_ip(n)}:9866" in report.stdout, n
+    assert "Safe mode is OFF" in _as_hadoop(host, f"{HADOOP_HOME}/bin/hdfs dfsadmin -safemode get").stdout
+
+
+def test_yarn_lists_every_nodemanager_running(host, name, cluster):
+    if name != cluster.master:
+        pytest.skip("runs on the master")
+    _need_hdfs(host, cluster)
+    r = _as_hadoop(host, f"{HADOOP_HOME}/bin/yarn node -list -states RUNNING")
+    assert r.rc == 0, r.stderr[-2000:]
+    assert f"Total Nodes:{len(cluster.nodes)}" in r.stdout, r.stdout
+    running = {line.split()[0].rsplit(":", 1)[0] for line in r.stdout.splitlines() if " RUNNING " in f" {line} "}
+    assert running == {cluster.private_ip(n) for n in cluster.nodes}, r.stdout
+
+
+def test_yarn_rest_app_submission_off(host, name, cluster):
+    """Simple authentication lets anyone on the private network act as any user: YARN's REST API
+    must not accept applications (configured off, and the ResourceManager refuses one)."""
+    assert _props(host, "yarn-site.xml")["yarn.webapp.enable-rest-app-submissions"] == "false"
+    if name != cluster.master:
+        return
+    _need_hdfs(host, cluster)
+    rm = f"http://{cluster.private_ip(cluster.master)}:8088/ws/v1/cluster/apps/new-application?user.name=hadoop"
+    post = ("import sys, urllib.request, urllib.error\n"
+            "try: print(urllib.request.urlopen(urllib.request.Request(sys.argv[1], method='POST')).status)\n"
+            "except urllib.error.HTTPError as e: print(e.code)")
+    code = host.run(f"python3 -c \"{post}\" '{rm}'").stdout.strip()
+    assert code in ("403", "401"), f"the ResourceManager answered {code} to a REST application request"
 
 
 # --- Python environment -----------------------------------------------------------------------------------

@@ -146,7 +146,9 @@ def test_hadoop_site_files_are_xml_with_per_host_properties(tmp_path, inventory)
         assert hdfs["dfs.namenode.http-address"] == "10.9.1.1:9870"
         assert yarn["yarn.nodemanager.hostname"] == ips[host]
         assert yarn["yarn.resourcemanager.webapp.address"] == "10.9.1.1:8088"
+        assert yarn["yarn.webapp.enable-rest-app-submissions"] == "false"   # simple auth: no REST submissions
         assert mapred["mapreduce.framework.name"] == "yarn"
+        assert _props(files["capacity-scheduler.xml"])["yarn.scheduler.capacity.root.queues"] == "default"
         assert files["workers"].split() == list(ips.values())
         assert "JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64" in files["hadoop-env.sh"]
         units = {k for k in files if k.startswith("hadoop-") and k.endswith(".service")}

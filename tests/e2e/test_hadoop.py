@@ -1,0 +1,152 @@
+"""HDFS and YARN on the provisioned lab (`plab`, tests/e2e/conftest.py), beyond testinfra's checks
+(units, private-only ports, dfsadmin report, yarn node list: tests/infra/test_services.py):
+
+- a YARN application (distributed shell, one container per node) runs to success;
+- PageRank and k-means read their input from HDFS on every node and give what the local read gives;
+- a DataNode power cut (replication 2) does not stop reads, and the DataNode rejoins after boot;
+- the NameNode's host power-cut and booted again keeps the data (a second provision keeping it is
+  checked by tests/e2e/test_provision.py's idempotence run).
+
+The lab runs the Hadoop runtime built from Maven Central (roles/hadoop/files/dist/build.sh).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import time
+
+import pytest
+
+from scalelab import cluster as _cluster
+from scalelab import inventory as _inventory
+from scalelab import runner
+from tests.e2e.labutil import fab
+
+pytestmark = pytest.mark.lab
+
+PROFILE = ". /etc/profile.d/scalelab-java.sh; . /etc/profile.d/scalelab-hadoop.sh; "
+CUT_FILE = "/data/cut_e2e.csv"   # written once, read after every fault
+VENV_PY = "/opt/scalelab/venv/bin/python"
+
+
+def hadoop(cl, node, command: str, timeout: float = 300):
+    """`command` (hdfs ... or yarn ..., from $HADOOP_HOME/bin) as the hadoop user on a node."""
+    return cl.ssh(node, PROFILE + f"cd /tmp && sudo -n -E -u hadoop $HADOOP_HOME/bin/{command}", timeout=timeout,
+                  check=False, root=True)
+
+
+def webhdfs_sha256(cl, node, path: str) -> str:
+    """sha256 of an HDFS file read on `node` through workloads.graphio's WebHDFS reader (whole file)."""
+    code = ("import hashlib, sys; from workloads.graphio import open_fs; fs, p = open_fs(sys.argv[1]); "
+            "f = fs.open_input_file(p); print(hashlib.sha256(f.read_at(f.size(), 0).to_pybytes()).hexdigest())")
+    uri = f"hdfs://{cl.master.name}:9000{path}"
+    r = cl.ssh(node, f"cd /opt/scalelab/src && {VENV_PY} -c {shlex.quote(code)} {uri}", timeout=300, check=False)
+    assert r.returncode == 0, f"{node}: {r.stderr[-1500:]}"
+    return r.stdout.strip()
+
+
+def wait_hdfs_complete(cl, timeout: float = 240) -> float:
+    """Seconds until every DataNode is live and safemode is off."""
+    t0 = time.monotonic()
+    while True:
+        line, ok = _cluster.hdfs_line(cl)
+        if ok:
+            return time.monotonic() - t0
+        assert time.monotonic() - t0 < timeout, f"HDFS not complete after {timeout:.0f} s: {line}"
+        time.sleep(3)
+
+
+@pytest.fixture(scope="module")
+def cl(plab):
+    c = _inventory.load(plab.inventory)
+    assert _cluster.hdfs_running(c), "the NameNode is not running on the lab (the lab runs Hadoop by default)"
+    return c
+
+
+@pytest.fixture(scope="module")
+def cut_file(cl) -> str:
+    """A ~2.6 MB edge list in HDFS with 1 MiB blocks and replication 2: every node holds some blocks,
+    no block is on every node.  Returns its sha256."""
+    gen = ("seq 1 200000 | awk '{print $1\",\"($1*7)%1000}' > /tmp/cut_e2e.csv && sha256sum /tmp/cut_e2e.csv "
+           "&& chmod 644 /tmp/cut_e2e.csv")
+    r = cl.ssh(cl.master, gen, root=True)
+    digest = r.stdout.split()[0]
+    put = hadoop(cl, cl.master, f"hdfs dfs -D dfs.replication=2 -D dfs.blocksize=1048576 -put -f /tmp/cut_e2e.csv {CUT_FILE}")
+    assert put.returncode == 0, put.stderr[-2000:]
+    return digest
+
+
+def test_yarn_distributed_shell_runs_on_every_node(cl, plab) -> None:
+    n = len(cl.nodes)
+    jar = "$(ls $HADOOP_HOME/share/hadoop/yarn/hadoop-yarn-applications-distributedshell-*.jar)"
+    t0 = time.monotonic()
+    r = hadoop(cl, cl.master, f"yarn org.apache.hadoop.yarn.applications.distributedshell.Client -jar {jar} "
+                              f"-shell_command hostname -num_containers {n} -master_memory 256 "
+                              "-container_memory 128 -timeout 300000", timeout=420)
+    plab.timings["yarn_app"] = time.monotonic() - t0
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Application completed successfully" in out, out[-3000:]
+    app = hadoop(cl, cl.master, "yarn application -list -appStates FINISHED")
+    assert "SUCCEEDED" in app.stdout and "DistributedShell" in app.stdout, app.stdout[-2000:] + app.stderr[-1000:]
+
+
+@pytest.mark.parametrize("workload", ["pagerank", "kmeans"])
+def test_hdfs_read_equals_local_read(cl, plab, tmp_path, workload) -> None:
+    """`put-data` puts the dataset into HDFS /data too; the same run with --input hdfs://... (each
+    worker on every node reads its byte range over WebHDFS) gives the local read's result."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hdfs_e2e.csv").write_text("node1,node2\n" + "".join(f"{i},{(i * 7) % 101}\n" for i in range(3000)))
+    out = _cluster.put_data(plab.inventory, "hdfs_e2e", say=lambda m: None, data_dir=data)
+    assert out["hdfs_uri"] == f"hdfs://{cl.master.name}:9000/data/hdfs_e2e.csv"
+    n = len(cl.nodes)
+    results = {}
+    for source, extra in (("local", []), ("hdfs", ["--input", out["hdfs_uri"]])):
+        [path] = runner.run_experiment(cl, workload, n, "ray", "hdfs_e2e", 1, extra + ["--verify"],
+                                       timeout_s=600, say=lambda m: None, results_dir=tmp_path / source)
+        rec = json.loads(path.read_text())
+        assert rec["status"] == "ok" and rec["verification"]["passed"], rec
+        assert rec["dataset"]["uri"] == (out["hdfs_uri"] if source == "hdfs" else out["uri"].removeprefix("file://"))
+        results[source] = rec["metrics"]
+    assert results["hdfs"] == results["local"]
+
+
+def test_datanode_power_cut_reads_go_on_and_it_rejoins(cl, plab, cut_file) -> None:
+    assert webhdfs_sha256(cl, "worker2", CUT_FILE) == cut_file
+    inv = str(plab.inventory)
+    fab("lab-kill", "worker1", "--inventory", inv)
+    try:
+        t0 = time.monotonic()
+        assert webhdfs_sha256(cl, cl.master.name, CUT_FILE) == cut_file   # WebHDFS, skipping the dead node
+        plab.timings["read_with_dn_down"] = time.monotonic() - t0
+        cat = hadoop(cl, "worker2", f"hdfs dfs -cat {CUT_FILE} | sha256sum")   # Hadoop's own client too
+        assert cat.returncode == 0 and cat.stdout.split()[0] == cut_file, cat.stderr[-1500:]
+    finally:
+        fab("lab-start", "worker1", "--inventory", inv)
+    t0 = time.monotonic()
+    ip = cl.node("worker1").private_ip
+    url = f"http://{ip}:9864/jmx?qry=Hadoop:service=DataNode,name=DataNodeInfo"
+    jmx = f"python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' '{url}'"
+    while True:   # the booted DataNode (a new process) has registered and heartbeats to the NameNode
+        r = cl.ssh("worker1", jmx, timeout=30, check=False)
+        actors = []
+        if r.returncode == 0:
+            info = json.loads(r.stdout)["beans"][0]
+            actors = json.loads(info.get("BPServiceActorInfo", "[]"))
+        if actors and all(a.get("ActorState") == "RUNNING" for a in actors):
+            break
+        assert time.monotonic() - t0 < 180, f"the DataNode on worker1 did not rejoin within 180 s: {r.stdout[-500:]}"
+        time.sleep(3)
+    plab.timings["dn_rejoin"] = time.monotonic() - t0
+    wait_hdfs_complete(cl)
+    assert webhdfs_sha256(cl, "worker1", CUT_FILE) == cut_file
+
+
+def test_namenode_host_power_cut_keeps_the_data(cl, plab, cut_file) -> None:
+    inv = str(plab.inventory)
+    fab("lab-kill", cl.master.name, "--inventory", inv)
+    fab("lab-start", cl.master.name, "--inventory", inv)
+    plab.timings["hdfs_back_after_master_cut"] = wait_hdfs_complete(cl, timeout=300)
+    assert webhdfs_sha256(cl, "worker2", CUT_FILE) == cut_file
+    cat = hadoop(cl, cl.master, f"hdfs dfs -cat {CUT_FILE} | sha256sum")
+    assert cat.returncode == 0 and cat.stdout.split()[0] == cut_file, cat.stderr[-1500:]
