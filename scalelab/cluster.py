@@ -126,7 +126,10 @@ _LIVE = re.compile(r"Live datanodes \((\d+)\)")
 
 def hdfs_line(cluster: Cluster) -> tuple[str, bool]:
     if not hdfs_running(cluster):
-        return "hdfs: not running (no hadoop archive given: datasets are local files on every node)", True
+        if not node_var(cluster, "hadoop_enabled"):
+            return "hdfs: not enabled (hadoop_enabled is false: datasets are local files on every node)", True
+        return (f"hdfs: the NameNode is not running on {cluster.master.name}: see "
+                f"`journalctl -u hadoop-namenode` there, then `fab provision --tags hadoop`"), False
     proc = cluster.ssh(cluster.master, _hdfs(cluster, "dfsadmin -report"), timeout=60, check=False, root=True)
     live = _LIVE.search(proc.stdout)
     safemode = cluster.ssh(cluster.master, _hdfs(cluster, "dfsadmin -safemode get"), timeout=60, check=False,

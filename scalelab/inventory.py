@@ -195,6 +195,7 @@ NODE_DEFAULTS: dict[str, Any] = {
     "scalelab_torchrun": "/usr/local/bin/scalelab-torchrun",
     "scalelab_ray_env": "/etc/scalelab/ray.env",
     "ray_dashboard_port": 8265,
+    "hadoop_enabled": True,
     "hadoop_home": "/opt/hadoop",
     "hadoop_data_path": "/data",
     "hadoop_namenode_rpc_port": 9000,
