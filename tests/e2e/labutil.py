@@ -75,3 +75,14 @@ def recap(stdout: str) -> dict[str, dict[str, int]]:
     for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", stdout, re.M):
         out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
     return out
+
+
+def with_tiny_graph(plab, tmp_path_factory) -> tuple:
+    """The lab with the tiny graph on every node (put-data), and a results directory of the caller's own."""
+    from scalelab import cluster
+
+    data = tmp_path_factory.mktemp("data")
+    subprocess.run([str(BIN / "python"), "-m", "workloads.data", "tiny", "--out", str(data)], cwd=REPO,
+                   check=True, capture_output=True, timeout=300)
+    cluster.put_data(plab.inventory, "tiny", say=lambda m: None, data_dir=data)
+    return plab, tmp_path_factory.mktemp("results")

@@ -11,7 +11,7 @@ import pytest
 
 from scalelab import cluster as _cluster
 from scalelab import inventory as _inventory
-from tests.e2e.labutil import BIN, REPO, fab
+from tests.e2e.labutil import BIN, REPO, fab, with_tiny_graph
 
 pytestmark = pytest.mark.lab
 
@@ -19,12 +19,7 @@ pytestmark = pytest.mark.lab
 @pytest.fixture(scope="module")
 def exp(plab, tmp_path_factory):
     """The lab with the tiny graph on every node, and a results directory of this module's own."""
-    data = tmp_path_factory.mktemp("data")
-    subprocess.run([str(BIN / "python"), "-m", "workloads.data", "tiny", "--out", str(data)], cwd=REPO,
-                   check=True, capture_output=True, timeout=300)
-    _cluster.put_data(plab.inventory, "tiny", say=lambda m: None, data_dir=data)
-    results = tmp_path_factory.mktemp("results")
-    return plab, results
+    return with_tiny_graph(plab, tmp_path_factory)
 
 
 def run(plab, results: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:

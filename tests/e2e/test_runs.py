@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from scalelab import cluster as _cluster
 from scalelab import inventory as _inventory
 from scalelab import provenance
-from tests.e2e.labutil import BIN, REPO, fab, ssh
+from tests.e2e.labutil import BIN, REPO, fab, ssh, with_tiny_graph
 
 pytestmark = pytest.mark.lab
 
@@ -27,11 +26,7 @@ ENDLESS = ("pagerank", "--dataset", "tiny", "--args", "--max-iter 10000000 --tol
 @pytest.fixture(scope="module")
 def lab(plab, tmp_path_factory):
     """The lab with the tiny graph on every node, and a results directory of this module's own."""
-    data = tmp_path_factory.mktemp("data")
-    subprocess.run([str(BIN / "python"), "-m", "workloads.data", "tiny", "--out", str(data)], cwd=REPO,
-                   check=True, capture_output=True, timeout=300)
-    _cluster.put_data(plab.inventory, "tiny", say=lambda m: None, data_dir=data)
-    return plab, tmp_path_factory.mktemp("results")
+    return with_tiny_graph(plab, tmp_path_factory)
 
 
 def fab_args(plab, results: Path, *args: str) -> tuple[list[str], dict]:

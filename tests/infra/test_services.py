@@ -152,18 +152,21 @@ def test_hadoop_ports_on_the_private_address(host, name, cluster):
         assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening, port
 
 
-def test_hadoop_ports_closed_on_the_public_address(cluster):
-    """From the controller (the public side), no Hadoop port on the master's public address answers."""
+def _answering(ip, ports):
+    """The ports of ports on which ip accepts a TCP connection (from the controller, 2 s each)."""
     import socket
     opened = []
-    for port in HADOOP_MASTER_PORTS + HADOOP_NODE_PORTS + [13562]:   # + the mapreduce_shuffle port
-        s = socket.socket()
-        s.settimeout(2)
-        try:
-            if s.connect_ex((cluster.public_ip, port)) == 0:
+    for port in ports:
+        with socket.socket() as s:
+            s.settimeout(2)
+            if s.connect_ex((ip, port)) == 0:
                 opened.append(port)
-        finally:
-            s.close()
+    return opened
+
+
+def test_hadoop_ports_closed_on_the_public_address(cluster):
+    """From the controller (the public side), no Hadoop port on the master's public address answers."""
+    opened = _answering(cluster.public_ip, HADOOP_MASTER_PORTS + HADOOP_NODE_PORTS + [13562])  # + shuffle
     assert not opened, f"Hadoop ports reachable on the public address {cluster.public_ip}: {opened}"
 
 
@@ -284,16 +287,7 @@ def test_no_ray_port_on_a_wildcard_address(host):
 
 def test_ray_ports_closed_on_the_public_address(cluster):
     """From the controller (the public side), no Ray port on the master's public address answers."""
-    import socket
-    opened = []
-    for port in sorted(RAY_PORTS):
-        s = socket.socket()
-        s.settimeout(2)
-        try:
-            if s.connect_ex((cluster.public_ip, port)) == 0:
-                opened.append(port)
-        finally:
-            s.close()
+    opened = _answering(cluster.public_ip, sorted(RAY_PORTS))
     assert not opened, f"Ray ports reachable on the public address {cluster.public_ip}: {opened}"
 
 
