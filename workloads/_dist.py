@@ -38,7 +38,15 @@ from typing import Any
 import numpy as np
 
 from workloads.graphio import InputInfo, inspect_input
-from workloads.record import UserError, fail_record, finish_record, launch_time, new_record, write_record
+from workloads.record import (
+    UserError,
+    check_output,
+    fail_record,
+    finish_record,
+    launch_time,
+    new_record,
+    write_record,
+)
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 Body = Callable[[argparse.Namespace, InputInfo, dict, Any], None]
@@ -102,8 +110,7 @@ def run_recorded(workload: str, args: argparse.Namespace, params: dict[str, Any]
     leader = comm is None or comm.rank == 0
     rec = new_record(workload, args.framework, workers=args.workers, params=params, run_id=args.run_id)
     try:
-        check_common_args(args)
-        info = inspect_input(args.input)
+        info = comm.guard(prepare, args, leader) if comm is not None else prepare(args, leader)
         rec["dataset"] = dataset_entry(info, args.dataset)
         body(args, info, rec, comm)
         rec["timings_s"]["total"] = since_launch(args)
@@ -117,10 +124,32 @@ def run_recorded(workload: str, args: argparse.Namespace, params: dict[str, Any]
         detail = traceback.format_exc() if leader else ""
         return _report_failure(rec, args, leader, detail.rstrip(), exc, 1)
     if leader:
-        if args.output:
-            write_record(rec, args.output)
+        unsaved = save_record(rec, args.output)
+        if unsaved:
+            print(f"error: {unsaved}", file=sys.stderr)
+            return 2
         print(summary_line(rec))
     return 0
+
+
+def prepare(args: argparse.Namespace, leader: bool = True) -> InputInfo:
+    """Check the options, that the leader can write ``--output`` and that the input can be read,
+    before any work is done."""
+    check_common_args(args)
+    if leader and args.output:
+        check_output(args.output)
+    return inspect_input(args.input)
+
+
+def save_record(rec: dict, output: str | None) -> str | None:
+    """Write ``rec`` to ``output`` (if given); the reason it could not be written, else None."""
+    if not output:
+        return None
+    try:
+        write_record(rec, output)
+    except UserError as exc:
+        return str(exc)
+    return None
 
 
 def _report_failure(rec: dict, args: argparse.Namespace, leader: bool, message: str, error: Any,
@@ -130,8 +159,9 @@ def _report_failure(rec: dict, args: argparse.Namespace, leader: bool, message: 
     if leader:
         if message:
             print(message, file=sys.stderr)
-        if args.output:
-            write_record(rec, args.output)
+        unsaved = save_record(rec, args.output)
+        if unsaved and unsaved not in message:  # the run failed because of --output: said once
+            print(f"error: {unsaved}", file=sys.stderr)
     return code
 
 
@@ -688,9 +718,8 @@ def execute(workload: str, args: argparse.Namespace, params: dict[str, Any], run
         return run_recorded(workload, args, params, ray_ranks(run))
     if torchrun_env():
         return torch_rank(_torch_target, (workload, args, params, run))
-    try:  # fail fast, before starting ranks, on what the parent can see (bad --workers, missing input)
-        check_common_args(args)
-        inspect_input(args.input)
+    try:  # fail fast, before starting ranks, on what the parent can see (bad options, input, --output)
+        prepare(args)
     except UserError:
         return run_recorded(workload, args, params, run)  # reports it, writes the record
     try:
@@ -704,8 +733,10 @@ def execute(workload: str, args: argparse.Namespace, params: dict[str, Any], run
     if args.output and not _record_written(args.output, args.run_id):
         rec = new_record(workload, "torch", workers=args.workers, params=params, run_id=args.run_id)
         fail_record(rec, error)
-        write_record(rec, args.output)
         print(f"error: {error}", file=sys.stderr)
+        unsaved = save_record(rec, args.output)
+        if unsaved:
+            print(f"error: {unsaved}", file=sys.stderr)
     return codes[0] or max(codes)
 
 
@@ -958,7 +989,9 @@ def record_run(workload: str, args: argparse.Namespace, body: Callable[[dict, fl
         return _report_failure(rec, args, leader, f"error: {exc}", str(exc), 2)
     except Exception as exc:
         return _report_failure(rec, args, leader, traceback.format_exc().rstrip() if leader else "", exc, 1)
-    if args.output:
-        write_record(rec, args.output)
+    unsaved = save_record(rec, args.output)
+    if unsaved:
+        print(f"error: {unsaved}", file=sys.stderr)
+        return 2
     print(summary(rec))
     return 0

@@ -38,7 +38,8 @@ from workloads.record import UserError
 _READ_BLOCK = 1 << 24  # most bytes read per call when scanning for a line end
 _FIRST_SCAN = 1 << 16  # first read of that scan: a line is short, and a remote read costs what it moves
 _LINE_OK = re.compile(rb"^\s*-?\d+\s*,\s*-?\d+\s*$")
-_INT64_MAX = (1 << 63) - 1
+_NUMBER = re.compile(rb"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,12 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def _reason(exc: BaseException) -> str:
+    """The OS's reason (``permission denied``) where there is one, else the first line of the error."""
+    errno = getattr(exc, "errno", None)
+    return os.strerror(errno).lower() if isinstance(errno, int) and errno > 0 else _first_line(exc)
+
+
 def inspect_input(uri: str) -> InputInfo:
     """Check that ``uri`` exists and is non-empty; find where the data lines start."""
     fs, path = open_fs(uri)
@@ -229,18 +236,22 @@ def inspect_input(uri: str) -> InputInfo:
     if info.type == pafs.FileType.NotFound:
         raise UserError(f"input file not found: {uri} (generate one with `python -m workloads.data NAME --out DIR`)")
     if info.type != pafs.FileType.File:
-        raise UserError(f"input is not a file: {uri}")
+        raise UserError(f"input is not a file: {uri} (give --input an edge-list file, not a directory)")
     if info.size == 0:
         raise UserError(f"input file is empty: {uri} (expected a node1,node2 edge list)")
-    with fs.open_input_file(path) as f:
-        head = f.read_at(min(info.size, 4096), 0)
+    try:
+        with fs.open_input_file(path) as f:
+            head = f.read_at(min(info.size, 4096), 0)
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"cannot read {uri}: {_reason(exc)}; check that it is a file this user may read") from None
     first, _, _ = head.partition(b"\n")
     data_start = 0
     if first.strip() and not _LINE_OK.match(first):
-        cols = first.decode("utf-8", "replace").strip().split(",")
-        if len(cols) != 2 or not all(c.strip() for c in cols):
-            raise UserError(f"{uri}: line 1 (byte 0): expected a 'node1,node2' header or an 'a,b' integer pair, "
-                            f"got {first[:60].decode('utf-8', 'replace')!r}")
+        cols = first.split(b",")
+        if len(cols) != 2 or not all(c.strip() for c in cols) or any(_NUMBER.match(c) for c in cols):
+            # only a line with no number in it is a header: '1,2.5' is a bad edge, not a header
+            raise UserError(f"{uri}: line 1 (byte offset 0): expected a 'node1,node2' header or two integers "
+                            f"'node1,node2', got {first[:60].decode('utf-8', 'replace').strip()!r}")
         data_start = len(first) + 1
     if data_start >= info.size or not head[data_start:].strip() and info.size <= 4096:
         raise UserError(f"input file has no edges: {uri} (only a header)")
@@ -342,7 +353,7 @@ def first_bad_line(buf: bytes) -> int | None:
             if not _LINE_OK.match(body):
                 return pos
             a, b = body.split(b",")
-            if abs(int(a)) > _INT64_MAX or abs(int(b)) > _INT64_MAX:
+            if not (_INT64_MIN <= int(a) <= _INT64_MAX and _INT64_MIN <= int(b) <= _INT64_MAX):
                 return pos
         pos += len(line)
     return None

@@ -44,8 +44,9 @@ _MARGIN = 1e-9  # relative: a cell is "sure" only if its nearest centre wins by 
 # ------------------------------------------------------------------------------ pure functions
 def as_points(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int64 ids -> float64 coordinates (exact below 2**53)."""
-    if len(a) and max(np.abs(a).max(), np.abs(b).max()) >= 2**53:
-        raise UserError("k-means needs coordinates below 2**53 to stay exact")
+    # min/max, not np.abs: abs(INT64_MIN) overflows to INT64_MIN and would pass
+    if len(a) and (min(a.min(), b.min()) <= -2**53 or max(a.max(), b.max()) >= 2**53):
+        raise UserError("k-means needs every node id within +-2**53 to keep coordinates exact; renumber the ids")
     return a.astype(np.float64), b.astype(np.float64)
 
 

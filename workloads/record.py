@@ -86,13 +86,76 @@ def fail_record(rec: dict[str, Any], error: BaseException | str) -> dict[str, An
 
 
 def write_record(rec: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write atomically (temp file + rename) so a crash never leaves half a record."""
+    """Write atomically and durably: temp file, fsync, rename, fsync of the directory, so a crash
+    never leaves half a record.  A path that cannot be written raises UserError and leaves no temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=2, sort_keys=False, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    data = (json.dumps(rec, indent=2, sort_keys=False, default=_jsonable) + "\n").encode()
+    tmp = _temp_path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise UserError(_unwritable(path, exc)) from None
+    _fsync_dir(path.parent)
     return path
+
+
+def check_output(path: str | os.PathLike[str]) -> None:
+    """Fail at once, in one line, where :func:`write_record` could not write ``path`` (before any work)."""
+    path = Path(path)
+    tmp = _temp_path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except OSError as exc:
+        raise UserError(_unwritable(path, exc)) from None
+    finally:
+        _remove(tmp)
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _unwritable(path: Path, exc: OSError) -> str:
+    why = exc.strerror or str(exc)
+    if isinstance(exc, IsADirectoryError) and path.is_dir():
+        return f"cannot write the record to {path}: it is a directory; name a file, e.g. {path / 'record.json'}"
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # mkdir says "file exists" for a file in the way
+        why = f"{blocker} is not a directory"
+    return f"cannot write the record to {path}: {why.lower()}; name a file in a directory you can write"
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable; a file system that cannot fsync a directory has nothing more to do."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -420,3 +420,38 @@ def test_unknown_dataset_and_missing_snap_are_user_errors(tmp_path):
         data.generate("huge", tmp_path)
     with pytest.raises(UserError, match="not found"):
         data.generate("tiny", tmp_path, from_snap=tmp_path / "none.txt")
+
+
+# ------------------------------------------------------------------------- inputs at the edges
+@pytest.mark.parametrize("first", ["1,2.5", "1.5,2", "node1,2", "-1,1e3"])
+def test_a_numeric_first_line_is_not_a_header(tmp_path, first):
+    p = write(tmp_path, f"{first}\n2,3\n")
+    with pytest.raises(UserError, match=r"line 1 \(byte offset 0\)"):
+        graphio.inspect_input(str(p))
+
+
+@pytest.mark.parametrize("header", ["node1,node2", "src , dst", "from,to\r"])
+def test_a_line_with_no_number_is_a_header(tmp_path, header):
+    p = write(tmp_path, f"{header}\n2,3\n")
+    info = graphio.inspect_input(str(p))
+    assert graphio.read_range(info, info.data_start, info.size)[0].tolist() == [2]
+
+
+def test_int64_min_is_a_valid_id_and_a_later_bad_line_is_named(tmp_path):
+    p = write(tmp_path, "-9223372036854775808,9223372036854775807\n2,x\n")
+    info = graphio.inspect_input(str(p))
+    with pytest.raises(UserError, match=r"line 2 \(byte offset 41\)"):
+        graphio.read_range(info, info.data_start, info.size)
+    assert graphio.first_bad_line(b"-9223372036854775808,1\n") is None
+    assert graphio.first_bad_line(b"-9223372036854775809,1\n") == 0
+
+
+@pytest.mark.parametrize("bad", [np.iinfo(np.int64).min, -2**53, 2**53])
+def test_kmeans_rejects_every_id_outside_the_exact_range(bad):
+    a = np.array([1, bad], dtype=np.int64)
+    with pytest.raises(UserError, match="2\\*\\*53"):
+        kmeans.as_points(a, np.array([1, 2], dtype=np.int64))
+    with pytest.raises(UserError, match="2\\*\\*53"):
+        kmeans.as_points(np.array([1, 2], dtype=np.int64), a)
+    ok = np.array([-(2**53) + 1, 2**53 - 1], dtype=np.int64)
+    assert kmeans.as_points(ok, ok)[0].tolist() == [float(-(2**53) + 1), float(2**53 - 1)]

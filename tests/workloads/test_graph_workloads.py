@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import networkx as nx
@@ -369,3 +370,75 @@ def test_a_run_past_its_timeout_is_stopped_with_one_line_and_a_failed_record(tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and rec["status"] == "failed" and "did not finish within 0 s" in rec["error"], rec["error"]
     assert err[-1].startswith("error: the 2 ") and "were stopped" in err[-1]
+
+
+@contextmanager
+def unprivileged():
+    """Open files as an unprivileged user where the tests run as root (root may read any file)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory the user of :func:`unprivileged` may write (tmp_path is root's 0700)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="scalelab-inputs-"))
+    d.chmod(0o777)
+    yield d
+    shutil.rmtree(d)
+
+
+@pytest.mark.parametrize("module", [pagerank, kmeans])
+@pytest.mark.parametrize("framework", ["ray", "torch", "reference"])
+@pytest.mark.parametrize("case", ["unreadable", "directory"])
+def test_unreadable_input_one_line_exit_2_failed_record(shared_dir, capsys, module, framework, case):
+    inp = shared_dir / "in.csv"
+    if case == "directory":
+        inp.mkdir()
+    else:
+        write_edges(inp, [(1, 2), (2, 3)]).chmod(0)
+    out = shared_dir / "rec.json"
+    with unprivileged():
+        rc = module.main(["--framework", framework, "--workers", "2", "--input", str(inp),
+                          "--output", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and str(inp) in lines[0]
+    assert {"unreadable": "permission denied", "directory": "not a file"}[case] in lines[0]
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "failed" and rec["error"] == lines[0].removeprefix("error: ")
+
+
+@pytest.mark.parametrize("first", ["1,2.5", "7,node2", "1.0,2"])
+def test_cli_numeric_first_line_is_a_bad_edge_not_a_header(tmp_path, first):
+    inp = tmp_path / "g.csv"
+    inp.write_text(f"{first}\n2,3\n3,1\n")
+    out = tmp_path / "rec.json"
+    p = cli("pagerank", "--framework", "reference", "--input", str(inp), "--output", str(out))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr[-2000:]
+    assert p.stderr.startswith(f"error: {inp}: line 1 ") and repr(first) in p.stderr
+    assert json.loads(out.read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("module, framework", [("pagerank", "torch"), ("kmeans", "reference"), ("kmeans", "ray")])
+@pytest.mark.parametrize("case", ["directory", "no_parent"])
+def test_cli_output_that_cannot_be_written_is_one_line_and_leaves_no_temp_file(tmp_path, module, framework, case):
+    inp = write_edges(tmp_path / "g.csv", mixed_shapes())
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out if case == "directory" else inp / "rec.json"  # a file's "child": cannot exist
+    p = cli(module, "--framework", framework, "--workers", "2", "--input", str(inp), "--output", str(target))
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
+    assert lines[0].startswith(f"error: cannot write the record to {target}: ")
+    assert {"directory": "is a directory", "no_parent": "not a directory"}[case] in lines[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["g.csv", "out"]
