@@ -136,8 +136,11 @@ def test_a_host_that_cannot_be_reached_stops_the_whole_provision(tlab) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
     assert re.search(r"^worker2\s+:.*unreachable=1", proc.stdout, re.M), out[-3000:]
-    # every host stopped with it, at the first play (facts): no role touched the master or worker1
-    assert not re.findall(r"^TASK \[\w+ : ", proc.stdout, re.M), out[-3000:]
+    # every host stopped with it, at the first play (facts): no role touched the master or worker1 (the
+    # controller's own preparation, e.g. the Hadoop runtime's build, may run: it touches no host)
+    touched = [m.group(0) for m in re.finditer(r"^TASK \[\w+ : [^\]]*\](?:(?!^TASK )[\s\S])*?^\w+: \[(?!localhost)",
+                                               proc.stdout, re.M)]
+    assert not touched, touched[:3]
     assert took < 120, f"the run took {took:.0f} s to stop"
 
 
