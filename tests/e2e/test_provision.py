@@ -22,7 +22,7 @@ def test_second_run_changes_nothing(plab) -> None:
     and a file written before is still there."""
     cl = _inventory.load(plab.inventory)
     before = cl.ssh(cl.master, NAME_VERSION, root=True).stdout
-    put = cl.ssh(cl.master, f"echo kept | {HDFS} dfs -put -f - /data/provision_e2e.txt", root=True, check=False)
+    put = cl.ssh(cl.master, f"echo kept | ({HDFS} dfs -put -f - /data/provision_e2e.txt)", root=True, check=False)
     assert put.returncode == 0, put.stderr[-1500:]
     t0 = time.monotonic()
     proc, rc = plab.playbook()
