@@ -109,7 +109,8 @@ def run_recorded(workload: str, args: argparse.Namespace, params: dict[str, Any]
     """Run ``body`` under the record/error contract; only rank 0 (or the driver) reports."""
     leader = comm is None or comm.rank == 0
     rec = new_record(workload, args.framework, workers=args.workers, params=params, run_id=args.run_id)
-    try:
+
+    def work() -> None:
         info = comm.guard(prepare, args, leader) if comm is not None else prepare(args, leader)
         rec["dataset"] = dataset_entry(info, args.dataset)
         body(args, info, rec, comm)
@@ -117,6 +118,19 @@ def run_recorded(workload: str, args: argparse.Namespace, params: dict[str, Any]
         ver = rec.get("verification")
         if ver is not None and not ver["passed"]:
             raise UserError(f"verification against {ver['reference']} failed: error {ver['error']:.3g}")
+
+    return conclude(rec, args, leader, work, summary_line)
+
+
+def conclude(rec: dict[str, Any], args: argparse.Namespace, leader: bool, work: Callable[[], bool | None],
+             summary: Callable[[dict], str]) -> int:
+    """The record/error contract of every workload's main: ``work()`` fills ``rec``; a user error is one
+    line and exit 2, any other error a failed record with its trace (exit 1), never an ok record; only
+    the leader writes the record and prints ``summary(rec)``.  ``work()`` returning False ends a rank
+    that reports nothing (a torchrun rank other than 0)."""
+    try:
+        if work() is False:
+            return 0
         finish_record(rec)
     except UserError as exc:
         return _report_failure(rec, args, leader, f"error: {exc}", str(exc), 2)
@@ -128,7 +142,7 @@ def run_recorded(workload: str, args: argparse.Namespace, params: dict[str, Any]
         if unsaved:
             print(f"error: {unsaved}", file=sys.stderr)
             return 2
-        print(summary_line(rec))
+        print(summary(rec))
     return 0
 
 
@@ -981,17 +995,4 @@ def record_run(workload: str, args: argparse.Namespace, body: Callable[[dict, fl
     t_start = launch_time()
     rec = new_record(workload, args.framework, workers=args.workers, nodes=args.nodes, run_id=args.run_id)
     leader = int(os.environ.get("RANK", "0")) == 0
-    try:
-        if body(rec, t_start) is False:
-            return 0
-        finish_record(rec)
-    except UserError as exc:
-        return _report_failure(rec, args, leader, f"error: {exc}", str(exc), 2)
-    except Exception as exc:
-        return _report_failure(rec, args, leader, traceback.format_exc().rstrip() if leader else "", exc, 1)
-    unsaved = save_record(rec, args.output)
-    if unsaved:
-        print(f"error: {unsaved}", file=sys.stderr)
-        return 2
-    print(summary(rec))
-    return 0
+    return conclude(rec, args, leader, lambda: body(rec, t_start), summary)
