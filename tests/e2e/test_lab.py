@@ -167,3 +167,27 @@ def test_down_leaves_nothing_behind(tlab) -> None:
     assert not any(Path(r, tlab.name).exists() for r in lab.CGROUP_ROOTS)
     assert not tlab.hosts_file.exists()
     assert not tlab.ssh_config.exists() and not tlab.known_hosts.exists()
+
+
+def test_a_process_left_in_only_one_cgroup_hierarchy_still_counts_and_dies(tmp_path) -> None:
+    """Seen after growth + power cuts: a host's nspawn left only in the v1 ``systemd`` hierarchy (its
+    unified cgroup gone). ``host_running`` must still see it and ``kill_host`` must end it, or ``lab-down``
+    leaves the host running."""
+    require_lab_machine()
+    spec = lab.labspec.load_spec(make_inventory(tmp_path / "lab", "slcg", 74))
+    v1 = lab.CGROUP_ROOTS[1] / spec.name / "worker1" / "supervisor"
+    v1.mkdir(parents=True)
+    proc = subprocess.Popen(["sleep", "300"])
+    try:
+        (v1 / "cgroup.procs").write_text(str(proc.pid))
+        assert not (lab.CGROUP_ROOTS[0] / spec.name / "worker1").exists()
+        assert lab.host_running(spec, "worker1")
+        lab.kill_host(spec, "worker1", timeout=10)
+        assert proc.wait(timeout=10) == -9
+        assert not lab.host_running(spec, "worker1")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for root in lab.CGROUP_ROOTS:
+            lab._rmdir_tree(root / spec.name)
