@@ -162,6 +162,24 @@ class WebHdfs(pafs.FileSystemHandler):
             infos.append(pafs.FileInfo(path, kind, size=st["length"] if kind == pafs.FileType.File else None))
         return infos
 
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        """A directory's entries (LISTSTATUS), recursively when the selector asks for it."""
+        base = selector.base_dir.rstrip("/")
+        try:
+            listing = json.loads(self.get(base or "/", "LISTSTATUS"))["FileStatuses"]["FileStatus"]
+        except FileNotFoundError:
+            if selector.allow_not_found:
+                return []
+            raise
+        infos = []
+        for st in listing:
+            path = f"{base}/{st['pathSuffix']}"
+            kind = pafs.FileType.File if st["type"] == "FILE" else pafs.FileType.Directory
+            infos.append(pafs.FileInfo(path, kind, size=st["length"] if kind == pafs.FileType.File else None))
+            if selector.recursive and kind == pafs.FileType.Directory:
+                infos += self.get_file_info_selector(pafs.FileSelector(path, recursive=True))
+        return infos
+
     def open_input_file(self, path: str) -> pa.NativeFile:
         [info] = self.get_file_info([path])
         if info.type != pafs.FileType.File:
@@ -174,7 +192,7 @@ class WebHdfs(pafs.FileSystemHandler):
     def _read_only(self, *args: object) -> None:
         raise OSError("webhdfs: this reader is read-only (write with `hdfs dfs -put`)")
 
-    get_file_info_selector = create_dir = delete_dir = delete_dir_contents = _read_only
+    create_dir = delete_dir = delete_dir_contents = _read_only
     delete_root_dir_contents = delete_file = move = copy_file = _read_only
     open_output_stream = open_append_stream = _read_only
 

@@ -104,15 +104,10 @@ class ImageSet:
 
 
 def open_filesystem(uri: str):
-    """(pyarrow filesystem, path) for a local path, file:// or hdfs:// URI."""
-    from pyarrow import fs as pafs
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except Exception as exc:  # libhdfs/JVM missing, bad host, ...
-        raise UserError(f"cannot open {uri}: {exc}; check the URI, and for hdfs:// that "
-                        "HADOOP_HOME/CLASSPATH/JAVA_HOME are set on this node") from exc
+    """(pyarrow filesystem, path) for a local path, file://, hdfs:// (read over WebHDFS: no libhdfs or
+    JVM needed on the node) or webhdfs:// URI: the graph workloads' reader."""
+    from workloads.graphio import open_fs
+    return open_fs(uri)
 
 
 def scan_image_folder(uri: str, splits: tuple[str, ...], classes: tuple[str, ...]

@@ -113,6 +113,31 @@ def test_hdfs_read_equals_local_read(cl, plab, tmp_path, workload) -> None:
     assert results["hdfs"] == results["local"]
 
 
+def test_image_tree_in_hdfs_loads_as_the_local_tree(cl) -> None:
+    """The learning workloads' ImageFolder reader lists and reads an hdfs:// tree over WebHDFS (no
+    libhdfs on the nodes): the same files, labels and decoded pixels as the local copy."""
+    make = ("from pathlib import Path; from workloads import vision; print(vision.synthetic_pneumonia("
+            "Path('/tmp/xray_e2e_cache'), size=48, counts={'train': (3, 2), 'val': (2, 2), 'test': (2, 1)}))")
+    made = cl.ssh(cl.master, f"cd /opt/scalelab/src && {VENV_PY} -c {shlex.quote(make)} && chmod -R a+rX /tmp/xray_e2e_cache",
+                  timeout=120, check=False)
+    assert made.returncode == 0, made.stderr[-1500:]
+    local = made.stdout.strip().splitlines()[-1]
+    put = hadoop(cl, cl.master, f"hdfs dfs -rm -r -f -skipTrash /data/xray_e2e && hdfs dfs -put {local} /data/xray_e2e")
+    assert put.returncode == 0, put.stderr[-2000:]
+    compare = ("import sys, numpy as np; from workloads import pneumonia; "
+               "a, b = (pneumonia.load_data(u, 32) for u in sys.argv[1:]); "
+               "assert set(a) == set(b) == {'train', 'val', 'test'}; "
+               "[(np.testing.assert_array_equal(a[s].images, b[s].images), "
+               "np.testing.assert_array_equal(a[s].labels, b[s].labels), "
+               "print(s, len(b[s]), [f.rsplit('/', 2)[-2:] for f in a[s].files] == "
+               "[f.rsplit('/', 2)[-2:] for f in b[s].files])) for s in sorted(a)]")
+    uri = f"hdfs://{cl.master.name}:9000/data/xray_e2e"
+    r = cl.ssh(cl.master, f"cd /opt/scalelab/src && {VENV_PY} -c {shlex.quote(compare)} {local} {uri}",
+               timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["test", "3", "True", "train", "5", "True", "val", "4", "True"], r.stdout
+
+
 def test_datanode_power_cut_reads_go_on_and_it_rejoins(cl, plab, cut_file) -> None:
     assert webhdfs_sha256(cl, "worker2", CUT_FILE) == cut_file
     inv = str(plab.inventory)
