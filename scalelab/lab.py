@@ -541,9 +541,14 @@ def kill_host(spec: LabSpec, host: str, timeout: float = 15) -> None:
         return not host_running(spec, host)
 
     _wait(gone, timeout, f"{host}'s processes to die")
-    h = spec.host(host)
-    for i in h.interfaces:
-        _wait(lambda i=i: not _link_exists(i.host_side), 5, f"{i.host_side} to disappear")
+    # The veths go with the host's network namespace, which the kernel frees asynchronously (seconds
+    # under load); one still there after that is deleted here, so the next boot can make it again.
+    for i in spec.host(host).interfaces:
+        try:
+            _wait(lambda i=i: not _link_exists(i.host_side), 10, f"{i.host_side} to disappear")
+        except RuntimeError:
+            sh("ip", "link", "del", i.host_side, check=False)
+            _wait(lambda i=i: not _link_exists(i.host_side), 10, f"{i.host_side} to be deleted")
 
 
 def ssh_cmd(spec: LabSpec, host: str, *cmd: str, batch: bool = True) -> list[str]:
