@@ -116,9 +116,15 @@ VERSIONS = ("import json, platform; from importlib import metadata as m\n"
             "    except m.PackageNotFoundError: return None\n"
             "print(json.dumps({'python': platform.python_version(), 'ray': v('ray'), 'torch': v('torch')}))")
 
-RAY_NODES = ("import json, ray; ray.init(address='auto', logging_level='ERROR'); "
-             "print(json.dumps([[n['NodeManagerAddress'], n['Resources'].get('CPU', 0)] "
-             "for n in ray.nodes() if n['Alive']]))")
+# The live Ray nodes from the head's dashboard (``/nodes?view=summary``, Ray's own JSON, with the cluster's
+# token): ~0.1 s, where a driver (ray.init + ray.nodes()) takes 1.5-4 s to connect and register.
+RAY_NODES = ("import json, os, sys, urllib.request\n"
+             "token = os.environ.get('RAY_AUTH_TOKEN_PATH') if os.environ.get('RAY_AUTH_MODE') == 'token' else None\n"
+             "auth = {'Authorization': 'Bearer ' + open(token).read().strip()} if token else {}\n"
+             "req = urllib.request.Request(sys.argv[1], headers=auth)\n"
+             "nodes = json.load(urllib.request.urlopen(req, timeout=20))['data']['summary']\n"
+             "print(json.dumps([[n['raylet']['nodeManagerAddress'], n['raylet']['resourcesTotal'].get('CPU', 0)]\n"
+             "                  for n in nodes if n['raylet']['state'] == 'ALIVE']))")
 
 BUSY = 75  # exit code of flock when the node's run lock is taken (EX_TEMPFAIL)
 
@@ -152,7 +158,9 @@ def probe_command(cluster: Cluster, *, dataset: str | None = None, ray: bool = F
         lines.append(f"test -s {q(dataset)} && echo dataset=1 || echo dataset=0")
     if ray:
         env = q(str(node_var(cluster, "scalelab_ray_env")))
-        lines.append(f"echo ray=$(set -a; . {env}; set +a; cd {q(src)} && {q(py)} -c {q(RAY_NODES)} 2>&1 | tail -n1)")
+        url = (f"http://{cluster.master.private_ip}:{node_var(cluster, 'ray_dashboard_port')}"
+               "/nodes?view=summary")
+        lines.append(f"echo ray=$(set -a; . {env}; set +a; {q(py)} -c {q(RAY_NODES)} {q(url)} 2>&1 | tail -n1)")
     return "; ".join(lines)
 
 
