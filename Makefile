@@ -11,7 +11,7 @@ LOCK   := requirements.lock
 STAMP  := $(VENV)/.installed-$(shell sha256sum $(LOCK) 2>/dev/null | cut -c1-12)
 LAB_DEBS := debootstrap systemd-container iptables dnsmasq-base openssh-client
 
-.PHONY: help setup lab-deps lock test test-unit test-lab test-upgrade demo bench bench-provision bench-hdfs lint clean lab-up lab-down
+.PHONY: help setup lab-deps lock test test-unit test-lab test-upgrade demo bench bench-provision bench-hdfs bench-scale lint clean lab-up lab-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ bench-provision: setup lab-deps  ## site.yml on 3 fresh lab hosts, cold and re-r
 
 bench-hdfs: setup  ## data_1 read over WebHDFS beside the local copy on a lab worker (after fab put-data data_1)
 	$(PY) -m bench.hdfs_bench
+
+bench-scale: setup  ## PageRank + k-means on the `data` cut (620 M edges) on the running lab's 3 nodes (slow; disk + memory)
+	$(PY) -m bench.scale_bench
 
 lint: setup  ## ruff and ansible-lint
 	$(VENV)/bin/ruff check .

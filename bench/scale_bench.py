@@ -1,0 +1,89 @@
+"""`make bench-scale`: PageRank (20 iterations) and k-means (global, k=16, 20 iterations) on the seed's
+largest cut (`data`: 620 M edges, 10 GB) across the nodes of a running, provisioned cluster, in both
+runtimes, beside the targets: each within 5 minutes, peak memory per node <= 6 GiB (the sampler's).
+
+    .venv/bin/python -m bench.scale_bench [--inventory inventory/lab] [--dataset data] [--nodes 3]
+
+The seed's PageRank took 45 min to 5 h on `data` and could not hold `data_2` in 8 GB.  The dataset is
+generated once on the controller (`fab gen-data`) and copied to every node (`fab put-data`): `data`
+needs ~11 GB on the controller plus ~11 GB per node, and the nodes' memory; a smaller `--dataset`
+(data_1, data_2) runs the same steps.  The runs go through `fab run-experiment`'s code (checks, records
+under results/, the sampler), so each record also keeps its timings.  Prints a table and writes
+results/bench/scale.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from scalelab import cluster as _cluster
+from scalelab import inventory as _inventory
+from scalelab import runner
+from scalelab.cli import console, table
+from workloads import data
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET_S, TARGET_MEM_GIB = 300.0, 6.0
+JOBS = {"pagerank": ["--tol", "0", "--max-iter", "20"],
+        "kmeans": ["--method", "global", "--k", "16", "--max-iter", "20"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--inventory", type=Path, default=REPO / "inventory" / "lab")
+    ap.add_argument("--dataset", default="data")
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--data-dir", type=Path, default=REPO / "data")
+    args = ap.parse_args(argv)
+    spec = data.spec_for(args.dataset)
+    path = args.data_dir / f"{args.dataset}.csv"
+    if not path.exists():
+        need = 16.5 * spec.edges  # bytes: ~16.1 per edge line in the seed's cuts
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(args.data_dir).free
+        if free < 1.1 * need:
+            raise SystemExit(f"error: {args.dataset} needs ~{need / 2**30:.0f} GiB in {args.data_dir}, "
+                             f"{free / 2**30:.0f} GiB free: free space or pick a smaller --dataset")
+        console.print(f"generating {args.dataset} ({spec.edges:,} edges) into {args.data_dir} (once)")
+        data.generate(args.dataset, args.data_dir)
+    cluster = _inventory.load(args.inventory)
+    if (args.inventory / "group_vars" / "all" / "lab.yml").exists():  # the lab's disks are this machine's
+        free, need = shutil.disk_usage(args.data_dir).free, path.stat().st_size * len(cluster.nodes)
+        if free < 1.1 * need:
+            raise SystemExit(f"error: a copy of {args.dataset} on each of the lab's {len(cluster.nodes)} hosts "
+                             f"needs ~{need / 2**30:.0f} GiB on this machine, {free / 2**30:.0f} GiB free: "
+                             "pick a smaller --dataset")
+    console.print(f"copying {args.dataset} to every node (skipped where it is already there)")
+    _cluster.put_local(cluster, path, console.print)
+    rows, results = [], REPO / "results"
+    for workload, extra in JOBS.items():
+        paths = runner.run_experiment(cluster, workload, args.nodes, "both", args.dataset, 1, extra,
+                                      results_dir=results, say=console.print)
+        for p in paths:
+            rec = json.loads(p.read_text())
+            total = (rec.get("timings_s") or {}).get("total")
+            hosts = ((rec.get("resources") or {}).get("hosts")) or {}
+            peaks = [h["mem_peak"] / 1024 for h in hosts.values() if h.get("mem_peak") is not None]
+            peak = max(peaks) if peaks else None
+            rows.append({"workload": workload, "framework": rec["framework"], "status": rec["status"],
+                         "total s": None if total is None else f"{total:.0f}",
+                         "time target": "met" if total is not None and total <= TARGET_S else "NOT met",
+                         "peak GiB/node": None if peak is None else f"{peak:.1f}",
+                         "memory target": "met" if peak is not None and peak <= TARGET_MEM_GIB else "NOT met",
+                         "record": str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)})
+    load = os.getloadavg()[0]
+    console.print(table(rows, title=f"{args.dataset} on {args.nodes} nodes of {cluster.inventory} "
+                                    f"(targets {TARGET_S:.0f} s, {TARGET_MEM_GIB:.0f} GiB/node; load {load:.1f})"))
+    out = REPO / "results" / "bench" / "scale.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"dataset": args.dataset, "nodes": args.nodes, "rows": rows, "load": load,
+                               "at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
