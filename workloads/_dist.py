@@ -27,6 +27,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -901,11 +902,13 @@ def ray_storage(storage: str | None) -> Iterator[str]:
 
 
 def launch_ray_torch(fn: Callable, cfg: dict, workers: int, threads: int, use_gpu: bool,
-                     storage: str, name: str) -> dict:
+                     storage: str, name: str, timeout_s: float | None = None) -> dict:
     """Ray Train TorchTrainer with `workers` workers of `threads` CPUs; returns rank 0's result.
 
     Train V2 keeps only metrics that come with a checkpoint, so rank 0 reports its final result as a
-    one-file checkpoint (result.json) in the run's storage.
+    one-file checkpoint (result.json) in the run's storage.  After ``timeout_s`` the run fails with
+    :class:`LaunchTimeout`; the Train controller and workers belong to this driver's job, so Ray stops
+    them when the driver ends.
     """
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -914,7 +917,23 @@ def launch_ray_torch(fn: Callable, cfg: dict, workers: int, threads: int, use_gp
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": threads}),
         run_config=RunConfig(storage_path=storage, name=name))
-    result = trainer.fit()
+    done: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            done["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller's thread)
+            done["error"] = exc
+
+    runner = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    runner.start()
+    runner.join(timeout_s)
+    if runner.is_alive():
+        raise LaunchTimeout(f"the {workers} Ray Train workers did not finish within {timeout_s:.0f} s; the run "
+                            "was stopped (raise --timeout or check the input size)")
+    if "error" in done:
+        raise done["error"]
+    result = done["result"]
     if result.error:
         raise result.error
     if result.checkpoint is None:
@@ -976,7 +995,8 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="Ray storage_path (default: a temp dir; must be shared on a multi-node cluster)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=None,
-                   help="torch: stop the local ranks and fail the run after this many seconds (default: no limit)")
+                   help="stop the run and fail it after this many seconds (torch: the local ranks; Ray: the Train "
+                        "workers; default: no limit)")
     p.add_argument("--run-id", help=argparse.SUPPRESS)  # set by `fab run-experiment`
 
 

@@ -274,7 +274,7 @@ def run_ray(args: argparse.Namespace, cfg: dict) -> dict[str, Any]:
     cfg = {**cfg, "device": "auto"}  # Ray picks the worker's device from use_gpu
     with _dist.ray_storage(args.storage) as storage:
         return _dist.launch_ray_torch(train_worker, cfg, args.workers, cfg["threads"], use_gpu,
-                                       storage, f"pneumonia-{int(time.time())}")
+                                       storage, f"pneumonia-{int(time.time())}", args.timeout)
 
 
 def fill_record(rec: dict, result: dict, t_start: float) -> None:

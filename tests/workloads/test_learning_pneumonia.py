@@ -83,3 +83,19 @@ def test_torchrun_launch_matches_local_spawn(tmp_path, cache, torch_rec):
     rec = run(tmp_path, cache, "--framework", "torch", *ARGS, launcher=launcher)
     assert rec["metrics"]["steps_per_epoch"] == [16, 16]
     assert rec["metrics"]["loss_per_epoch"] == pytest.approx(torch_rec["metrics"]["loss_per_epoch"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_ray_train_run_past_its_timeout_fails_in_one_line(tmp_path, cache) -> None:
+    """--timeout covers Ray Train too: the run fails with a record saying so, and the process ends (the
+    Train workers belong to its job)."""
+    out = tmp_path / "rec.json"
+    cmd = [sys.executable, "-m", "workloads.pneumonia", "--framework", "ray", *ARGS[:-4], "--epochs", "50",
+           "--timeout", "20", "--storage", str(tmp_path / "storage"), "--output", str(out)]
+    env = {**os.environ, "SCALELAB_CACHE": cache}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env=env)
+    rec = json.loads(out.read_text())
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert rec["status"] == "failed" and "Ray Train workers did not finish within 20 s" in rec["error"], rec["error"]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr[-2000:]
