@@ -34,7 +34,8 @@ def test_the_real_records_cover_every_kind_the_workloads_write() -> None:
     assert kinds >= {("pagerank", "reference", "ok", None), ("pagerank", "torch", "ok", None),
                      ("pagerank", "ray", "ok", None), ("pagerank", "torch", "failed", None),
                      ("kmeans", "torch", "ok", "global"), ("kmeans", "reference", "ok", "blockwise"),
-                     ("xgboost", "reference", "ok", None)}, kinds
+                     ("xgboost", "reference", "ok", None), ("xgboost", "ray", "ok", None),
+                     ("pneumonia", "torch", "ok", None), ("cifar-pbt", "ray", "ok", None)}, kinds
     assert all(r["schema"] == SCHEMA for r in map(real_of, all_real()))
 
 
@@ -180,7 +181,7 @@ def runner_record(name: str, tmp_path: Path, cluster_name: str | None = None) ->
 
 
 def test_the_runners_records_match_the_model(tmp_path: Path) -> None:
-    for name in ("pagerank-torch", "kmeans-global-torch", "xgboost-reference", "pagerank-failed"):
+    for name in ("pagerank-torch", "kmeans-global-torch", "xgboost-ray", "cifar-pbt-ray", "pagerank-failed"):
         rec = runner_record(name, tmp_path)
         path = write_record(rec, tmp_path / f"{name}.json")
         back = recordmodel.load(path)
