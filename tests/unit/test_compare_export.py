@@ -99,6 +99,14 @@ def test_two_clusters_and_two_commits(tmp_path: Path) -> None:
     assert "not comparable: cluster differs: lab (A) vs okeanos (B)" in c.notes
 
 
+def test_sides_named_by_run_id(tmp_path: Path) -> None:
+    a, b = real("kmeans-global-torch"), real("kmeans-blockwise-reference")
+    c = compare.run(a["run_id"], b["run_id"], results_dir=results_dir(tmp_path, [a, b]))
+    assert (c.a.records[0]["run_id"], c.b.records[0]["run_id"]) == (a["run_id"], b["run_id"])
+    assert row(c.metrics, "ch_score")["B/A"] == f"{b['metrics']['ch_score'] / a['metrics']['ch_score']:.3f}"
+    assert "not comparable: parameters differ: method \"global\" vs \"blockwise\"" in c.notes, c.notes
+
+
 def test_compare_errors_are_one_line(tmp_path: Path) -> None:
     res = results_dir(tmp_path, [real("pagerank-torch")])
     proc = fab("compare", "ray", "nonsense", "--results", str(res))
@@ -109,6 +117,11 @@ def test_compare_errors_are_one_line(tmp_path: Path) -> None:
     assert proc.stderr.startswith("error: B: 'nonsense' is not a record file, a run id, a framework"), proc.stderr
     proc = fab("compare", str(tmp_path / "gone.json"), "torch", "--results", str(res))
     assert proc.returncode == 2 and proc.stderr == f"error: A: {tmp_path / 'gone.json'}: no such record file\n"
+    (tmp_path / "bad.json").write_text(json.dumps({**real("pagerank-torch"), "workers": 0}))
+    proc = fab("compare", "torch", str(tmp_path / "bad.json"), "--results", str(res))
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: B: {tmp_path / 'bad.json'}: workers: input should be greater than or equal to 1 "
+                           "(got 0)\n")
 
 
 # ------------------------------------------------------------------------------------------ export
