@@ -223,6 +223,54 @@ ns = Collection(run_experiment, run_matrix, runs, abort, sync_code, gen_data, re
                 lab_down, lab_status, lab_kill, lab_start)
 
 
+
+# --- records: compare and export (scalelab/compare.py, scalelab/export.py) --------------------------
+@task(help={"a": "a record file, a run id, or a set of runs: a framework (ray, torch, reference), a cluster "
+                 "(the inventory's name) or a commit of this project (hex prefix)",
+            "b": "the other side, as A (ratios are B/A)", "workload": "narrow the sets to this workload",
+            "dataset": "narrow the sets to this dataset", "nodes": "narrow the sets to this node count",
+            "framework": "narrow cluster or commit sets to this framework",
+            "results": "results directory (default: results/)"})
+@user_errors
+def compare(c, a, b, workload=None, dataset=None, nodes=None, framework=None, results=None):
+    """Compare two runs or two sets of runs: times per step, metrics and verification side by side, B/A."""
+    from pathlib import Path
+
+    from scalelab import compare as _compare
+    from scalelab import results as _results
+    from scalelab.cli import int_option
+    cmp = _compare.run(a, b, results_dir=Path(results) if results else _results.RESULTS_DIR, workload=workload,
+                       dataset=dataset, nodes=None if nodes is None else int_option("nodes", nodes),
+                       framework=framework)
+    console.print(f"A: {cmp.a.describe()}\nB: {cmp.b.describe()}", markup=False, highlight=False)
+    for title, rows in (("time per step (s)", cmp.times), ("metrics", cmp.metrics),
+                        ("verification", cmp.verification)):
+        if rows:
+            console.print(table(rows, title=title))
+    for note in cmp.notes or ["comparable: same workload, dataset, parameters, iterations, convergence and cluster"]:
+        console.print(note, markup=False, highlight=False, style="yellow" if note.startswith("not") else None)
+
+
+@task(help={"format": "csv or parquet", "out": "output file (default: reports/records.FORMAT)",
+            "results": "results directory (default: results/)"})
+@user_errors
+def export(c, format="csv", out=None, results=None):
+    """Every record under results/ as one CSV or Parquet table (one row per run), for pandas."""
+    from pathlib import Path
+
+    from scalelab import export as _export
+    from scalelab import results as _results
+    from scalelab.cli import err_console
+    path, n, skipped = _export.export(format, Path(out) if out else None,
+                                      Path(results) if results else _results.RESULTS_DIR)
+    for line in skipped:
+        err_console.print(f"skipped: {line}", markup=False, highlight=False)
+    console.print(f"export: {n} records -> {path}", markup=False, highlight=False)
+
+
+ns.add_task(compare)
+ns.add_task(export)
+
 # --- cluster services (scalelab/cluster.py) ---------------------------------------------------------
 INV_HELP = "inventory directory (default: $SCALELAB_INVENTORY or inventory/lab)"
 

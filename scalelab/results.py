@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 from collections.abc import Iterable
@@ -11,42 +10,33 @@ from pathlib import Path
 from typing import Any
 
 from scalelab.cli import REPO_ROOT
+from workloads.recordmodel import BadRecord as BadRecord  # the one error for a file that is not a record
+from workloads.recordmodel import check, load
 
 RESULTS_DIR = Path(os.environ.get("SCALELAB_RESULTS") or REPO_ROOT / "results")
 SEED_RESULTS = Path(__file__).with_name("data") / "seed-results.csv"
-REQUIRED = ("schema", "run_id", "workload", "framework", "nodes", "workers", "status", "timings_s")
 SEED_FRAMEWORKS = {"Ray": "ray", "PyTorch": "torch"}
 
 
-class BadRecord(ValueError):
-    pass
-
-
 def validate(rec: Any, source: str = "record") -> dict[str, Any]:
-    """Check a record against the DESIGN.md schema (the fields the report relies on)."""
-    if not isinstance(rec, dict):
-        raise BadRecord(f"{source}: not a JSON object")
-    missing = [k for k in REQUIRED if k not in rec]
-    if missing:
-        raise BadRecord(f"{source}: missing {', '.join(missing)}")
-    if rec["status"] not in ("ok", "failed"):
-        raise BadRecord(f"{source}: status must be ok or failed, not {rec['status']!r}")
-    if rec["status"] == "ok" and rec.get("error"):
-        raise BadRecord(f"{source}: an ok record carries an error")
-    return rec
+    """A record checked against the model (workloads/recordmodel.py), upgraded to the current schema."""
+    return check(rec, source)
+
+
+def record_paths(root: Path = RESULTS_DIR, workloads: Iterable[str] | None = None) -> list[Path]:
+    wanted = set(workloads) if workloads else None
+    return [p for p in sorted(root.glob("*/*.json")) if not wanted or p.parent.name in wanted]
 
 
 def load_records(root: Path = RESULTS_DIR, workloads: Iterable[str] | None = None) -> tuple[list[dict], list[str]]:
-    """All records under results/<workload>/*.json; unreadable files are reported, not fatal."""
+    """All records under results/<workload>/*.json, checked and upgraded; files that are not records
+    are reported (one line each: the file and what is wrong), not fatal."""
     recs, problems = [], []
-    wanted = set(workloads) if workloads else None
-    for path in sorted(root.glob("*/*.json")):
-        if wanted and path.parent.name not in wanted:
-            continue
+    for path in record_paths(root, workloads):
         try:
-            recs.append(validate(json.loads(path.read_text()), str(path)))
-        except (OSError, json.JSONDecodeError, BadRecord) as exc:
-            problems.append(f"{path}: {exc}")
+            recs.append(load(path))
+        except BadRecord as exc:
+            problems.append(str(exc))
     return recs, problems
 
 

@@ -214,10 +214,27 @@ def _finish(cluster: Cluster, nodes: Sequence[Node], run_id: str) -> tuple[dict 
             problems[h] = str(r)
         elif rec is None and r.stdout.strip():
             try:
-                rec = json.loads(r.stdout)
+                rec = _results.validate(json.loads(r.stdout), f"the record on {h}")
             except json.JSONDecodeError:
                 problems[h] = "the record on the node is not JSON"
+            except _results.BadRecord as exc:
+                problems[h] = str(exc)
     return rec, problems
+
+
+def complete_record(rec: dict[str, Any], nodes: Sequence[Node], *, resources: dict[str, dict], wall: float,
+                    logs: str, provenance: dict[str, Any] | None, problems: dict[str, str]) -> dict[str, Any]:
+    """What the controller adds to a run's record: the nodes, their CPU/memory samples, the logs'
+    directory, the provenance and what could not be cleaned up."""
+    rec["nodes"] = len(nodes)
+    rec.setdefault("env", {})["hosts"] = [n.name for n in nodes]
+    rec["resources"] = {"interval_s": 1.0, "hosts": resources, "wall_s": round(wall, 1)}
+    rec["logs"] = logs
+    if provenance is not None:
+        rec["provenance"] = provenance
+    if problems:
+        rec["cleanup_problems"] = problems
+    return rec
 
 
 def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Node], dataset: str | None,
@@ -278,21 +295,16 @@ def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Nod
                                  workers=len(nodes), nodes=len(nodes), run_id=run_id)
         busy = [h for h in failed_hosts if codes[h] == BUSY]
         lost = [h for h in failed_hosts if codes[h] == 255]
-        reason = (why or (rec or {}).get("error")
+        invalid = next((problems.pop(h) for h in list(problems) if problems[h].startswith("the record on")), None)
+        reason = (why or (rec or {}).get("error") or invalid
                   or (f"another scalelab run took {', '.join(busy)} meanwhile" if busy else None)
                   or (f"lost the connection to {', '.join(lost)} (node down or unreachable)" if lost else None)
                   or _log_tail(logdir, failed_hosts or [t.name for t in targets]))
         codes_s = ", ".join(f"{h}={c}" for h, c in codes.items())
         rec = fail_record(base, f"{reason} (exit codes: {codes_s})" if failed_hosts or why else
                           f"no result record was written ({reason})")
-    rec["nodes"] = len(nodes)
-    rec.setdefault("env", {})["hosts"] = [n.name for n in nodes]
-    rec["resources"] = {"interval_s": 1.0, "hosts": resources, "wall_s": round(wall, 1)}
-    rec["logs"] = str(logdir.relative_to(results_dir))
-    if provenance is not None:
-        rec["provenance"] = provenance
-    if problems:
-        rec["cleanup_problems"] = problems
+    complete_record(rec, nodes, resources=resources, wall=wall, logs=str(logdir.relative_to(results_dir)),
+                    provenance=provenance, problems=problems)
     path = write_record(rec, results_dir / wl.name / f"{run_id}.json")
     say(f"{'ok' if rec['status'] == 'ok' else 'FAILED'}: {wl.name} {framework} on {len(nodes)} node(s) in "
         f"{wall:.1f} s -> {path}" + ("" if rec["status"] == "ok" else f"\n  {rec['error']}"))

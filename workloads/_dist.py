@@ -42,10 +42,12 @@ from workloads.graphio import InputInfo, inspect_input
 from workloads.record import (
     UserError,
     check_output,
+    checked,
     fail_record,
     finish_record,
     launch_time,
     new_record,
+    write_json,
     write_record,
 )
 
@@ -133,6 +135,8 @@ def conclude(rec: dict[str, Any], args: argparse.Namespace, leader: bool, work: 
         if work() is False:
             return 0
         finish_record(rec)
+        if leader:
+            checked(rec)  # a record the model refuses is a bug: a failed record with the reason, never ok
     except UserError as exc:
         return _report_failure(rec, args, leader, f"error: {exc}", str(exc), 2)
     except Exception as exc:  # a bug or a runtime failure: keep the trace, never an ok record
@@ -856,12 +860,12 @@ def _learning_rank(fn: Callable, cfg: dict, outdir: str) -> int:
     try:
         result = run_torch_worker(fn, cfg)
     except BaseException as exc:
-        write_record({"error": f"rank {rank}: {type(exc).__name__}: {exc}", "user": isinstance(exc, UserError)},
-                     Path(outdir) / f"error-{rank}.json")
+        write_json({"error": f"rank {rank}: {type(exc).__name__}: {exc}", "user": isinstance(exc, UserError)},
+                   Path(outdir) / f"error-{rank}.json", "the rank's error")
         traceback.print_exc()
         return 1
     if rank == "0":
-        write_record(result, Path(outdir) / "result.json")
+        write_json(result, Path(outdir) / "result.json", "the rank's result")
     return 0
 
 

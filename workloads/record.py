@@ -1,8 +1,9 @@
-"""The result record of shared/DESIGN.md: one JSON file per run.
+"""The result record: one JSON file per run, checked against the model in :mod:`workloads.recordmodel`
+(docs/record.schema.json).
 
 Every workload builds its record with :func:`new_record`, fills ``metrics`` / ``timings_s`` /
-``verification``, and writes it with :func:`write_record`.  A failed run is written with
-:func:`fail_record` and never carries ``status: ok``.
+``verification``, and writes it with :func:`write_record`, which checks it first.  A failed run is
+written with :func:`fail_record` and never carries ``status: ok``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SCHEMA = 1
+SCHEMA = 2  # 2: strict JSON (non-finite numbers are null); recordmodel.UPGRADES reads 1
 FRAMEWORKS = ("ray", "torch", "reference")
 
 
@@ -85,11 +86,30 @@ def fail_record(rec: dict[str, Any], error: BaseException | str) -> dict[str, An
     return rec
 
 
+def checked(rec: dict[str, Any]) -> dict[str, Any]:
+    """``rec`` as plain JSON values (numpy numbers converted; Infinity and NaN, which are not JSON, as
+    null), checked against the model: raises recordmodel.BadRecord with one line."""
+    from workloads.recordmodel import check  # pydantic is imported when a record is checked, not at start-up
+
+    data = json.loads(json.dumps(rec, default=_jsonable), parse_constant=lambda c: None)
+    return check(data, "the record to write")
+
+
 def write_record(rec: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write :func:`checked` ``rec`` with :func:`write_atomic` (an invalid record: nothing is written)."""
+    return write_json(checked(rec), path)
+
+
+def write_json(doc: Any, path: str | os.PathLike[str], what: str = "the record") -> Path:
+    """Any JSON document (a record, a rank's result), written with :func:`write_atomic`."""
+    data = json.dumps(doc, indent=2, default=_jsonable) + "\n"
+    return write_atomic(path, data.encode(), what)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, what: str = "the record") -> Path:
     """Write atomically and durably: temp file, fsync, rename, fsync of the directory, so a crash
-    never leaves half a record.  A path that cannot be written raises UserError and leaves no temp file."""
+    never leaves half a file.  A path that cannot be written raises UserError and leaves no temp file."""
     path = Path(path)
-    data = (json.dumps(rec, indent=2, sort_keys=False, default=_jsonable) + "\n").encode()
     tmp = _temp_path(path)
     try:
         if path.is_dir():
@@ -103,7 +123,7 @@ def write_record(rec: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         os.replace(tmp, path)
     except OSError as exc:
         _remove(tmp)
-        raise UserError(_unwritable(path, exc)) from None
+        raise UserError(_unwritable(path, exc, what)) from None
     _fsync_dir(path.parent)
     return path
 
@@ -127,14 +147,15 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def _unwritable(path: Path, exc: OSError) -> str:
+def _unwritable(path: Path, exc: OSError, what: str = "the record") -> str:
     why = exc.strerror or str(exc)
     if isinstance(exc, IsADirectoryError) and path.is_dir():
-        return f"cannot write the record to {path}: it is a directory; name a file, e.g. {path / 'record.json'}"
+        example = path / ("record.json" if what == "the record" else f"out{path.suffix or '.json'}")
+        return f"cannot write {what} to {path}: it is a directory; name a file, e.g. {example}"
     blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:  # mkdir says "file exists" for a file in the way
         why = f"{blocker} is not a directory"
-    return f"cannot write the record to {path}: {why.lower()}; name a file in a directory you can write"
+    return f"cannot write {what} to {path}: {why.lower()}; name a file in a directory you can write"
 
 
 def _remove(path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 from scalelab import provenance, runner
 from scalelab.errors import UserError
 from scalelab.inventory import Cluster, Node
+from tests.unit.test_records import real
 from workloads.record import fail_record, finish_record, new_record, write_record
 
 
@@ -26,8 +27,10 @@ def test_matrix_cells_follow_each_workloads_frameworks() -> None:
 
 def _record(results: Path, fw: str, nodes: int, ds: str, ok: bool, inventory: str = "inv",
             extra: tuple[str, ...] = ()) -> None:
-    r = new_record("pagerank", fw, workers=nodes, nodes=nodes, dataset={"name": ds})
-    r["timings_s"] = {"total": 1.0}
+    """A real PageRank record (tests/unit/records) as this cell's run."""
+    r = {**real("pagerank-torch"), "framework": fw, "nodes": nodes, "workers": nodes,
+         "run_id": new_record("pagerank", fw, workers=nodes)["run_id"]}
+    r["dataset"] = {**r["dataset"], "name": ds}
     r["provenance"] = {"params_hash": provenance.params_hash("pagerank", fw, nodes, ds, list(extra)),
                        "inventory": {"name": "x", "hash": inventory}}
     write_record(finish_record(r) if ok else fail_record(r, "boom"), results / "pagerank" / f"{r['run_id']}.json")

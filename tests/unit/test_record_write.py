@@ -7,11 +7,11 @@ import os
 import pytest
 
 from workloads import record
-from workloads.record import UserError, check_output, new_record, write_record
+from workloads.record import UserError, check_output, fail_record, new_record, write_record
 
 
 def rec() -> dict:
-    return new_record("pagerank", "reference", workers=1)
+    return fail_record(new_record("pagerank", "reference", workers=1), "interrupted")
 
 
 def test_record_is_fsynced_then_renamed_then_its_directory_fsynced(tmp_path, monkeypatch):

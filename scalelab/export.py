@@ -1,0 +1,94 @@
+"""`fab export`: every record under results/ as one table, one row per run, for pandas and friends.
+
+Nested fields are flattened with ``_`` (``timings_s.load`` -> ``timings_s_load``,
+``provenance.git.commit`` -> ``provenance_git_commit``); lists (PageRank's top nodes, centroids, loss
+curves) are JSON text in one column.  The file is written atomically: a reader never sees half of it.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from scalelab import results as _results
+from scalelab.cli import REPO_ROOT
+from scalelab.errors import UserError
+from workloads.record import write_atomic
+
+FORMATS = ("csv", "parquet")
+FIRST = ("run_id", "workload", "framework", "nodes", "workers", "status", "error", "schema")
+NESTED = ("dataset", "params", "timings_s", "metrics", "verification", "env", "provenance", "resources",
+          "cleanup_problems")  # null here: no columns (the other records' columns hold the values)
+
+
+def flatten(rec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in rec.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "_"))
+        elif v is None and not prefix and k in NESTED:
+            continue
+        elif isinstance(v, list | tuple):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+def rows(recs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    flat = [flatten(r) for r in recs]
+    cols: dict[str, None] = dict.fromkeys(FIRST)
+    for f in flat:
+        cols.update(dict.fromkeys(f))
+    return list(cols), flat
+
+
+def _column(values: list[Any]) -> tuple[str, list[Any]]:
+    """One type per column (parquet needs it): bool, int, float, else text (other values as JSON)."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return "bool", values
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return "int64", values
+    if present and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return "float64", [None if v is None else float(v) for v in values]
+    return "string", [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
+
+
+def encode(recs: list[dict[str, Any]], fmt: str) -> bytes:
+    cols, flat = rows(recs)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        for f in flat:
+            w.writerow({c: f.get(c) for c in cols})
+        return buf.getvalue().encode()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {}
+    for c in cols:
+        kind, values = _column([f.get(c) for f in flat])
+        arrays[c] = pa.array(values, type=pa.bool_() if kind == "bool" else kind)
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(arrays), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def default_out(fmt: str) -> Path:
+    return REPO_ROOT / "reports" / f"records.{fmt}"
+
+
+def export(fmt: str, out: Path | None = None, results_dir: Path = _results.RESULTS_DIR) -> tuple[Path, int, list[str]]:
+    """Write every readable record under ``results_dir``; (the file, records written, files skipped)."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: give csv or parquet")
+    recs, problems = _results.load_records(results_dir)
+    if not recs:
+        raise UserError(f"no records under {results_dir}: run `fab run-experiment` first (or give --results DIR)")
+    path = write_atomic(out or default_out(fmt), encode(recs, fmt), "the export")
+    return path, len(recs), problems
