@@ -10,8 +10,10 @@ FAB    := $(VENV)/bin/fab
 LOCK   := requirements.lock
 STAMP  := $(VENV)/.installed-$(shell sha256sum $(LOCK) 2>/dev/null | cut -c1-12)
 LAB_DEBS := debootstrap systemd-container iptables dnsmasq-base openssh-client
+# The report's browser test opens report.html in headless Chromium (Debian's package).
+BROWSER_DEBS := chromium
 
-.PHONY: help setup lab-deps lock test test-unit test-lab test-upgrade demo bench bench-provision bench-hdfs bench-scale lint clean lab-up lab-down
+.PHONY: help setup lab-deps browser-deps lock test test-unit test-report test-lab test-upgrade demo bench bench-provision bench-hdfs bench-scale lint clean lab-up lab-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +37,12 @@ lab-deps:  ## install the Debian packages the lab needs (root)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+browser-deps:  ## install headless Chromium for the report's browser test (root; skipped when present)
+	@command -v chromium >/dev/null && exit 0; \
+	if [ "$$(id -u)" != 0 ]; then echo "error: chromium is missing: run \`make browser-deps\` as root (apt-get install $(BROWSER_DEBS))"; exit 2; fi; \
+	echo "installing $(BROWSER_DEBS)"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_DEBS) >/dev/null
+
 lock:  ## re-resolve requirements.in into requirements.lock (in a scratch venv)
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv && .lockenv/bin/pip install -q -r requirements.in
 	{ head -3 $(LOCK); .lockenv/bin/pip freeze | grep -v '^-e '; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
@@ -44,13 +52,16 @@ lock:  ## re-resolve requirements.in into requirements.lock (in a scratch venv)
 test-unit: setup  ## fast tests: units and local workload runs (no root needed)
 	$(PYTEST) --durations=15 tests/unit tests/workloads
 
+test-report: setup browser-deps  ## the report built from real runs, opened in headless Chromium (root for the install)
+	$(PYTEST) --durations=5 tests/report
+
 test-lab: setup lab-deps  ## lab tests: bring the lab up, test it, provision it, tear it down (root)
 	$(PYTEST) --durations=25 -m "not release_upgrade" tests/e2e
 
 test-upgrade: setup lab-deps  ## a bullseye lab host taken to bookworm by os_upgrade (root; CI runs it)
 	$(PYTEST) --durations=10 -m release_upgrade tests/e2e
 
-test: test-unit test-lab  ## everything CI runs
+test: test-unit test-report test-lab  ## everything CI runs
 
 lab-up: setup lab-deps  ## bring the local lab up
 	$(FAB) lab-up

@@ -290,18 +290,22 @@ def provision(c, inventory=None, tags=None, limit=None):
         sys.exit(rc)
 
 
-@task(help={"inventory": INV_HELP})
+@task(help={"inventory": INV_HELP, "json": "print one JSON object (hosts, ray, hdfs, yarn, ok) for scripts"})
 @user_errors
-def status(c, inventory=None):
-    """Hosts up, failed units, Ray nodes alive, HDFS report when it runs."""
+def status(c, inventory=None, json=False):
+    """Hosts up, failed units; Ray, HDFS and YARN from their own JSON (ray.nodes(), NameNode JMX, RM REST)."""
+    import json as _json
     import sys
 
     from scalelab import cluster
     from scalelab.cli import inventory_path
     st = cluster.status(inventory_path(inventory))
-    console.print(table(st["hosts"], title="hosts"))
-    for line in st["lines"]:
-        console.print(line, highlight=False)
+    if json:
+        print(_json.dumps(st, default=str))
+    else:
+        console.print(table(st["hosts"], title="hosts"))
+        for line in st["lines"]:
+            console.print(line, highlight=False)
     if not st["ok"]:
         sys.exit(1)
 

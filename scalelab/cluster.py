@@ -7,6 +7,7 @@ the roles install (Ray's environment file, Hadoop's profile).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -61,20 +62,6 @@ def ray_token(inventory: Path) -> str:
     return token
 
 
-_ACTIVE = re.compile(r"^\s*(\d+)\s+node_[0-9a-f]+", re.M)
-_CPU = re.compile(r"([\d.]+)/([\d.]+)\s+CPU\b")
-
-
-def parse_ray_status(text: str) -> dict[str, Any]:
-    """`ray status` -> {"alive": nodes listed under Active, "cpus": total CPUs}."""
-    active = text.split("Active:", 1)[1] if "Active:" in text else ""
-    for end in ("Pending:", "Idle:"):
-        active = active.split(end, 1)[0]
-    alive = sum(int(m.group(1)) for m in _ACTIVE.finditer(active))
-    cpu = _CPU.search(text)
-    return {"alive": alive, "cpus": float(cpu.group(2)) if cpu else 0.0}
-
-
 NO_DIR = 3  # exit code of a remote command that found a directory the roles make missing
 
 
@@ -92,21 +79,6 @@ def ray_env(cluster: Cluster) -> str:
     return f"set -a; . {shlex.quote(str(node_var(cluster, 'scalelab_ray_env')))}; set +a; "
 
 
-def ray_status_command(cluster: Cluster) -> str:
-    ray = shlex.quote(f"{node_var(cluster, 'scalelab_venv')}/bin/ray")
-    return f"{ray_env(cluster)}{ray} status"
-
-
-def ray_line(cluster: Cluster) -> tuple[str, bool]:
-    proc = cluster.ssh(cluster.master, ray_status_command(cluster), timeout=60, check=False, root=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
-        return f"ray: not answering on {cluster.master.name} ({tail[:120]})", False
-    st = parse_ray_status(proc.stdout)
-    total = len(cluster.nodes)
-    return f"ray: {st['alive']}/{total} nodes alive, {st['cpus']:g} CPUs", st["alive"] == total
-
-
 # --- HDFS ----------------------------------------------------------------------------------------
 
 def _hdfs(cluster: Cluster, args: str) -> str:
@@ -121,28 +93,166 @@ def hdfs_running(cluster: Cluster) -> bool:
     return proc.returncode == 0
 
 
-_LIVE = re.compile(r"Live datanodes \((\d+)\)")
+# --- status: Ray's, the NameNode's and the ResourceManager's own JSON, read on the master ------------
+
+# Ray's own view of its nodes (ray.nodes(): one dict per node, dead ones included), as one JSON line.
+RAY_NODES_JSON = ("import json, ray; ray.init(address='auto', logging_level='ERROR', log_to_driver=False); "
+                  "print(json.dumps(ray.nodes(), default=str))")
+# GET each URL given, on the master (the web UIs bind to the private address only): one JSON line per
+# URL with its body or its error; no proxy, whatever the environment says.
+FETCH_JSON = ("import json, sys, urllib.request\n"
+              "get = urllib.request.build_opener(urllib.request.ProxyHandler({})).open\n"
+              "for url in sys.argv[1:]:\n"
+              "    try:\n"
+              "        print(json.dumps({'url': url, 'body': json.load(get(url, timeout=15))}))\n"
+              "    except Exception as exc:\n"
+              "        print(json.dumps({'url': url, 'error': f'{type(exc).__name__}: {exc}'[:300]}))\n")
+SECTIONS = ("ray", "units", "web")
 
 
-def hdfs_line(cluster: Cluster) -> tuple[str, bool]:
-    if not hdfs_running(cluster):
-        if not node_var(cluster, "hadoop_enabled"):
-            return "hdfs: not enabled (hadoop_enabled is false: datasets are local files on every node)", True
-        return (f"hdfs: the NameNode is not running on {cluster.master.name}: see "
-                f"`journalctl -u hadoop-namenode` there, then `fab provision --tags hadoop`"), False
-    proc = cluster.ssh(cluster.master, _hdfs(cluster, "dfsadmin -report"), timeout=60, check=False, root=True)
-    live = _LIVE.search(proc.stdout)
-    safemode = cluster.ssh(cluster.master, _hdfs(cluster, "dfsadmin -safemode get"), timeout=60, check=False,
-                           root=True)
-    n = int(live.group(1)) if live else 0
-    mode = "off" if "OFF" in safemode.stdout else "ON"
-    ok = proc.returncode == 0 and n == len(cluster.nodes) and mode == "off"
-    cap = re.search(r"Configured Capacity: \d+ \(([^)]+)\)", proc.stdout)
-    return f"hdfs: {n}/{len(cluster.nodes)} DataNodes live, safemode {mode}" + (
-        f", capacity {cap.group(1)}" if cap else ""), ok
+def service_urls(cluster: Cluster) -> dict[str, str]:
+    """The NameNode's JMX beans and the ResourceManager's cluster metrics, at the master's private address."""
+    ip = cluster.master.private_ip
+    jmx = f"http://{ip}:{node_var(cluster, 'hadoop_namenode_http_port')}/jmx?qry=Hadoop:service=NameNode,name="
+    return {"fsnamesystem": jmx + "FSNamesystemState", "namenodeinfo": jmx + "NameNodeInfo",
+            "yarn": f"http://{ip}:{node_var(cluster, 'hadoop_rm_webapp_port')}/ws/v1/cluster/metrics"}
 
 
-# --- status --------------------------------------------------------------------------------------
+def status_command(cluster: Cluster) -> str:
+    """One command on the master: Ray's node list, the Hadoop master units' states, then the NameNode's
+    and ResourceManager's JSON; each section after its '@name' line."""
+    q = shlex.quote
+    py = q(f"{node_var(cluster, 'scalelab_venv')}/bin/python")
+    urls = " ".join(q(u) for u in service_urls(cluster).values())
+    return (f"echo @ray; ({ray_env(cluster)}{py} -c {q(RAY_NODES_JSON)} 2>&1 | tail -n 1); "
+            "echo @units; for u in hadoop-namenode hadoop-resourcemanager; do echo $u=$(systemctl is-active $u); "
+            f"done; echo @web; python3 -c {q(FETCH_JSON)} {urls} 2>&1")
+
+
+def parse_status_output(text: str) -> dict[str, Any]:
+    """:func:`status_command`'s output -> {"ray": Ray's line, "units": {unit: state}, "web": {url: item}}."""
+    sections: dict[str, list[str]] = {s: [] for s in SECTIONS}
+    cur: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("@") and line[1:] in SECTIONS:
+            cur = sections[line[1:]]
+        elif cur is not None and line.strip():
+            cur.append(line)
+    web = {}
+    for line in sections["web"]:
+        try:
+            item = json.loads(line)
+            web[item["url"]] = item
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    units = dict(x.split("=", 1) for x in sections["units"] if "=" in x)
+    return {"ray": (sections["ray"] or [""])[-1], "units": units, "web": web}
+
+
+def ray_summary(line: str, expected: dict[str, str]) -> dict[str, Any]:
+    """Ray's node list (ray.nodes() as JSON) against the nodes the inventory expects ({private address:
+    name}): how many are alive, which are missing, CPUs of the live nodes."""
+    try:
+        nodes = json.loads(line)
+    except json.JSONDecodeError:
+        nodes = None
+    if not isinstance(nodes, list):
+        return {"ok": False, "alive": 0, "expected": len(expected), "cpus": 0.0, "missing": list(expected.values()),
+                "error": line.strip()[:200] or "no output"}
+    alive = [n for n in nodes if n.get("Alive")]
+    ips = {n.get("NodeManagerAddress") for n in alive}
+    missing = [name for ip, name in expected.items() if ip not in ips]
+    return {"ok": not missing, "alive": len(set(expected) & ips), "expected": len(expected),
+            "cpus": sum(float((n.get("Resources") or {}).get("CPU", 0)) for n in alive), "missing": missing,
+            "error": None}
+
+
+def _bean(item: dict | None) -> dict[str, Any] | None:
+    beans = ((item or {}).get("body") or {}).get("beans") or []
+    return beans[0] if beans else None
+
+
+def hdfs_summary(fsn: dict | None, info: dict | None, expected: dict[str, str]) -> dict[str, Any]:
+    """The NameNode's JMX beans FSNamesystemState and NameNodeInfo against the expected DataNodes
+    ({private address: name}; the DataNodes register by address)."""
+    state, nni = _bean(fsn), _bean(info)
+    if state is None:
+        return {"ok": False, "live": 0, "expected": len(expected),
+                "error": (fsn or {}).get("error") or "no FSNamesystemState bean"}
+    live_ips = set()
+    try:
+        for node in json.loads((nni or {}).get("LiveNodes") or "{}").values():
+            live_ips.add(str(node.get("xferaddr", "")).rsplit(":", 1)[0])
+    except (json.JSONDecodeError, AttributeError):
+        pass
+    live = int(state.get("NumLiveDataNodes", 0))
+    safemode = state.get("FSState") == "safeMode" or bool((nni or {}).get("Safemode"))
+    missing = [name for ip, name in expected.items() if ip not in live_ips] if nni else []
+    return {"ok": live == len(expected) and not missing and not safemode, "live": live, "expected": len(expected),
+            "dead": int(state.get("NumDeadDataNodes", 0)), "safemode": safemode, "missing": missing,
+            "capacity_bytes": state.get("CapacityTotal"), "remaining_bytes": state.get("CapacityRemaining"),
+            "error": None}
+
+
+def yarn_summary(metrics: dict | None, expected: int) -> dict[str, Any]:
+    """The ResourceManager's /ws/v1/cluster/metrics against the expected number of NodeManagers."""
+    cm = ((metrics or {}).get("body") or {}).get("clusterMetrics")
+    if not cm:
+        return {"ok": False, "active": 0, "expected": expected,
+                "error": (metrics or {}).get("error") or "no clusterMetrics"}
+    active = int(cm.get("activeNodes", 0))
+    return {"ok": active == expected, "active": active, "expected": expected,
+            "lost": int(cm.get("lostNodes", 0)), "unhealthy": int(cm.get("unhealthyNodes", 0)),
+            "vcores": cm.get("totalVirtualCores"), "memory_mb": cm.get("totalMB"), "error": None}
+
+
+def service_states(cluster: Cluster, out: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Ray, HDFS and YARN from the master's answers (:func:`parse_status_output`), each with its status
+    line and whether it is healthy (HDFS and YARN are, when Hadoop is not enabled and not running)."""
+    expected = {n.private_ip: n.name for n in cluster.nodes}
+    m = cluster.master.name
+    ray = ray_summary(out["ray"], expected)
+    if ray["error"]:
+        ray["line"] = f"ray: not answering on {m} ({ray['error'][:120]}): see `journalctl -u ray-head` there"
+    else:
+        ray["line"] = f"ray: {ray['alive']}/{ray['expected']} nodes alive, {ray['cpus']:g} CPUs" + (
+            f" ({', '.join(ray['missing'])} not alive: see `journalctl -u ray-worker` there)" if ray["missing"] else "")
+    urls, web = service_urls(cluster), out["web"]
+    hdfs = hdfs_summary(web.get(urls["fsnamesystem"]), web.get(urls["namenodeinfo"]), expected)
+    if not hdfs["error"]:
+        cap = hdfs["capacity_bytes"]
+        hdfs["line"] = (f"hdfs: {hdfs['live']}/{hdfs['expected']} DataNodes live, safemode "
+                        f"{'ON' if hdfs['safemode'] else 'off'}"
+                        + (f", capacity {cap / 1e9:.1f} GB" if isinstance(cap, int | float) else "")
+                        + (f" ({', '.join(hdfs['missing'])} not live)" if hdfs["missing"] else ""))
+    yarn = yarn_summary(web.get(urls["yarn"]), len(cluster.nodes))
+    if not yarn["error"]:
+        yarn["line"] = (f"yarn: {yarn['active']}/{yarn['expected']} NodeManagers active, {yarn['vcores']} vcores, "
+                        f"{yarn['memory_mb']} MB" + (f", {yarn['lost']} lost" if yarn["lost"] else "")
+                        + (f", {yarn['unhealthy']} unhealthy" if yarn["unhealthy"] else ""))
+    enabled = bool(node_var(cluster, "hadoop_enabled"))
+    for svc, name, unit, what in ((hdfs, "hdfs", "hadoop-namenode", "NameNode"),
+                                  (yarn, "yarn", "hadoop-resourcemanager", "ResourceManager")):
+        svc["unit"] = out["units"].get(unit, "unknown")
+        if not svc["error"]:
+            continue
+        if not enabled and svc["unit"] != "active":
+            svc.update(ok=True, line=f"{name}: not enabled (hadoop_enabled is false: datasets are local files on "
+                                     "every node)")
+        elif svc["unit"] != "active":
+            svc["line"] = (f"{name}: the {what} is not running on {m} ({svc['unit']}): see `journalctl -u {unit}` "
+                           "there, then `fab provision --tags hadoop`")
+        else:
+            svc["line"] = (f"{name}: the {what} on {m} does not answer ({svc['error'][:120]}): see "
+                           f"`journalctl -u {unit}` there, then `fab provision --tags hadoop`")
+    return {"ray": ray, "hdfs": hdfs, "yarn": yarn}
+
+
+def services(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """Ray, HDFS and YARN as `fab status` sees them: one ssh to the master."""
+    proc = cluster.ssh(cluster.master, status_command(cluster), timeout=90, check=False, root=True)
+    return service_states(cluster, parse_status_output(proc.stdout))
+
 
 def _host_probe(cluster: Cluster, n: Node) -> dict[str, Any]:
     units = " ".join(SERVICE_UNITS)
@@ -160,25 +270,34 @@ def _host_probe(cluster: Cluster, n: Node) -> dict[str, Any]:
 
 
 def status(inventory: Path) -> dict[str, Any]:
-    """Hosts (up, failed units, our services), Ray's live nodes, HDFS when it runs."""
+    """Hosts (up, failed units, our services), then Ray, HDFS and YARN from their own JSON on the master:
+    {"ok", "inventory", "hosts", "ray", "hdfs", "yarn", "lines"} (what `fab status --json` prints)."""
     cluster = _inventory.load(inventory)
-    probes = parallel(lambda n: _host_probe(cluster, n), cluster.nodes)
-    hosts = []
-    for n in cluster.nodes:
-        p = probes[n.name]
-        hosts.append(p if isinstance(p, dict) else {"host": n.name, "address": n.private_ip, "up": f"? ({p})",
-                                                    "services": "", "failed units": ""})
-    master_up = hosts[0]["up"] != "DOWN"
-    lines = []
-    ok = all(h["up"] != "DOWN" and h["failed units"] == "-" for h in hosts)
-    for fn in (ray_line, hdfs_line):
-        if master_up:
-            line, good = fn(cluster)
-        else:
-            line, good = f"{fn.__name__.split('_')[0]}: master is down", False
-        lines.append(line)
-        ok = ok and good
-    return {"hosts": hosts, "lines": lines, "ok": ok}
+    master = cluster.master
+
+    def unanswered(why: str) -> dict[str, dict[str, Any]]:
+        return {k: {"ok": False, "error": why, "line": f"{k}: {why}"} for k in ("ray", "hdfs", "yarn")}
+
+    def probe(n: Node) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        host = _host_probe(cluster, n)
+        if n != master:
+            return host, None
+        if host["up"] == "DOWN":
+            return host, unanswered(f"{master.name} is down")
+        try:
+            return host, services(cluster)
+        except RuntimeError as exc:  # the ssh command timed out
+            return host, unanswered(f"no answer from {master.name} ({exc})")
+
+    res = parallel(probe, cluster.nodes)
+    hosts = [r[0] if isinstance(r, tuple) else {"host": n.name, "address": n.private_ip, "up": f"? ({r})",
+                                                "services": "", "failed units": ""}
+             for n, r in ((n, res[n.name]) for n in cluster.nodes)]
+    m = res[master.name]
+    svcs = m[1] if isinstance(m, tuple) else unanswered(f"no answer from {master.name} ({m})")
+    ok = all(h["up"] != "DOWN" and h["failed units"] == "-" for h in hosts) and all(s["ok"] for s in svcs.values())
+    return {"ok": ok, "inventory": str(inventory), "hosts": hosts, **svcs,
+            "lines": [s["line"] for s in svcs.values()]}
 
 
 # --- dashboard -----------------------------------------------------------------------------------

@@ -199,6 +199,8 @@ NODE_DEFAULTS: dict[str, Any] = {
     "hadoop_home": "/opt/hadoop",
     "hadoop_data_path": "/data",
     "hadoop_namenode_rpc_port": 9000,
+    "hadoop_namenode_http_port": 9870,
+    "hadoop_rm_webapp_port": 8088,
     "hadoop_user": "hadoop",
 }
 

@@ -1,9 +1,11 @@
 """`fab report`: Markdown and HTML pages with the tables and figures of seed paper 002, from records.
 
-Figures (PNG): time vs nodes per (workload, dataset); time vs dataset size per (workload, nodes);
-quality per run; CPU and memory per node when the records carry resource samples.  The seed's own
-measured numbers stand beside ours where the same cell exists, marked as measured on their hardware
-with their approximate algorithms.
+Every number comes with how far to trust it: convergence (iterations, converged, final change, error
+bound) and verification (error against the reference, passed) per row, and the provenance of each group
+(commit and whether the tree was dirty, the cluster's inventory name, CPU models).  Figures (PNG): time vs
+nodes per (workload, dataset); time vs dataset size per (workload, nodes); quality per run; CPU and memory
+per node when the records carry resource samples.  The seed's own measured numbers stand beside ours only
+where the work is the same (:func:`seed_comparison`); elsewhere they are labelled not comparable, with why.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ from scalelab.cli import REPO_ROOT  # noqa: E402
 from scalelab.errors import UserError  # noqa: E402
 
 TEMPLATES = REPO_ROOT / "templates"
-SEED_NOTE = ("seed: measured by the seed paper on 3 Okeanos VMs (4 vCPU, 8 GB) with its approximate "
-             "algorithms (per-batch PageRank, per-block k-means); not the same computation")
+SEED_NOTE = ("seed: measured by the seed paper on 3 Okeanos VMs (4 vCPU, 8 GB, other hardware than ours); shown "
+             "as a number only where our run did the same work, otherwise labelled not comparable with the reason")
 COLORS = {"ray": "#1f77b4", "torch": "#d62728", "reference": "#2ca02c"}
 DATASET_ORDER = ["tiny", "test_data", "data_1", "data_2", "data"]
 
@@ -44,24 +46,120 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def converged_cells(recs: list[dict]) -> dict[tuple[str, str, str, int], str]:
-    """(workload, dataset, framework, nodes) -> whether its ok runs converged: "yes", "no (stopped at
-    max-iter)", "k/n" when mixed; cells whose records do not say are left out (shown as "-")."""
-    acc: dict[tuple, list[bool]] = defaultdict(list)
-    for r in recs:
-        flag = (r.get("metrics") or {}).get("converged")
-        if r["status"] == "ok" and isinstance(flag, bool):
-            acc[(r["workload"], results.dataset_name(r), r["framework"], int(r["nodes"]))].append(flag)
-    return {k: "yes" if all(v) else ("no (max-iter)" if not any(v) else f"{sum(v)}/{len(v)}")
-            for k, v in acc.items()}
-
-
 def seed_cells() -> dict[tuple[str, str, str, int], float]:
     """(workload, dataset, framework, nodes) -> the seed's mean measured time."""
     acc: dict[tuple, list[float]] = defaultdict(list)
     for r in results.load_seed():
         acc[(r.workload, r.dataset, r.framework, r.nodes)].append(r.time_s)
     return {k: sum(v) / len(v) for k, v in acc.items()}
+
+
+# What the seed computed, per (workload, framework): the parameters a run of ours must have to do the same
+# work (shared/research/seed-audit.md §2), or why no run of ours does.  The seed ran its own stopping rules
+# (torch_ppr's epsilon per batch, sklearn's KMeans per block), so "the same work" is the same algorithm on
+# the same data with the same parameters, never our converged or fixed-iteration global methods.
+SEED_WORK: dict[tuple[str, str], dict[str, Any] | str] = {
+    ("pagerank", "ray"): {"method": "seed", "damping": 0.95, "block_mb": 10},
+    ("pagerank", "torch"): "the seed's PyTorch PageRank ran on every W-th edge of 1 Mi-edge batches with "
+                           "float32 node ids (ids above 2^24 rounded): no run of ours repeats that",
+    ("kmeans", "ray"): {"method": "blockwise", "k": 16, "seed": 42, "block_mb": 20},
+    ("kmeans", "torch"): "the seed's PyTorch k-means clustered a random 1 Mi-row sample per rank (its CH "
+                         "depends on the world size): no run of ours repeats that",
+    ("pneumonia", "ray"): {"epochs": 10, "lr": 0.01, "per_worker_batch": 64},
+    ("pneumonia", "torch"): {"epochs": 10, "lr": 0.01, "per_worker_batch": 64},
+}
+SEED_DATASETS = {"pagerank": ("data_1", "data_2", "data"), "kmeans": ("data_1", "data_2", "data"),
+                 "pneumonia": ("chest_xray",)}
+
+
+def seed_comparison(rec: dict) -> str | None:
+    """None when this ok run did the seed's work (same algorithm, parameters and dataset), else why not."""
+    wl, fw, ds = rec["workload"], rec["framework"], results.dataset_name(rec)
+    work = SEED_WORK.get((wl, fw))
+    if work is None:
+        return f"the seed has no {fw} {wl} numbers"
+    if ds not in SEED_DATASETS.get(wl, ()):
+        return f"the seed did not run {wl} on {ds}"
+    if isinstance(work, str):
+        return work
+    params = rec.get("params") or {}
+    diff = []
+    for key, want in work.items():
+        have = params.get(key)
+        if key == "per_worker_batch":  # ours records the split of the global batch over the workers
+            have = sorted(set(have)) if isinstance(have, list) else have
+            ok = have == [want]
+        else:
+            ok = have == want
+        if not ok:
+            diff.append(f"{key} {have if have is not None else 'unset'} (seed {want})")
+    if diff:
+        return "different work: " + ", ".join(diff)
+    return None
+
+
+def _span(values: list[Any]) -> str:
+    vals = sorted(set(values))
+    if not vals:
+        return "-"
+    return _fmt(vals[0]) if len(vals) == 1 else f"{_fmt(vals[0])}-{_fmt(vals[-1])}"
+
+
+def _max(values: list[float | None]) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return max(vals) if vals else None
+
+
+def group_key(rec: dict) -> tuple[str, str, str, str, int]:
+    """The summary row a record belongs to (:func:`scalelab.results.summarise`'s grouping)."""
+    return (results.cluster_name(rec), rec["workload"], results.dataset_name(rec), rec["framework"], int(rec["nodes"]))
+
+
+def provenance_of(rec: dict) -> tuple[str, str, str, str]:
+    """(commit, dirty, inventory name, CPU models) of a record; '-' where the record does not say."""
+    prov = rec.get("provenance") or {}
+    git = prov.get("git") or prov
+    commit = str(git.get("commit") or "-")[:12]
+    dirty = {True: "dirty", False: "clean"}.get(git.get("dirty"), "-")
+    nodes = prov.get("nodes") or {}
+    models = {str(f.get("cpu_model")) for f in nodes.values() if isinstance(f, dict) and f.get("cpu_model")}
+    models |= {str(c.get("model")) for c in prov.get("cpus") or [] if isinstance(c, dict) and c.get("model")}
+    env_cpu = (rec.get("env") or {}).get("cpu_model")
+    if env_cpu:
+        models.add(str(env_cpu))
+    return commit, dirty, results.cluster_name(rec), "; ".join(sorted(models)) or "-"
+
+
+def details(recs: list[dict]) -> tuple[dict[tuple, dict[str, Any]], list[dict[str, str]]]:
+    """Per summary row: convergence, verification, the seed comparison and provenance ids; and the
+    provenance table those ids point at (one line per distinct commit, tree state, cluster, CPUs)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in recs:
+        groups[group_key(r)].append(r)
+    prov_ids: dict[tuple[str, str, str, str], str] = {}
+    out = {}
+    for key, rs in groups.items():
+        ok = [r for r in rs if r["status"] == "ok"]
+        m = [r.get("metrics") or {} for r in ok]
+        v = [r.get("verification") or {} for r in ok]
+        flags = [x["converged"] for x in m if isinstance(x.get("converged"), bool)]
+        ids = []
+        for r in rs:
+            ids.append(prov_ids.setdefault(provenance_of(r), f"P{len(prov_ids) + 1}"))
+        reasons = sorted({why for r in ok if (why := seed_comparison(r))})
+        out[key] = {
+            "iterations": _span([x["iterations"] for x in m if isinstance(x.get("iterations"), int)]),
+            "converged": ("-" if not flags else "yes" if all(flags) else
+                          "no (max-iter)" if not any(flags) else f"{sum(flags)}/{len(flags)}"),
+            "final_change": _max([x.get("l1_change") for x in m]),
+            "error_bound": _max([x.get("error_bound") for x in m]),
+            "verify_error": _max([x.get("error") for x in v]),
+            "seed_reason": "; ".join(reasons) if reasons else (None if ok else "no ok run"),
+            "provenance": ", ".join(sorted(set(ids), key=lambda i: int(i[1:]))),
+        }
+    table = [{"id": pid, "commit": c, "tree": d, "cluster": cl, "cpu": cpu}
+             for (c, d, cl, cpu), pid in sorted(prov_ids.items(), key=lambda kv: int(kv[1][1:]))]
+    return out, table
 
 
 def _save(fig, path: Path) -> Path:
@@ -79,6 +177,7 @@ def _finish(fig, ax, path: Path, title: str) -> dict:
 
 
 def fig_time_vs_nodes(summary: list[dict], seed: dict, outdir: Path) -> list[dict]:
+    """seed: (cluster, workload, dataset, framework, nodes) -> the seed's time, for comparable cells only."""
     figs = []
     by_cell: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for row in summary:
@@ -92,7 +191,7 @@ def fig_time_vs_nodes(summary: list[dict], seed: dict, outdir: Path) -> list[dic
             pts = sorted((r["nodes"], r["time_mean_s"]) for r in rows if r["framework"] == fw and r["time_mean_s"])
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", color=COLORS.get(fw), label=f"{fw} (scalelab)")
-            spts = sorted((n, t) for (w, d, f, n), t in seed.items() if (w, d, f) == (wl, ds, fw))
+            spts = sorted((n, t) for (c, w, d, f, n), t in seed.items() if (c, w, d, f) == (cl, wl, ds, fw))
             if spts:
                 ax.plot(*zip(*spts, strict=True), marker="s", ls="--", color=COLORS.get(fw), alpha=0.6, label=f"{fw} (seed)")
         where = f" ({cl})" if many else ""
@@ -187,18 +286,30 @@ def build(results_dir: Path = results.RESULTS_DIR, out_dir: Path | None = None) 
         old.unlink()
     summary = results.summarise(recs)
     seed = seed_cells()
-    converged = converged_cells(recs)
+    per_row, provenance = details(recs)
+    comparable: dict[tuple, float] = {}
+    not_comparable: list[str] = []
     for row in summary:
         key = (row["workload"], row["dataset"], row["framework"], row["nodes"])
+        row.update(per_row[(row["cluster"], *key)])
         row["seed_time_s"] = seed.get(key)
-        row["converged"] = converged.get(key, "-")
-    figures = (fig_time_vs_nodes(summary, seed, figdir) + fig_time_vs_size(recs, figdir)
+        if row["seed_time_s"] is None:
+            row["seed_cell"] = "-"
+        elif row["seed_reason"] is None:
+            comparable[(row["cluster"], *key)] = row["seed_time_s"]
+            row["seed_cell"] = _fmt(row["seed_time_s"])
+        else:
+            if row["seed_reason"] not in not_comparable:
+                not_comparable.append(row["seed_reason"])
+            row["seed_cell"] = f"{_fmt(row['seed_time_s'])} not comparable [{not_comparable.index(row['seed_reason']) + 1}]"
+    figures = (fig_time_vs_nodes(summary, comparable, figdir) + fig_time_vs_size(recs, figdir)
                + fig_quality(recs, figdir) + fig_resources(recs, figdir))
     failed = [r for r in recs if r["status"] == "failed"]
     ctx = {
         "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "n_records": len(recs), "n_failed": len(failed), "summary": summary, "figures": figures,
-        "failed": failed, "problems": problems, "seed_note": SEED_NOTE, "fmt": _fmt,
+        "failed": failed, "problems": problems, "seed_note": SEED_NOTE, "fmt": _fmt, "provenance": provenance,
+        "not_comparable": not_comparable,
         "results_dir": str(results_dir),
     }
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html"]),

@@ -905,14 +905,21 @@ def ray_storage(storage: str | None) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def experiment_dir(storage: str | None, path: str | None) -> str | None:
+    """The directory Ray Tune/Train wrote (its storage_path/name), for the record's ``experiment_dir``:
+    None when ``--storage`` was not given, since the private temp storage is gone after the run (on a
+    cluster the runner passes ``--storage`` on the shared directory, so every node's files are there)."""
+    return str(path) if storage and path else None
+
+
 def launch_ray_torch(fn: Callable, cfg: dict, workers: int, threads: int, use_gpu: bool,
                      storage: str, name: str, timeout_s: float | None = None) -> dict:
     """Ray Train TorchTrainer with `workers` workers of `threads` CPUs; returns rank 0's result.
 
     Train V2 keeps only metrics that come with a checkpoint, so rank 0 reports its final result as a
-    one-file checkpoint (result.json) in the run's storage.  After ``timeout_s`` the run fails with
-    :class:`LaunchTimeout`; the Train controller and workers belong to this driver's job, so Ray stops
-    them when the driver ends.
+    one-file checkpoint (result.json) in the run's storage; ``experiment_dir`` is the run's directory.
+    After ``timeout_s`` the run fails with :class:`LaunchTimeout`; the Train controller and workers
+    belong to this driver's job, so Ray stops them when the driver ends.
     """
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -943,7 +950,7 @@ def launch_ray_torch(fn: Callable, cfg: dict, workers: int, threads: int, use_gp
     if result.checkpoint is None:
         raise RuntimeError("the Ray workers finished without reporting a result")
     with result.checkpoint.as_directory() as d:
-        return json.loads((Path(d) / "result.json").read_text())
+        return {**json.loads((Path(d) / "result.json").read_text()), "experiment_dir": result.path}
 
 
 def _ray_entry(config: dict) -> None:

@@ -263,7 +263,8 @@ def run_pbt(data: dict, cfg: dict, storage: str) -> dict[str, Any]:
     model, _ = build(best.config, state)
     test_loss, test_acc = evaluate(model, data["test"])
     df = best.metrics_dataframe
-    return {"accuracy": test_acc, "test_loss": test_loss, "best_config": dict(best.config),
+    return {"experiment_dir": grid.experiment_path,
+            "accuracy": test_acc, "test_loss": test_loss, "best_config": dict(best.config),
             "best_val_accuracy": best.metrics["val_accuracy"], "loss_per_epoch": df["train_loss"].tolist(),
             "val_accuracy_per_epoch": df["val_accuracy"].tolist(),
             "trials": [{"config": dict(r.config), "val_accuracy": r.metrics.get("val_accuracy"),
@@ -315,6 +316,7 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
     _dist.check_device(args.device, ray=True)
     with _dist.ray_storage(args.storage) as storage, timer(timings, "compute"):
         tuned = run_pbt(data, cfg, storage)
+    rec["experiment_dir"] = _dist.experiment_dir(args.storage, tuned.pop("experiment_dir"))
     baseline = None
     if not args.no_baseline:
         with timer(timings, "baseline"):

@@ -262,6 +262,7 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> dict[str, Any] |
         result = _dist.launch_torch(train_worker, cfg, args.workers, args.timeout)
     else:
         result = run_ray(args, cfg)
+        rec["experiment_dir"] = _dist.experiment_dir(args.storage, result.pop("experiment_dir", None))
     if int(os.environ.get("RANK", "0")) != 0:
         return None
     return result

@@ -146,7 +146,8 @@ def grid_ray(split: dict, depths: list[int], cfg: dict) -> dict[str, Any]:
                "checkpoint_path": res.metrics["checkpoint_path"]} for res in grid]
     best = min(trials, key=lambda t: t["history"][METRIC][-1])
     booster = xgb.Booster(model_file=os.path.join(best["checkpoint_path"], MODEL_FILE))
-    return {"trials": trials, "best": best, "booster": booster, "concurrent_trials": concurrent}
+    return {"trials": trials, "best": best, "booster": booster, "concurrent_trials": concurrent,
+            "experiment_dir": grid.experiment_path}
 
 
 # ------------------------------------------------------------------------------------------
@@ -212,6 +213,7 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
         _dist.check_device(args.device, ray=True)
         with _dist.ray_storage(args.storage) as storage, timer(timings, "compute"):
             out = grid_ray(split, cfg["depths"], {**cfg, "storage": storage})
+    rec["experiment_dir"] = _dist.experiment_dir(args.storage, out.get("experiment_dir"))
     fill_metrics(rec, out, split, cfg)
     timings["total"] = time.time() - t_start
 

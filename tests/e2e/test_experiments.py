@@ -168,9 +168,7 @@ def test_killed_worker_gives_a_failed_record_not_a_hang(exp) -> None:
     # the cluster is usable again afterwards
     cl = _inventory.load(plab.inventory)
     deadline = time.monotonic() + 120
-    while _cluster.parse_ray_status(cl.ssh(cl.master, _cluster.ray_status_command(cl), check=False,
-                                           root=True).stdout
-                                    ).get("alive") != 3:
+    while _cluster.services(cl)["ray"]["alive"] != 3:
         assert time.monotonic() < deadline, "Ray did not recover after the power cut"
         time.sleep(3)
 

@@ -50,10 +50,10 @@ def wait_hdfs_complete(cl, timeout: float = 240) -> float:
     """Seconds until every DataNode is live and safemode is off."""
     t0 = time.monotonic()
     while True:
-        line, ok = _cluster.hdfs_line(cl)
-        if ok:
+        hdfs = _cluster.services(cl)["hdfs"]
+        if hdfs["ok"]:
             return time.monotonic() - t0
-        assert time.monotonic() - t0 < timeout, f"HDFS not complete after {timeout:.0f} s: {line}"
+        assert time.monotonic() - t0 < timeout, f"HDFS not complete after {timeout:.0f} s: {hdfs['line']}"
         time.sleep(3)
 
 
@@ -136,6 +136,28 @@ def test_image_tree_in_hdfs_loads_as_the_local_tree(cl) -> None:
                timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["test", "3", "True", "train", "5", "True", "val", "4", "True"], r.stdout
+
+
+def test_fab_status_reads_hdfs_and_yarn_from_their_json_and_fails_without_the_namenode(cl, plab) -> None:
+    """`fab status` reads the NameNode's JMX and the ResourceManager's REST metrics on the master; with
+    HDFS enabled and the NameNode stopped it names it and exits non-zero (text and --json alike)."""
+    inv, n = str(plab.inventory), len(cl.nodes)
+    wait_hdfs_complete(cl)
+    st = json.loads(fab("status", "--inventory", inv, "--json").stdout)
+    assert st["hdfs"]["live"] == n and st["hdfs"]["safemode"] is False and st["hdfs"]["capacity_bytes"] > 0, st
+    assert st["yarn"]["active"] == n and st["yarn"]["vcores"] > 0, st
+    cl.ssh(cl.master, "systemctl stop hadoop-namenode", root=True)
+    try:
+        proc = fab("status", "--inventory", inv, check=False)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert f"hdfs: the NameNode is not running on {cl.master.name} (inactive)" in proc.stdout, proc.stdout
+        js = fab("status", "--inventory", inv, "--json", check=False)
+        st = json.loads(js.stdout)
+        assert js.returncode == 1 and st["ok"] is False and st["hdfs"]["ok"] is False, js.stdout
+        assert st["yarn"]["ok"] is True and st["ray"]["ok"] is True, js.stdout   # only HDFS is named
+    finally:
+        cl.ssh(cl.master, "systemctl start hadoop-namenode", root=True)
+    wait_hdfs_complete(cl, timeout=240)
 
 
 def test_datanode_power_cut_reads_go_on_and_it_rejoins(cl, plab, cut_file) -> None:

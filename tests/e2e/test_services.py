@@ -10,6 +10,7 @@ and the HDFS faults.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -32,7 +33,16 @@ def test_fab_status_reports_every_ray_node(plab) -> None:
     proc = fab("status", "--inventory", str(plab.inventory), check=False)
     n = len(plab.spec.hosts)
     assert f"ray: {n}/{n} nodes alive" in proc.stdout, proc.stdout + proc.stderr
+    assert f"hdfs: {n}/{n} DataNodes live, safemode off" in proc.stdout, proc.stdout
+    assert f"yarn: {n}/{n} NodeManagers active" in proc.stdout, proc.stdout
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # the same for scripts: one JSON object on stdout, from Ray's, the NameNode's and the RM's own JSON
+    js = fab("status", "--inventory", str(plab.inventory), "--json", check=False)
+    st = json.loads(js.stdout)
+    assert js.returncode == 0 and st["ok"] is True, js.stdout + js.stderr
+    assert [h["host"] for h in st["hosts"]] == [h.name for h in plab.spec.hosts]
+    assert (st["ray"]["alive"], st["hdfs"]["live"], st["yarn"]["active"]) == (n, n, n), st
+    assert st["ray"]["missing"] == [] and st["hdfs"]["missing"] == [] and st["ray"]["cpus"] > 0
 
 
 def test_put_data_copies_to_the_same_path_on_every_node(plab, tmp_path) -> None:
@@ -52,8 +62,8 @@ def test_put_data_copies_to_the_same_path_on_every_node(plab, tmp_path) -> None:
 
 
 def _alive(cl) -> int:
-    proc = cl.ssh(cl.master, _cluster.ray_status_command(cl), timeout=60, check=False, root=True)
-    return _cluster.parse_ray_status(proc.stdout)["alive"] if proc.returncode == 0 else -1
+    ray = _cluster.services(cl)["ray"]
+    return -1 if ray["error"] else ray["alive"]
 
 
 def test_killed_worker_rejoins_ray_within_60s(plab) -> None:
@@ -72,7 +82,7 @@ def test_killed_worker_rejoins_ray_within_60s(plab) -> None:
         elapsed = time.monotonic() - t0
         if alive == n and cl.ssh("worker1", "systemctl is-active ray-worker", check=False).stdout.strip() == "active":
             break
-        assert elapsed < 60, f"worker1 not back in `ray status` 60 s after boot ({alive}/{n} alive)"
+        assert elapsed < 60, f"worker1 not back in ray.nodes() 60 s after boot ({alive}/{n} alive)"
         time.sleep(2)
     plab.timings["ray_rejoin"] = elapsed
     print(f"worker1 back in ray status {elapsed:.1f} s after lab-start")

@@ -11,10 +11,16 @@ from scalelab import report, results
 from scalelab.errors import UserError
 from workloads.record import fail_record, finish_record, new_record, write_record
 
+SEED_PR = {"method": "seed", "damping": 0.95, "block_mb": 10}
+GLOBAL_KM = {"method": "global", "k": 16, "seed": 42, "block_mb": 20}
 
-def _rec(wl, fw, nodes, ds, size, total, **metrics):
-    r = new_record(wl, fw, workers=nodes, nodes=nodes,
+
+def _rec(wl, fw, nodes, ds, size, total, params=None, **metrics):
+    r = new_record(wl, fw, workers=nodes, nodes=nodes, params=params,
                    dataset={"name": ds, "uri": f"file:///data/{ds}.csv", "bytes": size, "records": 10})
+    r["provenance"] = {"git": {"commit": "0123456789abcdef", "dirty": nodes == 3},
+                       "inventory": {"name": "lab", "hash": "x"},
+                       "nodes": {"master": {"cpu_model": "Test CPU 9000"}}}
     r["timings_s"] = {"total": total, "load": total / 3}
     r["metrics"] = metrics
     if wl == "pagerank":
@@ -32,10 +38,11 @@ def resdir(tmp_path: Path) -> Path:
             for nodes in (1, 2, 3):
                 for ds, size in (("data_1", 1_060_000_000), ("test_data", 10_000_000)):
                     # PageRank benchmark-style: 20 fixed iterations, not converged
-                    extra = ({"ch_score": 1.5e7, "converged": True} if wl == "kmeans"
-                             else {"iterations": 20, "converged": False})
+                    extra = ({"ch_score": 1.5e7, "converged": True, "iterations": 7} if wl == "kmeans"
+                             else {"iterations": 20, "converged": False, "l1_change": 2e-6, "error_bound": 1.1e-5})
                     n += 1
-                    write_record(_rec(wl, fw, nodes, ds, size, 100.0 / nodes + (fw == "torch") * 5, **extra),
+                    params = SEED_PR if wl == "pagerank" else GLOBAL_KM
+                    write_record(_rec(wl, fw, nodes, ds, size, 100.0 / nodes + (fw == "torch") * 5, params, **extra),
                                  d / wl / f"r{n}.json")
     bad = new_record("pagerank", "torch", workers=4, nodes=4)
     write_record(fail_record(bad, "UserError: --nodes 4 but the cluster has 3 hosts"), d / "pagerank" / "fail.json")
@@ -48,7 +55,7 @@ def test_report_has_tables_figures_and_seed_numbers(resdir: Path, tmp_path: Path
     md = out["markdown"].read_text()
     page = out["html"].read_text()
     figs = sorted(p.name for p in out["figures"].glob("*.png"))
-    assert "time_vs_nodes_pagerank_data_1.png" in figs
+    assert "time_vs_nodes_pagerank_data_1_lab.png" in figs  # two clusters: the lab and "-"
     assert "time_vs_size_kmeans_2nodes.png" in figs
     assert "quality_kmeans.png" in figs and "quality_pagerank.png" in figs
     assert "resources.png" in figs
@@ -56,15 +63,28 @@ def test_report_has_tables_figures_and_seed_numbers(resdir: Path, tmp_path: Path
         with Image.open(out["figures"] / f) as im:
             assert im.size[0] > 300 and im.size[1] > 200
         assert f"figures/{f}" in md and f"figures/{f}" in page
-    # the seed's measured number sits beside ours for the same cell: PageRank, data_1, Ray, 1 node = 442.8 s
-    row = next(line for line in md.splitlines() if line.startswith("| - | pagerank | data_1 | ray | 1 |"))
-    assert "442.8" in row and "| pass |" in row and "| no (max-iter) |" in row
-    km = next(line for line in md.splitlines() if line.startswith("| - | kmeans | data_1 | torch | 2 |"))
-    assert "| yes |" in km and ">no (max-iter)</td>" in page
+    # the seed's measured number sits beside ours where the work is the same (its per-batch PageRank,
+    # damping 0.95, 10 MiB batches): PageRank, data_1, Ray, 1 node = 442.8 s
+    row = next(line for line in md.splitlines() if line.startswith("| lab | pagerank | data_1 | ray | 1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[7] == "442.8" and cells[8] == "20" and cells[9] == "no (max-iter)", row
+    assert cells[10] == "2e-06" and cells[11] == "1.1e-05" and cells[13] == "1e-09" and cells[14] == "pass", row
+    # elsewhere the seed's number is labelled not comparable, with the reason
+    km = next(line for line in md.splitlines() if line.startswith("| lab | kmeans | data_1 | ray | 2 |"))
+    assert "35.6 not comparable [" in km and "| yes |" in km, km
+    assert "different work: method global (seed blockwise)" in md
+    torch_km = next(line for line in md.splitlines() if line.startswith("| lab | kmeans | data_1 | torch | 2 |"))
+    assert "355.9 not comparable [" in torch_km
+    assert "random 1 Mi-row sample per rank" in md and "random 1 Mi-row sample per rank" in page
+    assert ">no (max-iter)</td>" in page
+    # provenance per group: the commit, clean or dirty, the cluster and the CPU model
+    assert "| P1 | 0123456789ab | clean | lab | Test CPU 9000 |" in md
+    assert "| P2 | 0123456789ab | dirty | lab | Test CPU 9000 |" in md
+    assert row.endswith("| P1 |")
     assert "measured by the seed paper" in md
     # a failed run is listed as failed, never counted as ok; unreadable files are reported
     assert "--nodes 4 but the cluster has 3 hosts" in md
-    assert "| - | pagerank | - | torch | 4 | 0/1 |" in md
+    assert "| - | pagerank | - | torch | 4 | 0/1 |" in md  # no provenance: a cluster of its own
     assert "garbage.json" in md and "garbage.json" in page
 
 
@@ -97,3 +117,19 @@ def test_runs_on_different_clusters_are_never_averaged() -> None:
         return finish_record(r)
     rows = results.summarise([rec("lab", 1.0), rec("okeanos", 9.0), rec("okeanos", 11.0)])
     assert [(r["cluster"], r["runs"], r["time_mean_s"]) for r in rows] == [("lab", 1, 1.0), ("okeanos", 2, 10.0)]
+
+
+@pytest.mark.parametrize(("wl", "fw", "ds", "params", "why"), [
+    ("pagerank", "ray", "data_1", SEED_PR, None),
+    ("pagerank", "ray", "data_1", {"method": "power", "damping": 0.85}, "method power (seed seed), damping 0.85"),
+    ("pagerank", "ray", "tiny", SEED_PR, "the seed did not run pagerank on tiny"),
+    ("pagerank", "torch", "data_1", SEED_PR, "float32 node ids"),
+    ("kmeans", "ray", "data_2", {"method": "blockwise", "k": 16, "seed": 42, "block_mb": 20}, None),
+    ("pneumonia", "ray", "chest_xray", {"epochs": 10, "lr": 3e-4, "per_worker_batch": [32, 32]}, "lr 0.0003 (seed 0.01)"),
+    ("pneumonia", "torch", "chest_xray", {"epochs": 10, "lr": 0.01, "per_worker_batch": [64, 64]}, None),
+    ("xgboost", "ray", "higgs", {}, "the seed has no ray xgboost numbers"),
+])
+def test_seed_comparison_names_what_differs(wl, fw, ds, params, why) -> None:
+    rec = finish_record(new_record(wl, fw, workers=2, nodes=2, params=params, dataset={"name": ds}))
+    got = report.seed_comparison(rec)
+    assert got is None if why is None else (got is not None and why in got), got

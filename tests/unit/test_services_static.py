@@ -252,32 +252,6 @@ def test_build_failure_is_one_line(tmp_path):
 
 # --- controller side of status / dashboard / put-data -----------------------------------------------
 
-RAY_STATUS = """======== Autoscaler status: 2026-11-21 23:59:00.000000 ========
-Node status
----------------------------------------------------------------
-Active:
- 1 node_5e0f3c2a0e8b4f9c9d0d7e1a2b3c4d5e6f708192a3b4c5d6e7f8091a
- 1 node_6e0f3c2a0e8b4f9c9d0d7e1a2b3c4d5e6f708192a3b4c5d6e7f8091b
- 1 node_7e0f3c2a0e8b4f9c9d0d7e1a2b3c4d5e6f708192a3b4c5d6e7f8091c
-Pending:
- (no pending nodes)
-Recent failures:
- (no failures)
-
-Resources
----------------------------------------------------------------
-Total Usage:
- 0.0/6.0 CPU
- 0B/9.00GiB memory
- 0B/3.00GiB object_store_memory
-"""
-
-
-def test_parse_ray_status():
-    assert cluster.parse_ray_status(RAY_STATUS) == {"alive": 3, "cpus": 6.0}
-    assert cluster.parse_ray_status("garbage") == {"alive": 0, "cpus": 0.0}
-
-
 def _cluster(tmp_path: Path) -> Cluster:
     v = {"ansible_user": "root", "ansible_ssh_common_args": "-F /x/ssh_config"}
     nodes = (Node("master", "master", "10.9.0.10", "10.9.1.1", v), Node("worker1", "workers", "10.9.1.2", "10.9.1.2", v))
@@ -294,7 +268,7 @@ def test_dashboard_tunnel_goes_to_the_private_address(tmp_path):
 def test_node_vars_fall_back_to_role_defaults(tmp_path):
     c = _cluster(tmp_path)
     assert cluster.node_var(c, "scalelab_data_dir") == "/srv/scalelab/data"     # not set -> default
-    assert "set -a; . /etc/scalelab/ray.env" in cluster.ray_status_command(c)
+    assert "set -a; . /etc/scalelab/ray.env" in cluster.status_command(c)
 
 
 def test_token_and_dataset_errors_are_one_line(tmp_path):

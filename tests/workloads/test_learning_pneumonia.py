@@ -64,6 +64,8 @@ def test_torch_ddp_learns(torch_rec):
 @pytest.mark.slow
 def test_ray_torchtrainer_learns(ray_rec):
     check_record(ray_rec, "ray")
+    exp = Path(ray_rec["experiment_dir"])   # Train's run directory under --storage, with its checkpoint
+    assert exp.name.startswith("pneumonia-") and list(exp.glob("checkpoint_*")), exp
 
 
 @pytest.mark.slow

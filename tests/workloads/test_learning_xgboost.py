@@ -35,7 +35,9 @@ def check_tuned(rec: dict) -> None:
 
 
 def test_reference_grid(tmp_path):
-    check_tuned(run(tmp_path, "--framework", "reference", "--threads", "1"))
+    rec = run(tmp_path, "--framework", "reference", "--threads", "1")
+    check_tuned(rec)
+    assert rec.get("experiment_dir") is None   # no Ray Tune: no experiment directory
 
 
 @pytest.mark.slow
@@ -43,3 +45,9 @@ def test_ray_train_tune_grid(tmp_path):
     rec = run(tmp_path, "--framework", "ray", "--workers", "2", "--threads", "1", "--storage", str(tmp_path / "ray"))
     check_tuned(rec)
     assert rec["workers"] == 2 and rec["params"]["concurrent_trials"] >= 1
+    # the record names the experiment directory Tune wrote under --storage, with Tune's experiment state
+    exp = Path(rec["experiment_dir"])
+    assert exp.parent == (tmp_path / "ray").resolve() and exp.name.startswith("xgb-grid-"), exp
+    assert list(exp.glob("experiment_state-*.json")) and (exp / "tuner.pkl").is_file(), sorted(exp.iterdir())
+    state = json.loads(next(exp.glob("experiment_state-*.json")).read_text())
+    assert len(state["trial_data"]) == 4, state.keys()      # one trial per max_depth of the grid

@@ -1,0 +1,114 @@
+"""`fab status` from Ray's, the NameNode's and the ResourceManager's own JSON: parsing real answers.
+
+The fixtures in tests/unit/fixtures/status/ are the output of :func:`scalelab.cluster.status_command`
+captured on a 3-host lab (master 10.111.1.1, worker1 .2, worker2 .3; Ray 2.60, Hadoop 3.4.2) on
+2026-12-01; see tests/unit/fixtures/status/README.md for how each state was produced.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scalelab import cluster
+from scalelab.inventory import Cluster, Node
+
+FIXTURES = Path(__file__).parent / "fixtures" / "status"
+
+
+def lab(tmp_path: Path, hadoop_enabled: bool = True) -> Cluster:
+    v = {"ansible_user": "root"}
+    nodes = (Node("master", "masters", "10.111.0.10", "10.111.1.1", v),
+             Node("worker1", "workers", "10.111.1.2", "10.111.1.2", v),
+             Node("worker2", "workers", "10.111.1.3", "10.111.1.3", v))
+    return Cluster(tmp_path, nodes, {"hadoop_enabled": hadoop_enabled})
+
+
+def states(tmp_path: Path, name: str, **kw) -> dict:
+    return cluster.service_states(lab(tmp_path, **kw), cluster.parse_status_output((FIXTURES / name).read_text()))
+
+
+def test_healthy_lab(tmp_path) -> None:
+    st = states(tmp_path, "healthy.txt")
+    assert [st[k]["line"] for k in ("ray", "hdfs", "yarn")] == [
+        "ray: 3/3 nodes alive, 6 CPUs",
+        "hdfs: 3/3 DataNodes live, safemode off, capacity 811.7 GB",
+        "yarn: 3/3 NodeManagers active, 6 vcores, 24576 MB"]
+    assert all(s["ok"] for s in st.values())
+    assert st["hdfs"]["missing"] == [] and st["ray"]["missing"] == []
+
+
+def test_ray_names_the_nodes_that_have_not_joined(tmp_path) -> None:
+    """Provisioning, before the workers' raylets joined: only the head in ray.nodes()."""
+    st = states(tmp_path, "ray-workers-joining.txt")
+    assert not st["ray"]["ok"] and st["ray"]["alive"] == 1 and st["ray"]["missing"] == ["worker1", "worker2"]
+    assert st["ray"]["line"].startswith("ray: 1/3 nodes alive, 2 CPUs (worker1, worker2 not alive")
+    assert st["hdfs"]["ok"] and st["yarn"]["ok"]
+
+
+def test_a_power_cut_worker_is_dead_in_ray(tmp_path) -> None:
+    """worker2's power cut: Ray keeps its entry, Alive false; it is named, the rest still counts."""
+    text = (FIXTURES / "worker2-power-cut.txt").read_text()
+    nodes = json.loads(cluster.parse_status_output(text)["ray"])
+    assert any(not n["Alive"] and n["NodeManagerAddress"] == "10.111.1.3" for n in nodes)
+    st = states(tmp_path, "worker2-power-cut.txt")
+    assert not st["ray"]["ok"] and st["ray"]["missing"] == ["worker2"] and st["ray"]["alive"] == 2
+    assert st["ray"]["line"] == ("ray: 2/3 nodes alive, 4 CPUs (worker2 not alive: see `journalctl -u ray-worker` "
+                                 "there)")
+    # the NameNode (restarted just before) has not seen worker2's DataNode: named too
+    assert not st["hdfs"]["ok"] and st["hdfs"]["missing"] == ["worker2"] and st["hdfs"]["live"] == 2
+
+
+def test_namenode_stopped_is_a_failure_line(tmp_path) -> None:
+    st = states(tmp_path, "namenode-stopped.txt")
+    assert not st["hdfs"]["ok"] and "Connection refused" in st["hdfs"]["error"]
+    assert st["hdfs"]["line"] == ("hdfs: the NameNode is not running on master (inactive): see `journalctl -u "
+                                  "hadoop-namenode` there, then `fab provision --tags hadoop`")
+    assert st["yarn"]["ok"] and st["ray"]["ok"]    # only HDFS is named
+
+
+def test_hadoop_not_enabled_is_not_a_failure(tmp_path) -> None:
+    """The same answers (nothing listening) on a cluster with hadoop_enabled false: not a failure."""
+    text = (FIXTURES / "namenode-stopped.txt").read_text().replace("hadoop-resourcemanager=active",
+                                                                  "hadoop-resourcemanager=inactive")
+    text = "\n".join(ln for ln in text.splitlines() if ":8088/" not in ln)   # and no RM answer at all
+    st = cluster.service_states(lab(tmp_path, hadoop_enabled=False), cluster.parse_status_output(text))
+    assert st["hdfs"]["ok"] and st["hdfs"]["line"].startswith("hdfs: not enabled")
+    assert st["yarn"]["ok"] and st["yarn"]["line"].startswith("yarn: not enabled")
+
+
+def test_a_running_namenode_that_does_not_answer_is_a_failure(tmp_path) -> None:
+    text = (FIXTURES / "namenode-stopped.txt").read_text().replace("hadoop-namenode=inactive",
+                                                                  "hadoop-namenode=active")
+    st = cluster.service_states(lab(tmp_path), cluster.parse_status_output(text))
+    assert not st["hdfs"]["ok"] and "does not answer (URLError" in st["hdfs"]["line"]
+
+
+@pytest.mark.parametrize("text", ["", "@ray\nTraceback (most recent call last):\nConnectionError: boom\n"])
+def test_no_answer_from_ray_is_a_failure(tmp_path, text) -> None:
+    st = cluster.service_states(lab(tmp_path), cluster.parse_status_output(text))
+    assert not st["ray"]["ok"] and st["ray"]["line"].startswith("ray: not answering on master")
+    assert not st["hdfs"]["ok"] and "not running on master (unknown)" in st["hdfs"]["line"]
+
+
+def test_safemode_and_a_missing_datanode_are_failures(tmp_path) -> None:
+    """The healthy NameNode beans with safemode on and worker1 gone from LiveNodes."""
+    out = cluster.parse_status_output((FIXTURES / "healthy.txt").read_text())
+    urls = cluster.service_urls(lab(tmp_path))
+    state = out["web"][urls["fsnamesystem"]]["body"]["beans"][0]
+    info = out["web"][urls["namenodeinfo"]]["body"]["beans"][0]
+    state.update(FSState="safeMode", NumLiveDataNodes=2)
+    live = json.loads(info["LiveNodes"])
+    del live["10.111.1.2:9866"]
+    info["LiveNodes"] = json.dumps(live)
+    st = cluster.service_states(lab(tmp_path), out)["hdfs"]
+    assert not st["ok"] and st["line"].startswith("hdfs: 2/3 DataNodes live, safemode ON") and "worker1 not live" in st["line"]
+
+
+def test_status_command_queries_the_private_address_on_the_master(tmp_path) -> None:
+    c = lab(tmp_path)
+    cmd = cluster.status_command(c)
+    assert "http://10.111.1.1:9870/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState" in cmd
+    assert "http://10.111.1.1:8088/ws/v1/cluster/metrics" in cmd
+    assert "set -a; . /etc/scalelab/ray.env" in cmd and "ray.nodes()" in cmd
