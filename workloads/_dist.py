@@ -912,14 +912,36 @@ def experiment_dir(storage: str | None, path: str | None) -> str | None:
     return str(path) if storage and path else None
 
 
+def fit_within(fit: Callable[[], Any], timeout_s: float | None, what: str) -> Any:
+    """``fit()`` (a Ray Train or Tune run) with a deadline: past ``timeout_s`` it raises
+    :class:`LaunchTimeout`.  The run's actors belong to this driver's job, so Ray stops them when the
+    driver ends, which the failed record and exit that follow bring about."""
+    done: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            done["result"] = fit()
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller's thread)
+            done["error"] = exc
+
+    thread = threading.Thread(target=run, name="ray-fit", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise LaunchTimeout(f"{what} did not finish within {timeout_s:.0f} s; the run was stopped "
+                            "(raise --timeout or check the input size)")
+    if "error" in done:
+        raise done["error"]
+    return done["result"]
+
+
 def launch_ray_torch(fn: Callable, cfg: dict, workers: int, threads: int, use_gpu: bool,
                      storage: str, name: str, timeout_s: float | None = None) -> dict:
     """Ray Train TorchTrainer with `workers` workers of `threads` CPUs; returns rank 0's result.
 
     Train V2 keeps only metrics that come with a checkpoint, so rank 0 reports its final result as a
     one-file checkpoint (result.json) in the run's storage; ``experiment_dir`` is the run's directory.
-    After ``timeout_s`` the run fails with :class:`LaunchTimeout`; the Train controller and workers
-    belong to this driver's job, so Ray stops them when the driver ends.
+    After ``timeout_s`` the run fails (:func:`fit_within`).
     """
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -928,23 +950,7 @@ def launch_ray_torch(fn: Callable, cfg: dict, workers: int, threads: int, use_gp
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": threads}),
         run_config=RunConfig(storage_path=storage, name=name))
-    done: dict[str, Any] = {}
-
-    def fit() -> None:
-        try:
-            done["result"] = trainer.fit()
-        except BaseException as exc:  # noqa: BLE001 (handed to the caller's thread)
-            done["error"] = exc
-
-    runner = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
-    runner.start()
-    runner.join(timeout_s)
-    if runner.is_alive():
-        raise LaunchTimeout(f"the {workers} Ray Train workers did not finish within {timeout_s:.0f} s; the run "
-                            "was stopped (raise --timeout or check the input size)")
-    if "error" in done:
-        raise done["error"]
-    result = done["result"]
+    result = fit_within(trainer.fit, timeout_s, f"the {workers} Ray Train workers")
     if result.error:
         raise result.error
     if result.checkpoint is None:
@@ -1007,7 +1013,7 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=None,
                    help="stop the run and fail it after this many seconds (torch: the local ranks; Ray: the Train "
-                        "workers; default: no limit)")
+                        "workers or Tune trials; default: no limit)")
     p.add_argument("--run-id", help=argparse.SUPPRESS)  # set by `fab run-experiment`
 
 

@@ -234,7 +234,7 @@ def search_space() -> dict[str, Any]:
             "batch_size": tune.choice(list(BATCH_SIZES))}
 
 
-def run_pbt(data: dict, cfg: dict, storage: str) -> dict[str, Any]:
+def run_pbt(data: dict, cfg: dict, storage: str, timeout_s: float | None = None) -> dict[str, Any]:
     import torch
     from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
@@ -254,7 +254,7 @@ def run_pbt(data: dict, cfg: dict, storage: str) -> dict[str, Any]:
                                     search_alg=tune.search.BasicVariantGenerator(random_state=cfg["seed"])),
         run_config=tune.RunConfig(storage_path=storage, name=f"cifar-pbt-{uuid.uuid4().hex[:6]}", verbose=1,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
-    grid = tuner.fit()
+    grid = _dist.fit_within(tuner.fit, timeout_s, f"the {cfg['trials']} PBT trials")
     if grid.errors:
         raise RuntimeError(f"{len(grid.errors)} of {cfg['trials']} PBT trials failed: {grid.errors[0]}")
     best = grid.get_best_result(metric="val_accuracy", mode="max", scope="last")
@@ -315,7 +315,7 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
         _dist.ray_connect(args.address, train=True, num_cpus=cfg["workers"] * cfg["threads"])
     _dist.check_device(args.device, ray=True)
     with _dist.ray_storage(args.storage) as storage, timer(timings, "compute"):
-        tuned = run_pbt(data, cfg, storage)
+        tuned = run_pbt(data, cfg, storage, args.timeout)
     rec["experiment_dir"] = _dist.experiment_dir(args.storage, tuned.pop("experiment_dir"))
     baseline = None
     if not args.no_baseline:

@@ -129,7 +129,7 @@ def tune_trial(config: dict, data: dict, cfg: dict) -> None:
     trainer.fit()
 
 
-def grid_ray(split: dict, depths: list[int], cfg: dict) -> dict[str, Any]:
+def grid_ray(split: dict, depths: list[int], cfg: dict, timeout_s: float | None = None) -> dict[str, Any]:
     import ray
     from ray import tune
     cpus = ray.cluster_resources().get("CPU", 1)
@@ -139,7 +139,7 @@ def grid_ray(split: dict, depths: list[int], cfg: dict) -> dict[str, Any]:
         trainable, param_space={"max_depth": tune.grid_search(list(depths))},
         tune_config=tune.TuneConfig(metric=METRIC, mode="min", max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(storage_path=cfg["storage"], name=f"xgb-grid-{uuid.uuid4().hex[:6]}", verbose=0))
-    grid = tuner.fit()
+    grid = _dist.fit_within(tuner.fit, timeout_s, f"the {len(depths)} Ray Tune trials")
     if grid.errors:
         raise RuntimeError(f"{len(grid.errors)} Ray Tune trial(s) failed: {grid.errors[0]}")
     trials = [{"max_depth": res.config["max_depth"], "history": res.metrics["history"],
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
                                                                             cfg["workers"] * cfg["threads"]))
         _dist.check_device(args.device, ray=True)
         with _dist.ray_storage(args.storage) as storage, timer(timings, "compute"):
-            out = grid_ray(split, cfg["depths"], {**cfg, "storage": storage})
+            out = grid_ray(split, cfg["depths"], {**cfg, "storage": storage}, args.timeout)
     rec["experiment_dir"] = _dist.experiment_dir(args.storage, out.get("experiment_dir"))
     fill_metrics(rec, out, split, cfg)
     timings["total"] = time.time() - t_start

@@ -51,3 +51,17 @@ def test_ray_train_tune_grid(tmp_path):
     assert list(exp.glob("experiment_state-*.json")) and (exp / "tuner.pkl").is_file(), sorted(exp.iterdir())
     state = json.loads(next(exp.glob("experiment_state-*.json")).read_text())
     assert len(state["trial_data"]) == 4, state.keys()      # one trial per max_depth of the grid
+
+
+@pytest.mark.slow
+def test_ray_tune_grid_past_its_timeout_fails_in_one_line(tmp_path):
+    """--timeout covers Ray Tune: the grid stops, the record is failed and says why, one error line."""
+    out = tmp_path / "rec.json"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "workloads.xgboost", "--framework", "ray", "--workers", "2",
+                           "--threads", "1", "--timeout", "1", "--storage", str(tmp_path / "ray"), "--output", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=500, env=env)
+    rec = json.loads(out.read_text())
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert rec["status"] == "failed" and "the 4 Ray Tune trials did not finish within 1 s" in rec["error"], rec["error"]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr[-2000:]
