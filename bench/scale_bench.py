@@ -24,6 +24,7 @@ from scalelab import cluster as _cluster
 from scalelab import inventory as _inventory
 from scalelab import runner
 from scalelab.cli import console, table
+from scalelab.errors import UserError
 from workloads import data
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +34,13 @@ JOBS = {"pagerank": ["--tol", "0", "--max-iter", "20"],
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return bench(argv)
+    except UserError as exc:  # a check that failed: one line, as fab prints it
+        raise SystemExit(f"error: {exc}") from None
+
+
+def bench(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--inventory", type=Path, default=REPO / "inventory" / "lab")
     ap.add_argument("--dataset", default="data")
