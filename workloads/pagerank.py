@@ -508,8 +508,10 @@ class PageRankPart:
         del lookup
         self.src, self.dst = s, d
         out = np.bincount(s, minlength=n)
-        if not self.directed:
-            return out + np.bincount(d[s != d], minlength=n)  # arcs both ways, a self-loop once
+        if not self.directed:  # arcs both ways, a self-loop once: no copy of the non-loop ends
+            out += np.bincount(d, minlength=n)
+            np.subtract.at(out, s[s == d], 1)
+            return out
         return np.concatenate([out, np.bincount(d, minlength=n)])
 
     def split(self, rank: np.ndarray, bounds: np.ndarray) -> list[np.ndarray]:
