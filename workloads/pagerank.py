@@ -110,12 +110,16 @@ class BitRank:
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         out = np.empty(len(ids), dtype=np.int32)
         one = np.uint64(1)
-        for s in range(0, len(ids), self.CHUNK):
-            v = ids[s:s + self.CHUNK]
-            w = v >> 6
-            below = (one << (v & 63).astype(np.uint64)) - one
-            np.add(self.prefix[w], np.bitwise_count(self.words[w] & below), out=out[s:s + self.CHUNK],
-                   casting="unsafe")
+        step = max(1, min(self.CHUNK, len(ids)))
+        word, below, hit = np.empty(step, np.int64), np.empty(step, np.uint64), np.empty(step, np.uint64)
+        for s in range(0, len(ids), step):  # into reused buffers: fresh temporaries fault pages in
+            v = ids[s:s + step]
+            w, b, h = word[:len(v)], below[:len(v)], hit[:len(v)]
+            np.right_shift(v, 6, out=w)
+            np.bitwise_and(v, 63, out=b, casting="unsafe")
+            np.subtract(np.left_shift(one, b, out=b), one, out=b)  # the bits below v in its word
+            np.bitwise_and(np.take(self.words, w, out=h), b, out=h)
+            np.add(np.take(self.prefix, w), np.bitwise_count(h), out=out[s:s + step], casting="unsafe")
         return out
 
 
