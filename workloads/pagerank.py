@@ -27,7 +27,8 @@ How the work is split (:func:`run`, the same code in every runtime; only ``comm`
    (:func:`degree_rank`): the hot entries of ``x`` then share cache lines, which makes the SpMV's
    random gathers 1.2-1.6x faster (perf-notes §4b); rows (destinations) are cut into contiguous
    blocks with equal arc counts and every worker sends each arc to the block's owner;
-4. each worker builds the CSR pattern of its rows (parallel arcs repeated); an iteration is
+4. each worker builds the CSR pattern of its rows (parallel arcs repeated; the long rows stored per
+   column segment so their gathers stay in cache, :class:`RowBlock`); an iteration is
    ``x'[rows] = d * P[rows] @ (x / outdeg) + (d*dangling + 1-d)/n`` -- the same products as
    ``A @ x`` with ``A[v, u] = 1/outdeg(u)`` -- plus the block's L1 change, then an all-gather of ``x'``.
 
@@ -109,12 +110,16 @@ class BitRank:
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         out = np.empty(len(ids), dtype=np.int32)
         one = np.uint64(1)
-        for s in range(0, len(ids), self.CHUNK):
-            v = ids[s:s + self.CHUNK]
-            w = v >> 6
-            below = (one << (v & 63).astype(np.uint64)) - one
-            np.add(self.prefix[w], np.bitwise_count(self.words[w] & below), out=out[s:s + self.CHUNK],
-                   casting="unsafe")
+        step = max(1, min(self.CHUNK, len(ids)))
+        word, below, hit = np.empty(step, np.int64), np.empty(step, np.uint64), np.empty(step, np.uint64)
+        for s in range(0, len(ids), step):  # into reused buffers: fresh temporaries fault pages in
+            v = ids[s:s + step]
+            w, b, h = word[:len(v)], below[:len(v)], hit[:len(v)]
+            np.right_shift(v, 6, out=w)
+            np.bitwise_and(v, 63, out=b, casting="unsafe")
+            np.subtract(np.left_shift(one, b, out=b), one, out=b)  # the bits below v in its word
+            np.bitwise_and(np.take(self.words, w, out=h), b, out=h)
+            np.add(np.take(self.prefix, w), np.bitwise_count(h), out=out[s:s + step], casting="unsafe")
         return out
 
 
@@ -198,19 +203,68 @@ def split_edges(src: np.ndarray, dst: np.ndarray, bounds: np.ndarray, directed: 
     return pieces
 
 
-def csr_pattern(rows: int, to: np.ndarray, frm: np.ndarray, n: int) -> sp.csr_array:
-    """CSR of ``rows`` rows (``to`` in 0..rows-1) with a 1.0 per arc (parallel arcs kept as repeated entries)."""
-    try:  # scipy's counting sort without the canonicalising sort that tocsr() adds (2-3x faster)
+HUB_ARCS = 16  # rows with at least this many arcs are multiplied one column segment at a time ...
+COLUMN_SEGMENTS = 8  # ... in this many segments of equal arc counts (:class:`RowBlock`)
+
+
+def column_cuts(col_weight: np.ndarray, segments: int) -> np.ndarray:
+    """Inner cuts (length segments-1) of columns 0..n into segments of about equal weight (arcs)."""
+    return row_bounds(col_weight, segments)[1:-1]
+
+
+class RowBlock:
+    """A worker's rows as a CSR pattern (a 1.0 per arc, parallel arcs repeated), multiplied
+    cache-blocked where that pays: the leading ``hubs`` rows (degree order puts the long rows first)
+    are stored once per column segment, so each pass gathers from one slice of ``v`` that stays in
+    cache (Ligra/gapbs-style blocking: 1.4-1.7x on hub rows, perf-notes and docs/graph-performance.md);
+    the short rows after them, where a pass per segment would cost more than the misses it saves,
+    are one plain CSR.  Row ``r < hubs`` of segment ``s`` is row ``s*hubs + r`` of one CSR, the short
+    row ``r`` is row ``segments*hubs + r - hubs``: one counting sort builds it all, every pass is a
+    view, and scipy's ``csr_matvec`` adds into ``out``, so the segments need no buffers.
+    """
+
+    def __init__(self, rows: int, to: np.ndarray, frm: np.ndarray, n: int, cuts: np.ndarray | None = None) -> None:
         from scipy.sparse._sparsetools import coo_tocsr
 
-        indptr = np.empty(rows + 1, dtype=np.int32)
-        indices = np.empty(len(frm), dtype=np.int32)
-        ones = np.ones(len(frm), dtype=np.int8)  # the scatter moves 1 byte per arc, not 8
-        coo_tocsr(rows, n, len(frm), to.astype(np.int32, copy=False), frm.astype(np.int32, copy=False),
-                  ones, indptr, indices, np.empty_like(ones))
-        return sp.csr_array((np.ones(len(frm)), indices, indptr), shape=(rows, n))
-    except ImportError:  # pragma: no cover - private scipy API moved
-        return sp.csr_array((np.ones(len(frm)), (to, frm)), shape=(rows, n))
+        self.rows, self.n, self.nnz = rows, n, len(frm)
+        to, frm = to.astype(np.int32, copy=False), frm.astype(np.int32, copy=False)
+        cuts = np.empty(0, np.int64) if cuts is None else cuts
+        self.segments = len(cuts) + 1
+        short = np.flatnonzero(np.bincount(to, minlength=rows) < HUB_ARCS)
+        self.hubs = int(short[0]) if len(short) else rows
+        if self.segments == 1 or self.hubs == 0 or self.segments * rows >= 2**31:
+            self.segments, self.hubs, key = 1, 0, to
+        else:
+            seg = np.zeros(n, dtype=np.int32)
+            for c in cuts:  # the segment of every column, a table of n entries that stays in cache
+                seg[c:] += self.hubs
+            key = np.where(to < self.hubs, seg[frm], (self.segments - 1) * self.hubs)
+            key += to
+        key_rows = self.segments * self.hubs + rows - self.hubs
+        self.indptr = np.empty(key_rows + 1, dtype=np.int32)
+        self.indices = np.empty(self.nnz, dtype=np.int32)
+        scratch = np.empty(self.nnz, dtype=np.int8)  # the scatter moves 1 byte per arc, not 8
+        coo_tocsr(key_rows, n, self.nnz, key, frm, scratch, self.indptr, self.indices, scratch)
+        self.data = np.ones(self.nnz)  # csr_matvec reads a value per arc: the pattern's 1.0s
+
+    def passes(self) -> list[tuple[np.ndarray, int, int]]:
+        """(indptr view, first row, rows) of each csr_matvec pass."""
+        h, s = self.hubs, self.segments
+        out = [(self.indptr[i * h:(i + 1) * h + 1], 0, h) for i in range(s)] if h else []
+        return [*out, (self.indptr[s * h:], h, self.rows - h)]
+
+    def todense(self) -> np.ndarray:
+        """The matrix (tests)."""
+        m = np.zeros((self.rows, self.n))
+        for ptr, first, count in self.passes():
+            for r in range(count):
+                np.add.at(m[first + r], self.indices[ptr[r]:ptr[r + 1]], self.data[ptr[r]:ptr[r + 1]])
+        return m
+
+
+def csr_pattern(rows: int, to: np.ndarray, frm: np.ndarray, n: int, cuts: np.ndarray | None = None) -> RowBlock:
+    """The worker's rows (``to`` in 0..rows-1) as a :class:`RowBlock`, hub rows split at column ``cuts``."""
+    return RowBlock(rows, to, frm, n, cuts)
 
 
 def inverse_degree(outdeg: np.ndarray) -> np.ndarray:
@@ -219,15 +273,13 @@ def inverse_degree(outdeg: np.ndarray) -> np.ndarray:
         return np.where(outdeg > 0, 1.0 / outdeg, 0.0)
 
 
-def spmv(block: sp.csr_array, v: np.ndarray, out: np.ndarray) -> np.ndarray:
+def spmv(block: RowBlock, v: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = block @ v`` into a preallocated vector (no 8 B/row allocation per iteration)."""
-    try:
-        from scipy.sparse._sparsetools import csr_matvec
-    except ImportError:  # pragma: no cover - private scipy API moved
-        out[:] = block @ v
-        return out
+    from scipy.sparse._sparsetools import csr_matvec
+
     out.fill(0.0)
-    csr_matvec(block.shape[0], block.shape[1], block.indptr, block.indices, block.data, v, out)
+    for ptr, first, count in block.passes():
+        csr_matvec(count, block.n, ptr, block.indices, block.data, v, out[first:first + count])
     return out
 
 
@@ -460,8 +512,10 @@ class PageRankPart:
         del lookup
         self.src, self.dst = s, d
         out = np.bincount(s, minlength=n)
-        if not self.directed:
-            return out + np.bincount(d[s != d], minlength=n)  # arcs both ways, a self-loop once
+        if not self.directed:  # arcs both ways, a self-loop once: no copy of the non-loop ends
+            out += np.bincount(d, minlength=n)
+            np.subtract.at(out, s[s == d], 1)
+            return out
         return np.concatenate([out, np.bincount(d, minlength=n)])
 
     def split(self, rank: np.ndarray, bounds: np.ndarray) -> list[np.ndarray]:
@@ -477,7 +531,7 @@ class PageRankPart:
         to = np.concatenate([h[0] for h in halves])
         frm = np.concatenate([h[1] for h in halves])
         del halves, pieces
-        self.block = csr_pattern(hi - self.lo, to, frm, len(outdeg))
+        self.block = csr_pattern(hi - self.lo, to, frm, len(outdeg), column_cuts(outdeg, COLUMN_SEGMENTS))
         if self.fault and self.rank == 0 and self.block.nnz:  # --inject-fault: a wrong kernel to catch
             self.block.data[0] = 2.0
         self.inv_out = inverse_degree(outdeg)
@@ -504,7 +558,17 @@ def plan_rows(counts: np.ndarray, directed: bool, workers: int) -> tuple[np.ndar
     n = len(counts) // (2 if directed else 1)
     outdeg, indeg = counts[:n], counts[n:] if directed else counts[:n]
     rank = degree_rank(outdeg + indeg if directed else outdeg)
-    return rank, renumber(outdeg, rank), row_bounds(renumber(indeg, rank), workers)
+    return rank, renumber(outdeg, rank), row_bounds(row_cost(renumber(indeg, rank)), workers)
+
+
+ROW_COST = 3.0  # SpMV cost of a row (its loop, indptr, out) in plain arcs: ~30 ns against ~11 ns an arc
+HUB_ARC_COST = 0.8  # an arc of a hub row, multiplied cache-blocked (:class:`RowBlock`), in plain arcs
+
+
+def row_cost(arcs: np.ndarray) -> np.ndarray:
+    """Each row's SpMV cost in plain arcs, from its arc count: what :func:`row_bounds` balances, so
+    the worker with the short rows (many of them, each a loop and a store) is not the slowest."""
+    return np.where(arcs >= HUB_ARCS, HUB_ARC_COST, 1.0) * arcs + ROW_COST
 
 
 def convergence_metrics(top: list[list[Any]], iterations: int, stopped_by: str, change: float, damping: float
