@@ -126,7 +126,7 @@ Timings = dict[str, NonNegativeFloat | None]
 class PageRankMetrics(_Open):
     iterations: int = Field(ge=0)
     converged: bool
-    stopped_by: Literal["tol", "max_iter"] | None = None
+    stopped_by: Literal["tol", "floor", "max_iter"] | None = None
     l1_change: float | None = None
     error_bound: float | None = None
     top_error_bound: float | None = None
