@@ -122,7 +122,8 @@ def test_image_tree_in_hdfs_loads_as_the_local_tree(cl) -> None:
                   timeout=120, check=False)
     assert made.returncode == 0, made.stderr[-1500:]
     local = made.stdout.strip().splitlines()[-1]
-    put = hadoop(cl, cl.master, f"hdfs dfs -rm -r -f -skipTrash /data/xray_e2e && hdfs dfs -put {local} /data/xray_e2e")
+    hadoop(cl, cl.master, "hdfs dfs -rm -r -f -skipTrash /data/xray_e2e")
+    put = hadoop(cl, cl.master, f"hdfs dfs -put {local} /data/xray_e2e")   # one command per call: as hadoop
     assert put.returncode == 0, put.stderr[-2000:]
     compare = ("import sys, numpy as np; from workloads import pneumonia; "
                "a, b = (pneumonia.load_data(u, 32) for u in sys.argv[1:]); "
