@@ -188,7 +188,10 @@ class _Record(_Exact):
 
 
 class FailedRecord(_Record):
-    """Any workload, failed: the error says why; what was measured before the failure may be there."""
+    """Any workload, failed: the error says why; what was measured before the failure may be there.
+    Its sizes are what was asked, valid or not (``--workers 0`` fails with a record saying so)."""
+    nodes: int
+    workers: int
     status: Literal["failed"]
     error: str = Field(min_length=1)
     metrics: dict[str, Any]
