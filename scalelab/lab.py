@@ -27,7 +27,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -558,19 +558,65 @@ def ssh_cmd(spec: LabSpec, host: str, *cmd: str, batch: bool = True) -> list[str
     return args + [host, *cmd]
 
 
-def wait_ssh(spec: LabSpec, hosts: Iterable[str], timeout: float = 90) -> None:
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def console_tail(spec: LabSpec, host: str, lines: int = 12) -> str:
+    """The last lines of a host's console (boot messages, the supervisor's own lines), colours removed."""
+    try:
+        text = (spec.host_dir(host) / "console.log").read_bytes()[-16384:].decode(errors="replace")
+    except OSError:
+        return "(no console log)"
+    return "\n".join(ANSI.sub("", line).rstrip() for line in text.splitlines()[-lines:])
+
+
+class HostUnreachable(RuntimeError):
+    def __init__(self, host: str, why: str, ssh_said: str, console: str) -> None:
+        super().__init__(f"{host} {why}; ssh said: {ssh_said}\n--- console of {host} (last lines) ---\n{console}")
+        self.host = host
+
+
+def wait_ssh(spec: LabSpec, hosts: Iterable[str], timeout: float = 120) -> None:
+    """Until every host answers on ssh.  A host whose processes all ended fails at once; one that is
+    still silent after `timeout` fails then; either way with ssh's last words and the console's tail."""
     pending = list(hosts)
+    said: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     while pending:
-        h = pending[0]
-        ok = subprocess.run(ssh_cmd(spec, h, "true"), capture_output=True, timeout=30).returncode == 0
-        if ok:
-            pending.pop(0)
-            continue
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{h} did not answer on ssh within {timeout:.0f} s "
-                               f"(console: {spec.host_dir(h) / 'console.log'})")
+        for h in list(pending):
+            try:
+                r = subprocess.run(ssh_cmd(spec, h, "true"), capture_output=True, text=True, timeout=30)
+            except subprocess.TimeoutExpired:
+                said[h] = "no answer within 30 s"
+                continue
+            if r.returncode == 0:
+                pending.remove(h)
+            else:
+                said[h] = (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
+        if not pending:
+            return
+        dead = [h for h in pending if not host_running(spec, h)]
+        if dead or time.monotonic() > deadline:
+            h = (dead or pending)[0]
+            why = "stopped while booting" if dead else f"did not answer on ssh within {timeout:.0f} s"
+            raise HostUnreachable(h, why, said.get(h, "-"), console_tail(spec, h))
         time.sleep(0.5)
+
+
+def boot(spec: LabSpec, hosts: Sequence[Host], say: Progress = _say, timeout: float = 120) -> None:
+    """Start the hosts and wait for ssh on each.  A host that does not come up gets one more boot
+    (a power cut, then a fresh start) before the lab gives up on it: its console says why."""
+    for h in hosts:
+        if not host_running(spec, h.name):
+            say(f"booting {h.name}")
+            start_host(spec, h)
+    try:
+        wait_ssh(spec, [h.name for h in hosts], timeout)
+    except HostUnreachable as exc:
+        say(f"{exc}\n{exc.host}: restarting it once")
+        kill_host(spec, exc.host)
+        start_host(spec, spec.host(exc.host))
+        wait_ssh(spec, [h.name for h in hosts], timeout)
 
 
 def write_access_files(spec: LabSpec) -> None:
@@ -617,11 +663,7 @@ def up(spec: LabSpec, say: Progress = _say) -> dict:
         root = mount_host(spec, h, base)
         first_boot_setup(spec, h, root, pubkey)
     write_access_files(spec)
-    for h in spec.hosts:
-        if not host_running(spec, h.name):
-            say(f"booting {h.name}")
-            start_host(spec, h)
-    wait_ssh(spec, [h.name for h in spec.hosts])
+    boot(spec, spec.hosts, say)
     state["up_seconds"] = round(time.monotonic() - t0 - t_base, 1)
     state["base_seconds"] = round(t_base, 1)
     _save_state(spec, state)
@@ -674,8 +716,7 @@ def start(spec: LabSpec, host: str, say: Progress = _say) -> None:
         say(f"{host} is already running")
         return
     mount_host(spec, h, Path(state["base"]))
-    start_host(spec, h)
-    wait_ssh(spec, [host])
+    boot(spec, [h], say)
 
 
 def status(spec: LabSpec) -> list[dict]:

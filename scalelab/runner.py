@@ -13,15 +13,18 @@ with a ``failed`` record; a partial result is never marked ok.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import shlex
+import signal
 import subprocess
 import tarfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,6 +240,29 @@ def complete_record(rec: dict[str, Any], nodes: Sequence[Node], *, resources: di
     return rec
 
 
+@contextlib.contextmanager
+def ctrl_c_as_event() -> Iterator[threading.Event]:
+    """Inside: the first Ctrl-C only sets the event, so the run loop stops at its next check and the
+    cleanup runs whole (no KeyboardInterrupt lands inside a library call half-way, e.g. the live status
+    line holding its lock); a second Ctrl-C raises KeyboardInterrupt at once.  The previous handler is
+    back on exit.  Off the main thread (where Python delivers no signal) the event is never set."""
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if hit.is_set():
+            raise KeyboardInterrupt
+        hit.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield hit
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Node], dataset: str | None,
              extra: Sequence[str], *, results_dir: Path, timeout_s: int, say: Say,
              status: Callable[[str], None] | None = None, provenance: dict[str, Any] | None = None) -> Path:
@@ -252,39 +278,50 @@ def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Nod
     t0, started = time.monotonic(), time.time()
     why: str | None = None
     interrupted = False
-    try:
-        for n in targets:
-            with open(logdir / f"{n.name}.log", "wb") as log:
-                # stdin stays open: its end tells the node that the controller is gone
-                procs[n.name] = subprocess.Popen([*n.ssh_argv(*SSH_RUN_OPTIONS), n.as_root(cmd)],
-                                                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
-        deadline = t0 + timeout_s + 30
-        while any(p.poll() is None for p in procs.values()):
-            if status:
-                usage = " ".join(f"{h} {c:.0f}% {m / 1024:.1f}G" for h, (c, m) in sorted(sampler.latest().items()))
-                status(f"{wl.name} · {framework} · {len(nodes)} node(s) · {time.monotonic() - t0:5.0f} s · {usage}")
-            if time.monotonic() > deadline:
-                why = f"stopped after the {timeout_s} s timeout"
-                break
-            # one rank failing: give the others a bounded time to notice, then stop them
-            if any(p.poll() not in (None, 0) for p in procs.values()):
-                grace = time.monotonic() + RANK_GRACE_S
-                while any(p.poll() is None for p in procs.values()) and time.monotonic() < grace:
-                    time.sleep(0.2)
-                break
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        why, interrupted = "interrupted (Ctrl-C): stopped on every node", True
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        resources = sampler.stop()
-        # every node, not only the targets: a torch rank may have started on any of them
-        rec, problems = _finish(cluster, nodes, run_id)
-        if framework == "ray":
-            collect_ray_logs(nodes, started, logdir)
+    with ctrl_c_as_event() as ctrl_c:
+        try:
+            for n in targets:
+                with open(logdir / f"{n.name}.log", "wb") as log:
+                    # stdin stays open: its end tells the node that the controller is gone
+                    procs[n.name] = subprocess.Popen([*n.ssh_argv(*SSH_RUN_OPTIONS), n.as_root(cmd)],
+                                                     stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
+            deadline = t0 + timeout_s + 30
+            while any(p.poll() is None for p in procs.values()):
+                if ctrl_c.is_set():
+                    break
+                if status:
+                    usage = " ".join(f"{h} {c:.0f}% {m / 1024:.1f}G"
+                                     for h, (c, m) in sorted(sampler.latest().items()))
+                    status(f"{wl.name} · {framework} · {len(nodes)} node(s) · {time.monotonic() - t0:5.0f} s · "
+                           f"{usage}")
+                if time.monotonic() > deadline:
+                    why = f"stopped after the {timeout_s} s timeout"
+                    break
+                # one rank failing: give the others a bounded time to notice, then stop them
+                if any(p.poll() not in (None, 0) for p in procs.values()):
+                    grace = time.monotonic() + RANK_GRACE_S
+                    while (any(p.poll() is None for p in procs.values()) and time.monotonic() < grace
+                           and not ctrl_c.is_set()):
+                        ctrl_c.wait(0.2)
+                    break
+                ctrl_c.wait(0.5)
+        except KeyboardInterrupt:  # the second Ctrl-C, before the loop saw the first
+            ctrl_c.set()
+        finally:
+            if ctrl_c.is_set():
+                why, interrupted = "interrupted (Ctrl-C): stopped on every node", True
+                if status:
+                    status(f"Ctrl-C: stopping {wl.name} · {framework} on every node (Ctrl-C again to leave at once)")
+            for p in procs.values():
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+            resources = sampler.stop()
+            # every node, not only the targets: a torch rank may have started on any of them
+            rec, problems = _finish(cluster, nodes, run_id)
+            if framework == "ray":
+                collect_ray_logs(nodes, started, logdir)
+    interrupted = interrupted or ctrl_c.is_set()  # pressed during the cleanup of a run that had ended
     wall = time.monotonic() - t0
     codes = {h: p.returncode for h, p in procs.items()}
     failed_hosts = [h for h, c in codes.items() if c != 0]

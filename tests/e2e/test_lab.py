@@ -125,6 +125,29 @@ def test_kill_is_a_power_cut_and_start_keeps_the_disk(tlab, host: str) -> None:
         ssh(tlab, h.name, "true")
 
 
+def test_a_host_whose_sshd_never_starts_gets_one_restart_then_ssh_words_and_its_console(tlab) -> None:
+    """The lab gives a silent host one more boot, then names it with what ssh said and the tail of its
+    console (what a failed `fab lab-up` in CI shows: the boot messages say why)."""
+    ssh(tlab, "worker2", "systemctl mask ssh.service ssh.socket")
+    lab.kill_host(tlab, "worker2")
+    said: list[str] = []
+    try:
+        with pytest.raises(lab.HostUnreachable) as failed:
+            lab.boot(tlab, [tlab.host("worker2")], say=said.append, timeout=15)
+    finally:  # unmasked on its disk; then it boots as before
+        for unit in ("ssh.service", "ssh.socket"):
+            (lab._root(tlab, "worker2") / "etc/systemd/system" / unit).unlink(missing_ok=True)
+        lab.kill_host(tlab, "worker2")
+        lab.boot(tlab, [tlab.host("worker2")])
+    msg = str(failed.value)
+    assert msg.startswith("worker2 did not answer on ssh within 15 s; ssh said: "), msg
+    head, _, console = msg.partition("\n--- console of worker2 (last lines) ---\n")
+    assert len(head.split("ssh said: ")[1]) > 0 and len(console.splitlines()) >= 3, msg
+    assert "\x1b[" not in console
+    assert any(line.endswith("worker2: restarting it once") for line in said), said
+    assert ssh(tlab, "worker2", "hostname").stdout.strip() == "worker2"
+
+
 def test_a_host_that_cannot_be_reached_stops_the_whole_provision(tlab) -> None:
     """A cluster is provisioned whole or not at all: the first unreachable host ends site.yml for every
     host, at the first play that meets it, instead of provisioning the others into a partial cluster."""

@@ -1,8 +1,10 @@
 """How a run is started and stopped on a node, and what it records of where and with what it ran."""
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -66,3 +68,16 @@ def test_probe_output_is_parsed_into_node_facts() -> None:
     assert provenance.node_facts(p) == {"cpu_model": "Intel Xeon", "cores": 4, "memory_gib": 2.0,
                                         "workloads_hash": "abc",
                                         "versions": {"python": "3.11.2", "ray": "2.9", "torch": None}}
+
+
+def test_the_first_ctrl_c_of_a_run_is_an_event_the_second_interrupts_at_once() -> None:
+    """A run's loop sees the first Ctrl-C at its next check (no KeyboardInterrupt half-way through a
+    library call, so the cleanup runs whole); a second Ctrl-C interrupts; the old handler comes back."""
+    before = signal.getsignal(signal.SIGINT)
+    with runner.ctrl_c_as_event() as ctrl_c:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert ctrl_c.wait(5), "the first Ctrl-C did not set the event"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            ctrl_c.wait(5)  # the handler runs here at the latest
+    assert signal.getsignal(signal.SIGINT) is before
