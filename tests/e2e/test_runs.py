@@ -37,9 +37,25 @@ def fab_args(plab, results: Path, *args: str) -> tuple[list[str], dict]:
 def start(plab, results: Path, *args: str) -> subprocess.Popen[str]:
     """`fab ARGS` in a session of its own (so that the test can end it and its ssh clients at once)."""
     argv, env = fab_args(plab, results, *args)
-    return subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(argv, cwd=REPO, env={**env, "PYTHONFAULTHANDLER": "1"}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def ended(plab, proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """fab's output once it exits.  Past `timeout` it is a failure that shows where every thread of fab
+    stood (SIGABRT: Python's fault handler prints their stacks), and the run is aborted on every node so
+    the tests after this one do not meet it."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            out, err = proc.communicate(timeout=20)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            fab("abort", "--inventory", str(plab.inventory), check=False)
+        raise AssertionError(f"fab did not exit within {timeout:.0f} s; it printed:\n{out[-3000:]}\n"
+                             f"{err[-8000:]}") from None
 
 
 def run_processes(plab, hosts) -> dict[str, str]:
@@ -89,7 +105,7 @@ def test_ctrl_c_stops_the_run_on_every_node(lab, framework: str, hosts) -> None:
     wait_running(plab, hosts if framework == "torch" else ("master",), proc)
     proc.send_signal(signal.SIGINT)  # to fab alone, as a terminal's Ctrl-C reaches it first
     t0 = time.monotonic()
-    out, err = proc.communicate(timeout=60)
+    out, err = ended(plab, proc, 60)
     waited = wait_clean(plab, hosts)
     print(f"{framework}: fab exited {proc.returncode} in {time.monotonic() - t0 - waited:.1f} s, clean after "
           f"{time.monotonic() - t0:.1f} s")
