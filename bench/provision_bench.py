@@ -30,8 +30,17 @@ REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"cold": 180.0, "rerun": 45.0, "checks": 1.0}
 
 
-def playbook(inventory: Path) -> tuple[float, dict[str, int]]:
-    """One site.yml run: (seconds, changed tasks per host); exits with the output's tail if it failed."""
+SLOWEST = re.compile(r"^(\S.*?) -{3,} (\d+\.\d+)s$", re.M)  # profile_tasks' summary lines
+
+
+def slowest_tasks(stdout: str) -> list[dict[str, object]]:
+    """The slowest tasks of a run, from the profile_tasks callback's summary (ansible.cfg enables it)."""
+    return [{"task": m.group(1), "seconds": float(m.group(2))} for m in SLOWEST.finditer(stdout)]
+
+
+def playbook(inventory: Path) -> tuple[float, dict[str, int], list[dict[str, object]]]:
+    """One site.yml run: (seconds, changed tasks per host, its slowest tasks); exits with the output's
+    tail if it failed."""
     t0 = time.monotonic()
     proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "site.yml", "-i", str(inventory)],
                           cwd=REPO, capture_output=True, text=True)
@@ -39,7 +48,7 @@ def playbook(inventory: Path) -> tuple[float, dict[str, int]]:
     if proc.returncode != 0:
         raise SystemExit("error: site.yml failed:\n" + "\n".join(proc.stdout.splitlines()[-30:]))
     changed = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+)\s+:.*?changed=(\d+)", proc.stdout, re.M)}
-    return took, changed
+    return took, changed, slowest_tasks(proc.stdout)
 
 
 def prerun_checks(inventory: Path, times: int = 5) -> list[float]:
@@ -64,13 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     wheelhouse.build()  # warm: built once per lock, as before any provision
     inv = labspec.derive_inventory(Path(tempfile.mkdtemp(prefix="slbench-")) / "lab", "slbench", 75, args.workers)
     spec = labspec.load_spec(inv)
-    rows = []
+    rows: list[dict[str, object]] = []
+    slow_cold: list[dict[str, object]] = []
+    slow_rerun: list[dict[str, object]] = []
     try:
         t0 = time.monotonic()
         lab.up(spec, say=console.print)
         up = time.monotonic() - t0
-        cold, _ = playbook(inv)
-        rerun, changed = playbook(inv)
+        cold, _, slow_cold = playbook(inv)
+        rerun, changed, slow_rerun = playbook(inv)
         checks = prerun_checks(inv)
         rows = [{"step": "lab up", "seconds": round(up, 1), "target": "-", "changed": "-"},
                 {"step": "provision (cold)", "seconds": round(cold, 1), "target": TARGETS["cold"], "changed": "-"},
@@ -85,9 +96,13 @@ def main(argv: list[str] | None = None) -> int:
             lab.down(spec, say=console.print)
     console.print(table(rows, title=f"site.yml on {args.workers + 1} fresh lab hosts as {spec.login_user} "
                                      f"(load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"))
+    for name, slow in (("cold", slow_cold), ("re-run", slow_rerun)):
+        if slow:
+            console.print(table(slow[:10], title=f"slowest tasks of the {name} provision"))
     out = REPO / "results" / "bench" / "provision.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"hosts": args.workers + 1, "user": spec.login_user, "rows": rows,
+                               "slowest": {"cold": slow_cold, "rerun": slow_rerun},
                                "cpus": os.cpu_count(), "load": os.getloadavg()[0], "at": time.strftime("%Y-%m-%dT%H:%M:%S")},
                               indent=2) + "\n")
     return 0
