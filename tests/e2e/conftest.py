@@ -31,7 +31,7 @@ class ProvisionedLab:
     def infra(self, *paths: str, k: str | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """Run testinfra suites against this lab, as a user would on a real cluster."""
         args = [str(BIN / "python"), "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider",
-                "--hosts=ansible://all", f"--ansible-inventory={self.inventory}", "--force-ansible"]
+                "--hosts=ansible://all", f"--ansible-inventory={self.inventory}"]
         if k:
             args += ["-k", k]
         return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout,

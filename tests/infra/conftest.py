@@ -9,20 +9,28 @@ change nothing, and again after power cuts of a worker and of the master.)
 Per-host tests get testinfra's `host` (one run per inventory host); controller-side tests (port
 probes, the DNAT forward) use the `cluster` fixture, read once from the same inventory as Ansible
 renders it (scalelab.inventory).  Commands run as root: through sudo when the login user is not root
-(set here, as is --force-ansible: only Ansible resolves templated connection values).  The only addresses the controller contacts are the master's public
-address and, through Ansible/ssh, the hosts of the inventory.
+(set here).  testinfra reads an inventory through `ansible-inventory --list`, which renders no template
+(``ansible_host: "{{ scalelab_public_ip }}"``, the workers' ProxyJump): so it is given a copy of the
+inventory with the connection values as Ansible renders them, and runs each check over plain ssh with
+them (`--force-ansible`, which starts `ansible` for every command, works too: 7x slower on the lab).  The
+only addresses the controller contacts are the master's public address and, through ssh, the hosts
+of the inventory.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from scalelab import inventory as _inventory
+from scalelab.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv/bin"
@@ -41,9 +49,24 @@ def inventory_path(config) -> Path:
 
 
 _SKIP = pytest.StashKey[str]()
+_VIEW = pytest.StashKey[_inventory.Cluster]()
+_RENDERED = pytest.StashKey[Path]()
 # Variables the checks compare the hosts with, besides the controller's own (scalelab.inventory).
 CHECKED_VARS = ("scalelab_private_interface", "scalelab_private_cidr", "scalelab_public_interface",
                 "ray_num_cpus")
+# What testinfra's ssh backend reads of a host (testinfra.utils.ansible_runner.get_ansible_host).
+SSH_VARS = ("ansible_host", "ansible_user", "ansible_port", "ansible_ssh_common_args", "ansible_ssh_extra_args",
+            "ansible_ssh_private_key_file")
+
+
+def rendered_inventory(view: _inventory.Cluster, out: Path) -> Path:
+    """The inventory's groups and hosts with nothing but their ssh values, as Ansible renders them."""
+    def hosts(nodes) -> dict:
+        return {n.name: {k: n.vars[k] for k in SSH_VARS if n.vars.get(k) not in (None, "")} for n in nodes}
+    doc = {"all": {"children": {"cluster": {"children": {"masters": {"hosts": hosts([view.master])},
+                                                          "workers": {"hosts": hosts(view.nodes[1:])}}}}}}
+    out.write_text("# written by tests/infra/conftest.py from " + str(view.inventory) + "\n" + yaml.safe_dump(doc))
+    return out
 
 
 def pytest_configure(config):
@@ -60,11 +83,23 @@ def pytest_configure(config):
     else:
         reason = ""
         if str(config.getoption("hosts")).startswith("ansible://"):
-            # Templated inventory values (ansible_host: "{{ scalelab_public_ip }}", the workers'
-            # ProxyJump) are resolved only when Ansible runs the command; the checks read root's view.
-            config.option.force_ansible = True
-            config.option.sudo = True
+            try:
+                view = _inventory.load(inv, extra_vars=CHECKED_VARS)
+            except UserError as exc:
+                raise pytest.UsageError(str(exc)) from None
+            config.stash[_VIEW] = view
+            if not config.getoption("force_ansible", default=False):
+                tmp = Path(tempfile.mkdtemp(prefix="scalelab-infra-"))
+                config.stash[_RENDERED] = tmp
+                config.option.ansible_inventory = str(rendered_inventory(view, tmp / "hosts.yml"))
+            config.option.sudo = True  # the checks read root's view
     config.stash[_SKIP] = reason
+
+
+def pytest_unconfigure(config):
+    tmp = config.stash.get(_RENDERED, None)
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -129,7 +164,8 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster(request) -> Cluster:
-    return Cluster(_inventory.load(inventory_path(request.config), extra_vars=CHECKED_VARS))
+    view = request.config.stash.get(_VIEW, None)
+    return Cluster(view or _inventory.load(inventory_path(request.config), extra_vars=CHECKED_VARS))
 
 
 @pytest.fixture
