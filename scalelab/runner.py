@@ -277,7 +277,6 @@ def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Nod
     procs: dict[str, subprocess.Popen[bytes]] = {}
     t0, started = time.monotonic(), time.time()
     why: str | None = None
-    interrupted = False
     with ctrl_c_as_event() as ctrl_c:
         try:
             for n in targets:
@@ -309,7 +308,7 @@ def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Nod
             ctrl_c.set()
         finally:
             if ctrl_c.is_set():
-                why, interrupted = "interrupted (Ctrl-C): stopped on every node", True
+                why = "interrupted (Ctrl-C): stopped on every node"
                 if status:
                     status(f"Ctrl-C: stopping {wl.name} · {framework} on every node (Ctrl-C again to leave at once)")
             for p in procs.values():
@@ -321,7 +320,7 @@ def run_once(cluster: Cluster, wl: Workload, framework: str, nodes: Sequence[Nod
             rec, problems = _finish(cluster, nodes, run_id)
             if framework == "ray":
                 collect_ray_logs(nodes, started, logdir)
-    interrupted = interrupted or ctrl_c.is_set()  # pressed during the cleanup of a run that had ended
+    interrupted = ctrl_c.is_set()  # also when pressed during the cleanup of a run that had ended
     wall = time.monotonic() - t0
     codes = {h: p.returncode for h, p in procs.items()}
     failed_hosts = [h for h, c in codes.items() if c != 0]
