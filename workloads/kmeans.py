@@ -11,15 +11,15 @@ Two definitions (DESIGN.md):
   label is the exact nearest centre (ties -> lowest index), a pure function of the point and the
   centres, so the centroids are the same for every runtime and worker count.
 
-Assignment is grid-filtered (:class:`PointGrid`): each worker buckets its points once into a g x g grid
+Assignment is grid-filtered (:class:`PointGrid`): each worker sorts its points once into a g x g grid
 of power-of-two cells with exact per-cell counts and sums.  Per iteration, a cell whose every point is
 provably nearest to one centre (bounding-box distances, with a relative margin far above rounding)
-takes that centre wholesale, its points counted through the cell's sums; only points in the few cells
-that straddle a Voronoi boundary are compared with every centre, by direct differences.
+takes that centre wholesale, its points counted through the cell's sums and never read; only points in
+the few cells that straddle a Voronoi boundary are compared with every centre, by direct differences.
 
 The Calinski-Harabasz score is computed exactly over all points from cluster counts, integer sums and
 per-cluster squared distances (sklearn's loops over clusters in Python: perf-notes §4d).
-:func:`reference_kmeans` (single process) verifies a run.
+:func:`reference_kmeans` (single process, plain Lloyd without the grid) verifies a run.
 """
 from __future__ import annotations
 
@@ -42,11 +42,17 @@ _MARGIN = 1e-9  # relative: a cell is "sure" only if its nearest centre wins by 
 
 
 # ------------------------------------------------------------------------------ pure functions
-def as_points(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int64 ids -> float64 coordinates (exact below 2**53)."""
+def exact_ids(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The parsed integer ids, checked to be exact as float64 coordinates (within +-2**53)."""
     # min/max, not np.abs: abs(INT64_MIN) overflows to INT64_MIN and would pass
     if len(a) and (min(a.min(), b.min()) <= -2**53 or max(a.max(), b.max()) >= 2**53):
         raise UserError("k-means needs every node id within +-2**53 to keep coordinates exact; renumber the ids")
+    return a, b
+
+
+def as_points(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ids -> float64 coordinates (exact below 2**53)."""
+    a, b = exact_ids(a, b)
     return a.astype(np.float64), b.astype(np.float64)
 
 
@@ -86,33 +92,57 @@ def _interval_dists(lo: np.ndarray, width: float, c: np.ndarray) -> tuple[np.nda
 
 
 class PointGrid:
-    """A worker's points bucketed into g x g power-of-two cells, with exact per-cell counts and sums.
+    """A worker's points sorted into g x g power-of-two cells (once), with exact per-cell counts and sums.
 
     Cell indices are exact (integer coordinates, power-of-two widths), so every point lies inside its
     cell's box.  :meth:`sure_owner` gives, per cell, the centre that is strictly nearest to every point
     of the box (by bounding-box distances and a relative margin), or -1.  A label from a sure cell is
     therefore the exact nearest centre, the same value :func:`assign` gives: the labels do not depend
     on the grid, so workers may build their grids from their own points.
+
+    The points are kept in cell order (a counting sort), so the points of the cells that straddle a
+    boundary are a few contiguous runs: a Lloyd step reads only those (a sure cell counts through its
+    sums, its points' labels are never written), and the number of labels that changed is counted
+    from the cells' owners and those points' kept labels.  ``x``/``y`` are the points in that order.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, g: int | None = None) -> None:
-        self.x, self.y = x, y
+        from scipy.sparse._sparsetools import coo_tocsr
+
         n = len(x)
         g = grid_size(n) if g is None else g
-        lo = np.array([x.min(), y.min()]) if n else np.zeros(2)
+        lo = np.array([x.min(), y.min()], dtype=np.float64) if n else np.zeros(2)
         span = float(max(x.max() - lo[0], y.max() - lo[1]) + 1.0) if n else 1.0
         if span >= 2.0**52:  # differences would round: no sure cells, every point goes through assign()
             g = 1
         self.g, self.origin = g, lo
         self.width = 2.0 ** math.ceil(math.log2(max(span / g, 1.0)))
-        self.cell = np.empty(n, dtype=np.int32)
+        index = np.int32 if n < 2**31 else np.int64
+        cell = np.empty(n, dtype=index)
         for a in range(0, n, CHUNK):  # exact: (v - lo) is an integer below 2**52, width a power of two
-            ix = ((x[a:a + CHUNK] - lo[0]) / self.width).astype(np.int32)
-            iy = ((y[a:a + CHUNK] - lo[1]) / self.width).astype(np.int32)
-            self.cell[a:a + CHUNK] = ix * g + iy
+            ix = ((x[a:a + CHUNK] - lo[0]) / self.width).astype(index)
+            iy = ((y[a:a + CHUNK] - lo[1]) / self.width).astype(index)
+            cell[a:a + CHUNK] = ix * g + iy
         cells = g * g
-        self.cell_stats = np.stack([np.bincount(self.cell, minlength=cells).astype(np.int64),
-                                    exact_sums(self.cell, x, cells), exact_sums(self.cell, y, cells)])
+        order, ptr = np.empty(n, dtype=index), np.empty(cells + 1, dtype=index)
+        scratch = np.empty(n, dtype=np.int8)  # a stable counting sort by cell, moving 1 byte of data per point
+        coo_tocsr(cells, max(n, 1), n, cell, np.arange(n, dtype=index), scratch, ptr, order, scratch)
+        del cell, scratch
+        self.start = ptr.astype(np.int64)
+        self.count = np.diff(self.start)
+        self.cell_stats = np.zeros((3, cells), dtype=np.int64)
+        self.cell_stats[0] = self.count
+        filled = np.flatnonzero(self.count)
+        self.x, self.y = np.empty(n), np.empty(n)
+        for row, v, out in ((1, x, self.x), (2, y, self.y)):
+            ids = v[order].astype(np.int64, copy=False)  # integer coordinates: exact int64 sums per cell
+            if len(filled):
+                self.cell_stats[row, filled] = np.add.reduceat(ids, self.start[filled])
+            out[:] = ids
+            del ids
+        del order
+        self.labels = np.zeros(n, dtype=np.int32)  # valid for the points of the cells that straddled last
+        self.owner: np.ndarray | None = None  # per cell at the last step (-1: straddled); None before it
 
     def sure_owner(self, centers: np.ndarray) -> np.ndarray:
         """Per cell: the centre nearest to all of the cell's box by a relative margin, else -1 (int32)."""
@@ -136,18 +166,53 @@ class PointGrid:
         owner[~(best_far * (1.0 + _MARGIN) < second)] = -1
         return owner.ravel()
 
-    def lloyd(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Labels of all points and exact (3, k) stats: sure cells wholesale, the rest point by point."""
+    def points(self, cells: np.ndarray) -> np.ndarray:
+        """Positions (in ``x``/``y``) of the points of ``cells``, cell after cell."""
+        lens = self.count[cells]
+        ends = np.cumsum(lens)
+        at = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+        at += np.repeat(self.start[cells] - (ends - lens), lens)
+        return at
+
+    def lloyd(self, centers: np.ndarray) -> tuple[np.ndarray, int]:
+        """Exact (3, k) stats of one assignment and how many labels changed since the last (all, the first time)."""
         k = len(centers)
-        owner = self.sure_owner(centers)
-        labels = owner[self.cell]
-        rest = np.flatnonzero(labels < 0)
-        xs, ys = self.x[rest], self.y[rest]
-        labels[rest] = assign(xs, ys, centers)
-        stats = cluster_stats(labels[rest], xs, ys, k)
+        owner, prev = self.sure_owner(centers), self.owner
+        straddle = np.flatnonzero((owner < 0) & (self.count > 0))
+        at = self.points(straddle)
+        xs, ys = self.x[at], self.y[at]
+        new = assign(xs, ys, centers)
+        stats = cluster_stats(new, xs, ys, k)
         for c in range(k):
             stats[:, c] += self.cell_stats[:, owner == c].sum(axis=1)
-        return labels, stats
+        if prev is None:
+            changed = len(self.x)
+        else:
+            sure = owner >= 0
+            changed = int(self.count[sure & (prev >= 0) & (prev != owner)].sum())  # sure both times, moved
+            were = np.flatnonzero(sure & (prev < 0) & (self.count > 0))  # sure now, straddled before
+            changed += int(np.count_nonzero(self.labels[self.points(were)]
+                                            != np.repeat(owner[were], self.count[were])))
+            old = np.repeat(prev[straddle], self.count[straddle])  # straddle now: the old owner or kept label
+            kept = old < 0
+            old[kept] = self.labels[at[kept]]
+            changed += int(np.count_nonzero(old != new))
+        self.labels[at] = new
+        self.owner = owner
+        return stats, changed
+
+    def all_labels(self) -> np.ndarray:
+        """The last step's label of every point, in ``x``/``y`` order."""
+        if self.owner is None:
+            raise ValueError("no Lloyd step has run")
+        out = np.repeat(self.owner, self.count)
+        at = self.points(np.flatnonzero((self.owner < 0) & (self.count > 0)))
+        out[at] = self.labels[at]
+        return out
+
+    def sse(self, centers: np.ndarray) -> np.ndarray:
+        """Per-cluster sum of squared distances of the last step's clusters to ``centers``."""
+        return within_sse(self.all_labels(), self.x, self.y, centers)
 
 
 def exact_sums(labels: np.ndarray, v: np.ndarray, k: int) -> np.ndarray:
@@ -182,9 +247,15 @@ def sq_dist(x: np.ndarray, y: np.ndarray, cx: float | np.ndarray, cy: float | np
 
 
 def within_sse(labels: np.ndarray, x: np.ndarray, y: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Per-cluster sum of squared distances to ``centers`` (direct differences, no cancellation)."""
+    """Per-cluster sum of squared distances to ``centers`` (direct differences, no cancellation), a
+    chunk at a time (no point-sized temporaries)."""
     k = len(centers)
-    return np.bincount(labels, weights=sq_dist(x, y, centers[labels, 0], centers[labels, 1]), minlength=k)
+    out = np.zeros(k)
+    for a in range(0, len(x), CHUNK):
+        lab = labels[a:a + CHUNK]
+        out += np.bincount(lab, weights=sq_dist(x[a:a + CHUNK], y[a:a + CHUNK], centers[lab, 0], centers[lab, 1]),
+                           minlength=k)
+    return out
 
 
 def calinski_harabasz(stats: np.ndarray, sse: np.ndarray) -> float:
@@ -241,15 +312,18 @@ def blockwise_block(x: np.ndarray, y: np.ndarray, k: int, seed: int) -> tuple[fl
 
 # ------------------------------------------------------------------------------- worker state
 class KMeansPart:
-    """One worker's points (global method) or blocks (blockwise method)."""
+    """One worker's points (global method) or blocks (blockwise method).
+
+    The points stay as parsed (integer ids) for the k-means++ start, then move into the
+    :class:`PointGrid` (float64, in cell order) for Lloyd's steps."""
 
     def __init__(self, rank: int, world: int, info: InputInfo) -> None:
         self.rank, self.world, self.info = rank, world, info
-        self.x = self.y = self.d2 = self.chunk_mass = self.labels = self.grid = None
+        self.x = self.y = self.d2 = self.chunk_mass = self.grid = None
 
     def load(self) -> int:
         lo, hi = split_ranges(self.info, self.world)[self.rank]
-        self.x, self.y = as_points(*read_range(self.info, lo, hi))
+        self.x, self.y = exact_ids(*read_range(self.info, lo, hi))
         return len(self.x)
 
     def blocks(self, block_bytes: int, k: int, seed: int) -> list[tuple[int, float, float, int]]:
@@ -265,7 +339,7 @@ class KMeansPart:
         return out
 
     def point(self, i: int) -> np.ndarray:
-        return np.array([self.x[i], self.y[i]])
+        return np.array([self.x[i], self.y[i]], dtype=np.float64)
 
     def add_center(self, c: np.ndarray) -> float:
         """Update D^2 with a new centre (chunked, in place); return this worker's D^2 mass."""
@@ -291,21 +365,19 @@ class KMeansPart:
         return self.point(b * CHUNK + pick_index(np.cumsum(self.d2[b * CHUNK:(b + 1) * CHUNK]), u))
 
     def index(self) -> None:
-        """Bucket the points into the assignment grid (once; the drivers time it as build)."""
+        """Move the points into the assignment grid (once, after the k-means++ start; the drivers time
+        it as build).  The k-means++ state goes with them."""
         if self.grid is None:
             self.grid = PointGrid(self.x, self.y)
+            self.x = self.y = self.d2 = self.chunk_mass = None
 
     def lloyd(self, centers: np.ndarray) -> tuple[np.ndarray, int]:
         """Assign, return exact (3, k) stats and how many labels changed."""
-        self.d2 = None
         self.index()
-        labels, stats = self.grid.lloyd(centers)
-        changed = len(labels) if self.labels is None else int(np.count_nonzero(labels != self.labels))
-        self.labels = labels
-        return stats, changed
+        return self.grid.lloyd(centers)
 
     def sse(self, centers: np.ndarray) -> np.ndarray:
-        return within_sse(self.labels, self.x, self.y, centers)
+        return self.grid.sse(centers)
 
 
 def kmeans_pp(k: int, seed: int, counts: list[int], point_at: Any, add_center: Any, pick: Any) -> np.ndarray:
@@ -363,10 +435,20 @@ def local_init(x: np.ndarray, y: np.ndarray, k: int, seed: int) -> tuple[KMeansP
 
 
 def reference_kmeans(x: np.ndarray, y: np.ndarray, k: int, seed: int, max_iter: int) -> dict[str, Any]:
-    """The single-process run of the global method (the verifier)."""
-    part, init = local_init(x, y, k, seed)
-    stats, centers, iters, done = lloyd_loop(init, max_iter, lambda c: part.lloyd(c))
-    sse = part.sse(centers)
+    """The single-process run of the global method (the verifier): the same k-means++ start, then plain
+    Lloyd, every point against every centre (:func:`assign`), no grid."""
+    init = local_init(x, y, k, seed)[1]
+    labels = None
+
+    def step(c: np.ndarray) -> tuple[np.ndarray, int]:
+        nonlocal labels
+        new = assign(x, y, c)
+        changed = len(new) if labels is None else int(np.count_nonzero(new != labels))
+        labels = new
+        return cluster_stats(new, x, y, k), changed
+
+    stats, centers, iters, done = lloyd_loop(init, max_iter, step)
+    sse = within_sse(labels, x, y, centers)
     return {"centroids": centers, "ch_score": calinski_harabasz(stats, sse), "inertia": float(sse.sum()),
             "iterations": iters, "converged": done}
 
@@ -404,7 +486,7 @@ def verify(args: argparse.Namespace, info: InputInfo, metrics: dict[str, Any]) -
     err = float(np.abs(c - rc).max() / max(np.abs(rc).max(), 1e-300))
     err = max(err, abs(ref["ch_score"] - metrics["ch_score"]) / max(abs(ref["ch_score"]), 1e-300))
     same_stop = (ref["iterations"], ref["converged"]) == (metrics["iterations"], metrics["converged"])
-    return {"reference": "single-process numpy Lloyd", "error": err, "reference_iterations": ref["iterations"],
+    return {"reference": "single-process plain Lloyd (no grid)", "error": err, "reference_iterations": ref["iterations"],
             "reference_converged": ref["converged"], "passed": bool(err <= 1e-9 and same_stop)}
 
 
@@ -454,9 +536,12 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) 
     def add_center(c: np.ndarray) -> list[float]:
         return [float(v) for v in np.concatenate(comm.allgather(np.array([part.add_center(c)])))]
 
+    steps: dict[str, float] = {}
     with timer(t, "build"):
-        init = kmeans_pp(args.k, args.seed, counts, point_at, add_center, pick)
-        comm.guard(part.index)
+        with timer(steps, "init"):
+            init = kmeans_pp(args.k, args.seed, counts, point_at, add_center, pick)
+        with timer(steps, "grid"):
+            comm.guard(part.index)
 
     def step(c: np.ndarray) -> tuple[np.ndarray, int]:
         stats, changed = part.lloyd(c)
@@ -469,6 +554,7 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) 
         sse = comm.allreduce(part.sse(centers))
     if lead:
         _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters, done))
+        rec["metrics"]["build_steps_s"] = steps
 
 
 # ---------------------------------------------------------------------------------------- CLI

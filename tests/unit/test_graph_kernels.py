@@ -352,21 +352,43 @@ def test_grid_lloyd_gives_exact_nearest_labels_and_stats(case):
         c = np.round(c / 2) * 2
     elif case == "lattice":
         x, y, c = np.round(x, -3), np.round(y, -3), np.round(c, -3) + 500
-    brute = ((x[:, None] - c[:, 0]) ** 2 + (y[:, None] - c[:, 1]) ** 2).argmin(axis=1).astype(np.int32)
     grid = kmeans.PointGrid(x, y)
-    assert grid.g > 1 and (grid.sure_owner(c) >= 0).any()
-    labels, stats = grid.lloyd(c)
-    assert np.array_equal(labels, brute)
+    assert grid.g > 1 and (grid.sure_owner(c) >= 0).any() and (grid.sure_owner(c) < 0).any()
+    x, y = grid.x, grid.y  # the grid's order (by cell)
+    brute = ((x[:, None] - c[:, 0]) ** 2 + (y[:, None] - c[:, 1]) ** 2).argmin(axis=1).astype(np.int32)
+    stats, changed = grid.lloyd(c)
+    assert changed == len(x)
+    assert np.array_equal(grid.all_labels(), brute)
     assert np.array_equal(stats, kmeans.cluster_stats(brute, x, y, 16))
+
+
+def test_grid_keeps_the_points_and_counts_changed_labels_exactly():
+    rng = np.random.default_rng(7)
+    x, y = rng.integers(0, 10**6, 40_000), rng.integers(0, 10**6, 40_000)  # as parsed: integer ids
+    grid = kmeans.PointGrid(x, y)
+    assert sorted(zip(grid.x.tolist(), grid.y.tolist(), strict=True)) == sorted(
+        zip(x.astype(float).tolist(), y.astype(float).tolist(), strict=True))
+    c = rng.uniform(0, 10**6, (12, 2))
+    before = None
+    for _ in range(6):  # centres moved at random: owners change, cells go from sure to straddling and back
+        _, changed = grid.lloyd(c)
+        labels = grid.all_labels()
+        assert changed == (len(labels) if before is None else int(np.count_nonzero(labels != before)))
+        before = labels
+        c = c + rng.normal(0, 3e4, c.shape)
 
 
 def test_grid_labels_do_not_depend_on_how_points_are_split():
     rng = np.random.default_rng(8)
     x, y = rng.integers(0, 10**8, 30_000).astype(float), rng.integers(0, 10**8, 30_000).astype(float)
     c = rng.uniform(0, 10**8, (9, 2))
-    whole, stats = kmeans.PointGrid(x, y).lloyd(c)
-    parts = [kmeans.PointGrid(x[a:b], y[a:b], g).lloyd(c) for (a, b), g in [((0, 7_000), 8), ((7_000, 30_000), 32)]]
-    assert np.array_equal(np.concatenate([p[0] for p in parts]), whole)
+    def labelled(grid: kmeans.PointGrid) -> tuple[dict[tuple[float, float], int], np.ndarray]:
+        stats = grid.lloyd(c)[0]
+        return dict(zip(zip(grid.x.tolist(), grid.y.tolist(), strict=True), grid.all_labels().tolist(), strict=True)), stats
+
+    whole, stats = labelled(kmeans.PointGrid(x, y))
+    parts = [labelled(kmeans.PointGrid(x[a:b], y[a:b], g)) for (a, b), g in [((0, 7_000), 8), ((7_000, 30_000), 32)]]
+    assert {**parts[0][0], **parts[1][0]} == whole
     assert np.array_equal(parts[0][1] + parts[1][1], stats)
 
 
@@ -378,8 +400,9 @@ def test_lloyd_loop_reports_whether_labels_settled():
     init = np.stack([x[:5], y[:5]], axis=1)
     _, centers, iters, done = kmeans.lloyd_loop(init, 500, part.lloyd)
     assert done and 1 < iters < 500
-    assert np.array_equal(kmeans.means(part.grid.lloyd(centers)[1], centers), centers)  # an exact fixed point
-    part.labels = None
+    assert np.array_equal(kmeans.means(part.grid.lloyd(centers)[0], centers), centers)  # an exact fixed point
+    part = kmeans.KMeansPart(0, 1, None)
+    part.x, part.y = x, y
     _, _, iters, done = kmeans.lloyd_loop(init, 2, part.lloyd)
     assert (iters, done) == (2, False)
 

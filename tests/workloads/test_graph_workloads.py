@@ -285,6 +285,26 @@ def test_kmeans_global_stopped_by_max_iter_says_not_converged(tmp_path, planted)
     assert v["passed"] and (v["reference_iterations"], v["reference_converged"]) == (1, False)
 
 
+def test_kmeans_verification_catches_a_wrong_grid(tmp_path, planted, monkeypatch):
+    """The verifier is plain Lloyd without the grid: a grid that gives one sure cell the wrong centre
+    (what a broken bound would do) must fail verification, as the unchanged grid passes it."""
+    inp, _ = planted
+    args = ("--method", "global", "--k", "5", "--verify")
+    rc, rec = run(kmeans, tmp_path, "reference", 1, inp, *args)
+    assert rc == 0 and rec["verification"]["passed"], rec["verification"]
+    right = kmeans.PointGrid.sure_owner
+
+    def wrong(self, centers):
+        owner = right(self, centers)
+        cell = int(np.flatnonzero((owner >= 0) & (self.count > 0))[0])
+        owner[cell] = (owner[cell] + 1) % len(centers)
+        return owner
+
+    monkeypatch.setattr(kmeans.PointGrid, "sure_owner", wrong)
+    rc, rec = run(kmeans, tmp_path, "reference", 1, inp, *args)
+    assert rc != 0 and rec["status"] == "failed" and rec["verification"]["passed"] is False, rec["verification"]
+
+
 def test_kmeans_ch_equals_sklearn_on_the_same_labels(planted):
     inp, _ = planted
     a = np.loadtxt(inp, delimiter=",", skiprows=1)
