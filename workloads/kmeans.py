@@ -564,8 +564,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--method", choices=("blockwise", "global"), default="global")
     p.add_argument("--k", type=int, default=16, help="clusters (the seed: 16)")
     p.add_argument("--seed", type=int, default=42, help="k-means++ / sklearn random_state (the seed: 42)")
-    p.add_argument("--max-iter", type=int, default=300,
-                   help="global: Lloyd iterations at most (it stops when no label changes)")
+    p.add_argument("--max-iter", type=int, default=1000,
+                   help="global: Lloyd iterations at most (it stops when no label changes; data_1 needs 446)")
     p.add_argument("--block-mb", type=int, default=20, help="blockwise: block size in MiB (the seed: 20)")
     args = p.parse_args(argv)
     if args.k < 2 or args.max_iter < 1 or args.block_mb < 1:
