@@ -25,6 +25,7 @@ from scalelab import cluster as _cluster
 from scalelab import inventory as _inventory
 from scalelab import lab, labspec, runner, wheelhouse
 from scalelab.cli import console, table
+from workloads import data
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"cold": 180.0, "rerun": 45.0, "checks": 1.0}
@@ -51,16 +52,19 @@ def playbook(inventory: Path) -> tuple[float, dict[str, int], list[dict[str, obj
     return took, changed, slowest_tasks(proc.stdout)
 
 
+CHECK_DATASET = "tiny"
+
+
 def prerun_checks(inventory: Path, times: int = 5) -> list[float]:
     """Seconds of the checks before a PageRank run in both runtimes on every node (reachable, idle,
     dataset, code, Ray's live nodes): one probe per node over the reused ssh connection."""
     cluster = _inventory.load(inventory)
-    _cluster.put_data(inventory, "tiny", say=lambda m: None)
+    _cluster.put_data(inventory, CHECK_DATASET, say=lambda m: None)
     wl = runner.workload("pagerank")
     took = []
     for _ in range(times + 1):  # the first opens the ssh master connections: not counted
         t0 = time.monotonic()
-        runner.preflight(cluster, wl, ["ray", "torch"], cluster.nodes, "tiny")
+        runner.preflight(cluster, wl, ["ray", "torch"], cluster.nodes, CHECK_DATASET)
         took.append(time.monotonic() - t0)
     return took[1:]
 
@@ -71,29 +75,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="leave the lab up afterwards (fab lab-down --inventory ...)")
     args = ap.parse_args(argv)
     wheelhouse.build()  # warm: built once per lock, as before any provision
+    if not (REPO / "data" / f"{CHECK_DATASET}.csv").is_file():  # the checks' dataset, before any lab time
+        data.generate(CHECK_DATASET, REPO / "data")
     inv = labspec.derive_inventory(Path(tempfile.mkdtemp(prefix="slbench-")) / "lab", "slbench", 75, args.workers)
     spec = labspec.load_spec(inv)
     rows: list[dict[str, object]] = []
     slow_cold: list[dict[str, object]] = []
     slow_rerun: list[dict[str, object]] = []
-    try:
+    try:  # each row as soon as it is measured: a later step that fails does not lose it
         t0 = time.monotonic()
         lab.up(spec, say=console.print)
-        up = time.monotonic() - t0
+        rows.append({"step": "lab up", "seconds": round(time.monotonic() - t0, 1), "target": "-", "changed": "-"})
         cold, _, slow_cold = playbook(inv)
+        rows.append({"step": "provision (cold)", "seconds": round(cold, 1), "target": TARGETS["cold"], "changed": "-"})
         rerun, changed, slow_rerun = playbook(inv)
+        rows.append({"step": "provision (re-run)", "seconds": round(rerun, 1), "target": TARGETS["rerun"],
+                     "changed": sum(changed.values())})
         checks = prerun_checks(inv)
-        rows = [{"step": "lab up", "seconds": round(up, 1), "target": "-", "changed": "-"},
-                {"step": "provision (cold)", "seconds": round(cold, 1), "target": TARGETS["cold"], "changed": "-"},
-                {"step": "provision (re-run)", "seconds": round(rerun, 1), "target": TARGETS["rerun"],
-                 "changed": sum(changed.values())},
-                {"step": f"pre-run checks, {args.workers + 1} nodes (median of {len(checks)})",
-                 "seconds": round(statistics.median(checks), 2), "target": TARGETS["checks"], "changed": "-"}]
+        rows.append({"step": f"pre-run checks, {args.workers + 1} nodes (median of {len(checks)})",
+                     "seconds": round(statistics.median(checks), 2), "target": TARGETS["checks"], "changed": "-"})
     finally:
         if args.keep:
             console.print(f"lab kept: fab lab-down --inventory {inv}")
         else:
             lab.down(spec, say=console.print)
+        if rows and len(rows) < 4:
+            console.print(table(rows, title="measured before the failure"))
     console.print(table(rows, title=f"site.yml on {args.workers + 1} fresh lab hosts as {spec.login_user} "
                                      f"(load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"))
     for name, slow in (("cold", slow_cold), ("re-run", slow_rerun)):
