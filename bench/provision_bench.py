@@ -94,13 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         checks = prerun_checks(inv)
         rows.append({"step": f"pre-run checks, {args.workers + 1} nodes (median of {len(checks)})",
                      "seconds": round(statistics.median(checks), 2), "target": TARGETS["checks"], "changed": "-"})
+    except BaseException:
+        if rows:
+            console.print(table(rows, title="measured before the failure"))
+        raise
     finally:
         if args.keep:
             console.print(f"lab kept: fab lab-down --inventory {inv}")
         else:
             lab.down(spec, say=console.print)
-        if rows and len(rows) < 4:
-            console.print(table(rows, title="measured before the failure"))
     console.print(table(rows, title=f"site.yml on {args.workers + 1} fresh lab hosts as {spec.login_user} "
                                      f"(load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"))
     for name, slow in (("cold", slow_cold), ("re-run", slow_rerun)):

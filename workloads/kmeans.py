@@ -191,23 +191,29 @@ class PointGrid:
             sure = owner >= 0
             changed = int(self.count[sure & (prev >= 0) & (prev != owner)].sum())  # sure both times, moved
             were = np.flatnonzero(sure & (prev < 0) & (self.count > 0))  # sure now, straddled before
-            changed += int(np.count_nonzero(self.labels[self.points(were)]
+            changed += int(np.count_nonzero(self._labels(were, prev, self.points(were))
                                             != np.repeat(owner[were], self.count[were])))
-            old = np.repeat(prev[straddle], self.count[straddle])  # straddle now: the old owner or kept label
-            kept = old < 0
-            old[kept] = self.labels[at[kept]]
-            changed += int(np.count_nonzero(old != new))
+            changed += int(np.count_nonzero(self._labels(straddle, prev, at) != new))
         self.labels[at] = new
         self.owner = owner
         return stats, changed
+
+    def _labels(self, cells: np.ndarray, owner: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """Labels of the points of ``cells`` (at positions ``at``) under the per-cell ``owner``: the
+        cell's owner, or the point's kept label where the cell straddled."""
+        out = np.repeat(owner[cells], self.count[cells])
+        kept = out < 0
+        out[kept] = self.labels[at[kept]]
+        return out
 
     def all_labels(self) -> np.ndarray:
         """The last step's label of every point, in ``x``/``y`` order."""
         if self.owner is None:
             raise ValueError("no Lloyd step has run")
         out = np.repeat(self.owner, self.count)
-        at = self.points(np.flatnonzero((self.owner < 0) & (self.count > 0)))
-        out[at] = self.labels[at]
+        straddled = np.flatnonzero((self.owner < 0) & (self.count > 0))
+        at = self.points(straddled)
+        out[at] = self._labels(straddled, self.owner, at)
         return out
 
     def sse(self, centers: np.ndarray) -> np.ndarray:
