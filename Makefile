@@ -22,9 +22,11 @@ $(STAMP): $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11 (python3.11, python3.11-venv)"; exit 2; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch is pinned to its CPU build in the lock: from ../shared/wheels (or $$SCALELAB_WHEELS) when it
+	# uv (pinned in the lock) installs the lock, several times faster than pip, with pip's index settings
+	# passed on. torch is pinned to its CPU build: from ../shared/wheels (or $$SCALELAB_WHEELS) when it
 	# holds the wheel, otherwise from PyTorch's CPU index (scalelab.wheelhouse decides, for the nodes too).
-	$(PY) -m pip install -q $$($(PY) -m scalelab.wheelhouse pip-args) -r $(LOCK)
+	$(PY) -m pip install -q $$(grep '^uv==' $(LOCK))
+	args=$$($(PY) -m scalelab.wheelhouse uv-args) && $(VENV)/bin/uv pip install -q --python $(PY) $$args -r $(LOCK)
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -13,15 +13,18 @@ the nodes, which record the key they installed, do nothing either.
     python -m scalelab.wheelhouse build [--lock requirements.lock] [--out wheelhouse]   # JSON on stdout
     python -m scalelab.wheelhouse key   [--lock requirements.lock]
     python -m scalelab.wheelhouse pack  --src workloads --out wheelhouse/workloads.tar   # the workloads package
-    python -m scalelab.wheelhouse pip-args   # where pip finds the CPU torch wheel (used by `make setup`)
+    python -m scalelab.wheelhouse pip-args   # where pip finds the CPU torch wheel
+    python -m scalelab.wheelhouse uv-args    # the same and pip's own index settings, for uv (`make setup`)
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -66,6 +69,46 @@ def torch_pip_args(env=os.environ) -> list[str]:
     """pip options that make the lock's CPU torch installable: a local wheel directory or the CPU index."""
     local = local_wheel_dir(env)
     return ["--find-links", str(local)] if local else ["--extra-index-url", TORCH_CPU_INDEX]
+
+
+# pip settings that say where packages come from, and uv's option for each (uv reads no pip.conf).
+PIP_TO_UV = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links",
+             "trusted-host": "--allow-insecure-host"}
+
+
+def pip_source_settings(config_list: str) -> list[tuple[str, str]]:
+    """(setting, value) pairs of `pip config list` output (pip.conf files and PIP_* variables) that say
+    where packages come from, in pip's order; multi-valued settings split on whitespace."""
+    out = []
+    for line in config_list.splitlines():
+        key, sep, raw = line.partition("=")
+        name = key.rsplit(".", 1)[-1]
+        if not sep or name not in PIP_TO_UV:
+            continue
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()
+        out += [(name, v) for v in str(value).split()]
+    return out
+
+
+def uv_args(config_list: str, env=os.environ) -> list[str]:
+    """`uv pip install` options equivalent to this machine's pip: pip's index settings, then where the
+    CPU torch wheel is (a local directory, or PyTorch's index searched beside the others as pip does)."""
+    settings = pip_source_settings(config_list)
+    # pip lists its files, then its variables: the last index-url is the one pip uses
+    index = [v for n, v in settings if n == "index-url"][-1:]
+    args: list[str] = []
+    for name, value in dict.fromkeys([("index-url", v) for v in index] + [(n, v) for n, v in settings
+                                                                         if n != "index-url"]):
+        if name == "find-links" and "://" not in value and not Path(value).is_dir():
+            continue  # pip skips a missing directory; uv would stop
+        args += [PIP_TO_UV[name], value]
+    args += torch_pip_args(env)
+    if "--extra-index-url" in args:
+        args += ["--index-strategy", "unsafe-best-match"]
+    return args
 
 
 def target_tag() -> str:
@@ -171,7 +214,7 @@ def pack_tree(src: Path, dest: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m scalelab.wheelhouse", description=__doc__.split("\n")[0])
-    ap.add_argument("action", choices=["build", "key", "status", "pack", "pip-args"])
+    ap.add_argument("action", choices=["build", "key", "status", "pack", "pip-args", "uv-args"])
     ap.add_argument("--lock", type=Path, default=DEFAULT_LOCK)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--src", type=Path, help="pack: the directory to pack into --out (a .tar file)")
@@ -184,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.action == "pip-args":
             print(" ".join(torch_pip_args()))
+            return 0
+        if args.action == "uv-args":
+            pip_config = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                                        text=True).stdout
+            print(" ".join(shlex.quote(a) for a in uv_args(pip_config)))
             return 0
         if args.action == "key":
             print(lock_key(read_lock(args.lock)))

@@ -77,6 +77,32 @@ def test_torch_comes_from_the_cpu_index_without_a_local_wheel(tmp_path, monkeypa
     assert wheelhouse.torch_pip_args({"SCALELAB_WHEELS": str(tmp_path / "empty")})[0] == "--extra-index-url"
 
 
+def test_uv_gets_pips_index_settings_and_the_torch_source(tmp_path, monkeypatch):
+    """`make setup` installs with uv, which reads no pip.conf: pip's settings are passed on (the index
+    pip would use, extra indexes, existing link directories, trusted hosts); PyTorch's CPU index is searched
+    beside the others as pip does."""
+    monkeypatch.setattr(wheelhouse, "LOCAL_WHEEL_DIRS", (tmp_path / "none",))
+    (tmp_path / "links").mkdir()
+    pip_config = "\n".join([
+        "global.index-url='https://mirror-a.example/simple'",
+        f"global.find-links='{tmp_path / 'links'} {tmp_path / 'missing'}'",
+        "global.cert='/etc/ssl/certs/ca-certificates.crt'",
+        "install.trusted-host='mirror-b.example'",
+        ":env:.index-url='https://mirror-b.example/simple'",
+        f":env:.find-links='{tmp_path / 'links'}'",
+        ":env:.extra-index-url='https://extra.example/simple'"])
+    assert wheelhouse.uv_args(pip_config, {}) == [
+        "--index-url", "https://mirror-b.example/simple",
+        "--find-links", str(tmp_path / "links"),
+        "--allow-insecure-host", "mirror-b.example",
+        "--extra-index-url", "https://extra.example/simple",
+        "--extra-index-url", "https://download.pytorch.org/whl/cpu", "--index-strategy", "unsafe-best-match"]
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    assert wheelhouse.uv_args("", {"SCALELAB_WHEELS": str(wheels)}) == ["--find-links", str(wheels)]
+
+
 @pytest.mark.parametrize("lock", ["requirements.lock", "requirements-node.lock"])
 def test_the_locks_pin_the_cpu_build_of_torch(lock):
     pins = [line for line in (ROOT / lock).read_text().splitlines() if line.startswith("torch==")]
