@@ -26,7 +26,7 @@ $(STAMP): $(LOCK)
 	# passed on. torch is pinned to its CPU build: from ../shared/wheels (or $$SCALELAB_WHEELS) when it
 	# holds the wheel, otherwise from PyTorch's CPU index (scalelab.wheelhouse decides, for the nodes too).
 	$(PY) -m pip install -q $$(grep '^uv==' $(LOCK))
-	args=$$($(PY) -m scalelab.wheelhouse uv-args) && $(VENV)/bin/uv pip install -q --python $(PY) $$args -r $(LOCK)
+	$(PY) -m scalelab.wheelhouse install --lock $(LOCK)
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -14,7 +14,8 @@ the nodes, which record the key they installed, do nothing either.
     python -m scalelab.wheelhouse key   [--lock requirements.lock]
     python -m scalelab.wheelhouse pack  --src workloads --out wheelhouse/workloads.tar   # the workloads package
     python -m scalelab.wheelhouse pip-args   # where pip finds the CPU torch wheel
-    python -m scalelab.wheelhouse uv-args    # the same and pip's own index settings, for uv (`make setup`)
+    python -m scalelab.wheelhouse uv-args    # the same and pip's own index settings, for uv
+    python -m scalelab.wheelhouse install [--lock requirements.lock]   # uv installs the lock here (`make setup`)
 """
 from __future__ import annotations
 
@@ -74,16 +75,18 @@ def torch_pip_args(env=os.environ) -> list[str]:
 # pip settings that say where packages come from, and uv's option for each (uv reads no pip.conf).
 PIP_TO_UV = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links",
              "trusted-host": "--allow-insecure-host"}
+# pip settings uv takes from the environment instead.
+PIP_TO_UV_ENV = {"cert": ("SSL_CERT_FILE",), "proxy": ("HTTPS_PROXY", "HTTP_PROXY")}
 
 
-def pip_source_settings(config_list: str) -> list[tuple[str, str]]:
-    """(setting, value) pairs of `pip config list` output (pip.conf files and PIP_* variables) that say
-    where packages come from, in pip's order; multi-valued settings split on whitespace."""
+def pip_source_settings(config_list: str, names=tuple(PIP_TO_UV)) -> list[tuple[str, str]]:
+    """(setting, value) pairs of `pip config list` output (pip.conf files and PIP_* variables) for the
+    settings `names`, in pip's order; multi-valued settings split on whitespace."""
     out = []
     for line in config_list.splitlines():
         key, sep, raw = line.partition("=")
         name = key.rsplit(".", 1)[-1]
-        if not sep or name not in PIP_TO_UV:
+        if not sep or name not in names:
             continue
         try:
             value = ast.literal_eval(raw.strip())
@@ -109,6 +112,26 @@ def uv_args(config_list: str, env=os.environ) -> list[str]:
     if "--extra-index-url" in args:
         args += ["--index-strategy", "unsafe-best-match"]
     return args
+
+
+def uv_env(config_list: str, env=os.environ) -> dict[str, str]:
+    """The environment for uv: pip's certificate bundle and proxy where the environment sets none."""
+    out = dict(env)
+    for name, value in pip_source_settings(config_list, tuple(PIP_TO_UV_ENV)):
+        for var in PIP_TO_UV_ENV[name]:
+            if not env.get(var):
+                out[var] = value  # the last one listed wins, as in pip
+    return out
+
+
+def uv_install(lock: Path, python: str = sys.executable) -> int:
+    """Install `lock` into `python`'s environment with uv (beside it), given this machine's pip settings."""
+    uv = Path(python).parent / "uv"
+    if not uv.exists():
+        raise UserError(f"{uv} is missing: install the lock's uv first ({python} -m pip install uv==...)")
+    pip_config = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    cmd = [str(uv), "pip", "install", "-q", "--python", python, *uv_args(pip_config), "-r", str(lock)]
+    return subprocess.run(cmd, env=uv_env(pip_config)).returncode
 
 
 def target_tag() -> str:
@@ -214,7 +237,7 @@ def pack_tree(src: Path, dest: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m scalelab.wheelhouse", description=__doc__.split("\n")[0])
-    ap.add_argument("action", choices=["build", "key", "status", "pack", "pip-args", "uv-args"])
+    ap.add_argument("action", choices=["build", "key", "status", "pack", "pip-args", "uv-args", "install"])
     ap.add_argument("--lock", type=Path, default=DEFAULT_LOCK)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--src", type=Path, help="pack: the directory to pack into --out (a .tar file)")
@@ -233,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
                                         text=True).stdout
             print(" ".join(shlex.quote(a) for a in uv_args(pip_config)))
             return 0
+        if args.action == "install":
+            read_lock(args.lock)  # one line when it is missing
+            return uv_install(args.lock)
         if args.action == "key":
             print(lock_key(read_lock(args.lock)))
             return 0

@@ -103,6 +103,14 @@ def test_uv_gets_pips_index_settings_and_the_torch_source(tmp_path, monkeypatch)
     assert wheelhouse.uv_args("", {"SCALELAB_WHEELS": str(wheels)}) == ["--find-links", str(wheels)]
 
 
+def test_uv_gets_pips_certificate_bundle_and_proxy_unless_the_environment_has_them():
+    pip_config = "global.cert='/etc/ca.pem'\n:env:.proxy='http://proxy.example:3128'"
+    env = wheelhouse.uv_env(pip_config, {"PATH": "/usr/bin"})
+    assert env == {"PATH": "/usr/bin", "SSL_CERT_FILE": "/etc/ca.pem", "HTTPS_PROXY": "http://proxy.example:3128",
+                   "HTTP_PROXY": "http://proxy.example:3128"}
+    assert wheelhouse.uv_env(pip_config, {"SSL_CERT_FILE": "/mine.pem"})["SSL_CERT_FILE"] == "/mine.pem"
+
+
 @pytest.mark.parametrize("lock", ["requirements.lock", "requirements-node.lock"])
 def test_the_locks_pin_the_cpu_build_of_torch(lock):
     pins = [line for line in (ROOT / lock).read_text().splitlines() if line.startswith("torch==")]
