@@ -124,12 +124,17 @@ def uv_env(config_list: str, env=os.environ) -> dict[str, str]:
     return out
 
 
+def pip_config_list(python: str = sys.executable) -> str:
+    """What `pip config list` prints for `python`'s pip (its files and PIP_* variables)."""
+    return subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+
+
 def uv_install(lock: Path, python: str = sys.executable) -> int:
     """Install `lock` into `python`'s environment with uv (beside it), given this machine's pip settings."""
     uv = Path(python).parent / "uv"
     if not uv.exists():
         raise UserError(f"{uv} is missing: install the lock's uv first ({python} -m pip install uv==...)")
-    pip_config = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    pip_config = pip_config_list(python)
     cmd = [str(uv), "pip", "install", "-q", "--python", python, *uv_args(pip_config), "-r", str(lock)]
     return subprocess.run(cmd, env=uv_env(pip_config)).returncode
 
@@ -252,9 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(torch_pip_args()))
             return 0
         if args.action == "uv-args":
-            pip_config = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
-                                        text=True).stdout
-            print(" ".join(shlex.quote(a) for a in uv_args(pip_config)))
+            print(" ".join(shlex.quote(a) for a in uv_args(pip_config_list())))
             return 0
         if args.action == "install":
             read_lock(args.lock)  # one line when it is missing
