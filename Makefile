@@ -25,7 +25,6 @@ $(STAMP): $(LOCK)
 	# uv (pinned in the lock) installs the lock, several times faster than pip, with pip's index settings
 	# passed on. torch is pinned to its CPU build: from ../shared/wheels (or $$SCALELAB_WHEELS) when it
 	# holds the wheel, otherwise from PyTorch's CPU index (scalelab.wheelhouse decides, for the nodes too).
-	$(PY) -m pip install -q $$(grep '^uv==' $(LOCK))
 	$(PY) -m scalelab.wheelhouse install --lock $(LOCK)
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -102,9 +102,9 @@ def uv_args(config_list: str, env=os.environ) -> list[str]:
     settings = pip_source_settings(config_list)
     # pip lists its files, then its variables: the last index-url is the one pip uses
     index = [v for n, v in settings if n == "index-url"][-1:]
+    pairs = [("index-url", v) for v in index] + [(n, v) for n, v in settings if n != "index-url"]
     args: list[str] = []
-    for name, value in dict.fromkeys([("index-url", v) for v in index] + [(n, v) for n, v in settings
-                                                                         if n != "index-url"]):
+    for name, value in dict.fromkeys(pairs):
         if name == "find-links" and "://" not in value and not Path(value).is_dir():
             continue  # pip skips a missing directory; uv would stop
         args += [PIP_TO_UV[name], value]
@@ -130,12 +130,17 @@ def pip_config_list(python: str = sys.executable) -> str:
 
 
 def uv_install(lock: Path, python: str = sys.executable) -> int:
-    """Install `lock` into `python`'s environment with uv (beside it), given this machine's pip settings."""
-    uv = Path(python).parent / "uv"
-    if not uv.exists():
-        raise UserError(f"{uv} is missing: install the lock's uv first ({python} -m pip install uv==...)")
+    """Install `lock` into `python`'s environment: pip installs the lock's uv, then uv the lock, given this
+    machine's pip settings."""
+    pin = [line for line in requirement_lines(read_lock(lock)) if line.startswith("uv==")]
+    if not pin:
+        raise UserError(f"{lock} pins no uv: restore it from git or run `make lock`")
+    pip = subprocess.run([python, "-m", "pip", "install", "-q", pin[0]])
+    if pip.returncode != 0:
+        return pip.returncode
     pip_config = pip_config_list(python)
-    cmd = [str(uv), "pip", "install", "-q", "--python", python, *uv_args(pip_config), "-r", str(lock)]
+    cmd = [str(Path(python).parent / "uv"), "pip", "install", "-q", "--python", python, *uv_args(pip_config),
+           "-r", str(lock)]
     return subprocess.run(cmd, env=uv_env(pip_config)).returncode
 
 
@@ -260,7 +265,6 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(shlex.quote(a) for a in uv_args(pip_config_list())))
             return 0
         if args.action == "install":
-            read_lock(args.lock)  # one line when it is missing
             return uv_install(args.lock)
         if args.action == "key":
             print(lock_key(read_lock(args.lock)))
