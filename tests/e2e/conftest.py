@@ -1,7 +1,12 @@
 """One provisioned lab for the end-to-end tests of the cluster (base, services, experiments).
 
 The session fixture brings up a lab of its own (name `sle2e`, subnets 10.79.x: it never meets a lab
-you run by hand), runs site.yml on it, and tears it down at the end even when tests fail.
+you run by hand) with the master and one worker, runs site.yml on it, and tears it down at the end even
+when tests fail.  test_provision.py runs first: it checks that first provision, then grows the cluster
+by one worker (a cold provision of the new node beside a re-run of the others) to the seed's three
+nodes, on which every other module runs (`plab`; it grows the lab itself when test_provision did not).
+Starting from two nodes rather than three keeps the cold provision, the check-mode run and the later
+suites on as few hosts as their checks need, on a 2-core machine.
 """
 from __future__ import annotations
 
@@ -37,11 +42,30 @@ class ProvisionedLab:
         return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                               env={**__import__("os").environ, "SCALELAB_INVENTORY": str(self.inventory)})
 
+    def grow(self) -> subprocess.CompletedProcess[str]:
+        """One more worker, as a cluster owner adds one: `fab lab-add-worker`, then site.yml on every node."""
+        fab("lab-add-worker", "--inventory", str(self.inventory))
+        self.spec = labspec.load_spec(self.inventory, workers=self.spec.workers + 1)
+        t0 = time.monotonic()
+        proc, _rc = self.playbook()
+        self.timings[f"grow_to_{len(self.spec.hosts)}"] = time.monotonic() - t0
+        return proc
+
+
+# The seed's cluster: a master and two workers.  The session lab starts one worker short of it.
+SEED_NODES = 3
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """test_provision.py first (stable otherwise): it starts from the fresh two-node lab and grows it."""
+    items.sort(key=lambda item: item.path.name != "test_provision.py")
+
 
 @pytest.fixture(scope="session")
-def plab(tmp_path_factory) -> ProvisionedLab:
+def fresh_lab(tmp_path_factory) -> ProvisionedLab:
+    """The session lab after its first site.yml: the master and one worker (test_provision grows it)."""
     require_lab_machine()
-    inv = make_inventory(tmp_path_factory.mktemp("e2e") / "lab", "sle2e", 79)
+    inv = make_inventory(tmp_path_factory.mktemp("e2e") / "lab", "sle2e", 79, workers=SEED_NODES - 2)
     spec = labspec.load_spec(inv)
     lab = ProvisionedLab(spec, inv)
     try:
@@ -63,3 +87,14 @@ def plab(tmp_path_factory) -> ProvisionedLab:
     finally:
         print("\nlab timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in lab.timings.items()))
         fab("lab-down", "--inventory", str(inv), check=False)
+
+
+@pytest.fixture(scope="session")
+def plab(fresh_lab: ProvisionedLab) -> ProvisionedLab:
+    """The session lab at the seed's three nodes: test_provision grew it, or it grows here."""
+    while len(fresh_lab.spec.hosts) < SEED_NODES:
+        proc = fresh_lab.grow()
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stdout.splitlines()[-60:])
+            pytest.fail(f"site.yml failed growing the lab by one worker:\n{tail}\n{proc.stderr[-2000:]}")
+    return fresh_lab

@@ -1,4 +1,6 @@
-"""site.yml on fresh lab hosts: succeeds, is idempotent, and what it sets up survives power cuts."""
+"""site.yml on fresh lab hosts: succeeds, is idempotent, grows the cluster, and what it sets up survives
+power cuts.  Runs first, on the session lab's master and one worker (`fresh_lab`), and leaves it grown to
+the seed's three nodes for the other modules (tests/e2e/conftest.py)."""
 from __future__ import annotations
 
 import re
@@ -7,7 +9,6 @@ import time
 import pytest
 
 from scalelab import inventory as _inventory
-from scalelab import labspec
 from tests.e2e.labutil import fab, ssh
 
 pytestmark = pytest.mark.lab
@@ -29,92 +30,90 @@ def _changed_tasks(out: str) -> str:
     return "\n".join(hits[:40])
 
 
-def test_provision_from_empty_package_lists_prints_no_warnings(plab) -> None:
+def test_provision_from_empty_package_lists_prints_no_warnings(fresh_lab) -> None:
     """The fixture emptied every host's apt lists seconds before site.yml (and the roles installed their
     packages regardless); a healthy provision prints no warning (no inventory parse noise either)."""
-    out = plab.first_output
+    out = fresh_lab.first_output
     warnings = [line for line in out.splitlines() if "[WARNING]" in line or "Failed to parse" in line]
     assert not warnings, "\n".join(warnings[:20])
     assert "Install sshfs" in out and "Refresh the package lists when they are missing or stale" in out
 
 
-def test_one_layer_re_runs_alone_with_its_tag(plab) -> None:
+def test_one_layer_re_runs_alone_with_its_tag(fresh_lab) -> None:
     """`--tags ray` runs the Ray layer (after preflight) and nothing else, and changes nothing."""
-    proc, rc = plab.playbook("--tags", "ray", timeout=900)
+    proc, rc = fresh_lab.playbook("--tags", "ray", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:]
     roles = set(re.findall(r"^TASK \[(\w+) : (?!Validating arguments)", proc.stdout, re.M))
     assert "ray" in roles and roles <= {"ray"}, roles
     assert all(v["changed"] == 0 for v in rc.values()), rc
 
 
-def test_base_infra(plab) -> None:
-    out = plab.infra("tests/infra/test_base.py")
+def test_base_infra(fresh_lab) -> None:
+    out = fresh_lab.infra("tests/infra/test_base.py")
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("host", ["worker1", "master"])
-def test_base_survives_a_power_cut(plab, host: str) -> None:
-    inv = str(plab.inventory)
+def test_base_survives_a_power_cut(fresh_lab, host: str) -> None:
+    inv = str(fresh_lab.inventory)
     fab("lab-kill", host, "--inventory", inv)
     fab("lab-start", host, "--inventory", inv)
-    out = plab.infra("tests/infra/test_base.py", k="route or hosts or nat or forward")
+    out = fresh_lab.infra("tests/infra/test_base.py", k="route or hosts or nat or forward")
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
 
 
-def test_check_mode_on_a_provisioned_cluster_changes_nothing(plab) -> None:
+def test_check_mode_on_a_provisioned_cluster_changes_nothing(fresh_lab) -> None:
     """`ansible-playbook site.yml --check` on a provisioned cluster: no task fails, none would change."""
-    proc, rc = plab.playbook("--check", timeout=900)
+    proc, rc = fresh_lab.playbook("--check", timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert {h.name for h in plab.spec.hosts} <= set(rc), rc
+    assert {h.name for h in fresh_lab.spec.hosts} <= set(rc), rc
     changed = {h: v["changed"] for h, v in rc.items() if v["changed"] or v["failed"]}
     assert not changed, f"--check would change something: {changed}:\n{_changed_tasks(proc.stdout)}"
 
 
-def _ray_pid(plab, host: str) -> str:
+def _ray_pid(fresh_lab, host: str) -> str:
     """The Ray unit's main PID on a host (ray-head on the master, ray-worker elsewhere)."""
-    pids = ssh(plab.spec, host, "systemctl show -p MainPID --value ray-head ray-worker").stdout.split()
+    pids = ssh(fresh_lab.spec, host, "systemctl show -p MainPID --value ray-head ray-worker").stdout.split()
     return max(pids, key=int, default="0")
 
 
-def test_growing_the_cluster_by_one_worker(plab) -> None:
+def test_growing_the_cluster_by_one_worker(fresh_lab) -> None:
     """`fab lab-add-worker`, provision: the new node is in /etc/hosts, the SSH mesh and Ray everywhere, and
     Ray on the others was not restarted.  The next test re-runs site.yml on the grown cluster; the later
     suites check it."""
-    old = [h.name for h in plab.spec.hosts]
-    pids = {h: _ray_pid(plab, h) for h in old}
+    old = [h.name for h in fresh_lab.spec.hosts]
+    pids = {h: _ray_pid(fresh_lab, h) for h in old}
     assert all(p.isdigit() and p != "0" for p in pids.values()), pids
-    fab("lab-add-worker", "--inventory", str(plab.inventory))
-    plab.spec = labspec.load_spec(plab.inventory, workers=plab.spec.workers + 1)
-    new = plab.spec.hosts[-1].name
-    assert new not in old and new in (plab.inventory / "hosts.yml").read_text()
-    proc, _rc = plab.playbook()
+    proc = fresh_lab.grow()
+    new = fresh_lab.spec.hosts[-1].name
+    assert new not in old and new in (fresh_lab.inventory / "hosts.yml").read_text()
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert {h: _ray_pid(plab, h) for h in old} == pids, "Ray was restarted on the nodes already in the cluster"
-    out = plab.infra("tests/infra/test_base.py", k="hosts or mesh")
+    assert {h: _ray_pid(fresh_lab, h) for h in old} == pids, "Ray was restarted on the nodes already in the cluster"
+    out = fresh_lab.infra("tests/infra/test_base.py", k="hosts or mesh")
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
-    n = len(plab.spec.hosts)
-    status = fab("status", "--inventory", str(plab.inventory), check=False)
+    n = len(fresh_lab.spec.hosts)
+    status = fab("status", "--inventory", str(fresh_lab.inventory), check=False)
     assert f"ray: {n}/{n} nodes alive" in status.stdout, status.stdout + status.stderr
 
 
-def test_a_further_run_changes_nothing_and_keeps_hdfs_data(plab) -> None:
-    """site.yml again on the grown cluster (three nodes provisioned twice, the new one once; check mode
+def test_a_further_run_changes_nothing_and_keeps_hdfs_data(fresh_lab) -> None:
+    """site.yml again on the grown cluster (two nodes provisioned twice, the new one once; check mode
     above showed the first provision would change nothing) changes nothing on any node and keeps HDFS's
     data: the NameNode is not formatted again (same cluster and namespace ids) and a file written before
     is still there."""
-    cl = _inventory.load(plab.inventory)
+    cl = _inventory.load(fresh_lab.inventory)
     before = cl.ssh(cl.master, NAME_VERSION, root=True).stdout
     put = cl.ssh(cl.master, f"echo kept | ({HDFS} dfs -put -f - /data/provision_e2e.txt)", root=True, check=False)
     assert put.returncode == 0, put.stderr[-1500:]
     t0 = time.monotonic()
-    proc, rc = plab.playbook()
-    plab.timings["rerun"] = time.monotonic() - t0
+    proc, rc = fresh_lab.playbook()
+    fresh_lab.timings["rerun"] = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout[-3000:]
     ids = [re.findall(r"^(clusterID|namespaceID)=(.*)$", v, re.M) for v in (before, cl.ssh(cl.master, NAME_VERSION, root=True).stdout)]
     assert len(ids[0]) == 2 and ids[0] == ids[1], ids
     cat = cl.ssh(cl.master, f"{HDFS} dfs -cat /data/provision_e2e.txt", root=True, check=False)
     assert cat.stdout.strip() == "kept", cat.stderr[-1500:]
-    hosts = {h.name for h in plab.spec.hosts}
+    hosts = {h.name for h in fresh_lab.spec.hosts}
     assert hosts <= set(rc), rc
     changed = {h: v["changed"] for h, v in rc.items() if v["changed"]}
     assert not changed, f"a further site.yml run changed something: {changed}:\n{_changed_tasks(proc.stdout)}"
