@@ -78,9 +78,9 @@ def _ray_pid(fresh_lab, host: str) -> str:
 
 
 def test_growing_the_cluster_by_one_worker(fresh_lab) -> None:
-    """`fab lab-add-worker`, provision: the new node is in /etc/hosts, the SSH mesh and Ray everywhere, and
-    Ray on the others was not restarted.  The next test re-runs site.yml on the grown cluster; the later
-    suites check it."""
+    """`fab lab-add-worker` (and its port forward), provision: the new node is in /etc/hosts, the SSH mesh,
+    the master's forwards and Ray everywhere, and Ray on the others was not restarted.  The next test
+    re-runs site.yml on the grown cluster; the later suites check it."""
     old = [h.name for h in fresh_lab.spec.hosts]
     pids = {h: _ray_pid(fresh_lab, h) for h in old}
     assert all(p.isdigit() and p != "0" for p in pids.values()), pids
@@ -89,7 +89,7 @@ def test_growing_the_cluster_by_one_worker(fresh_lab) -> None:
     assert new not in old and new in (fresh_lab.inventory / "hosts.yml").read_text()
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert {h: _ray_pid(fresh_lab, h) for h in old} == pids, "Ray was restarted on the nodes already in the cluster"
-    out = fresh_lab.infra("tests/infra/test_base.py", k="hosts or mesh")
+    out = fresh_lab.infra("tests/infra/test_base.py", k="hosts or mesh or nat or forward")
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
     n = len(fresh_lab.spec.hosts)
     status = fab("status", "--inventory", str(fresh_lab.inventory), check=False)
