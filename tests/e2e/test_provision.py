@@ -71,9 +71,9 @@ def test_check_mode_on_a_provisioned_cluster_changes_nothing(fresh_lab) -> None:
     assert not changed, f"--check would change something: {changed}:\n{_changed_tasks(proc.stdout)}"
 
 
-def _ray_pid(fresh_lab, host: str) -> str:
+def _ray_pid(lab, host: str) -> str:
     """The Ray unit's main PID on a host (ray-head on the master, ray-worker elsewhere)."""
-    pids = ssh(fresh_lab.spec, host, "systemctl show -p MainPID --value ray-head ray-worker").stdout.split()
+    pids = ssh(lab.spec, host, "systemctl show -p MainPID --value ray-head ray-worker").stdout.split()
     return max(pids, key=int, default="0")
 
 
