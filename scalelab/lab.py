@@ -27,7 +27,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -227,14 +227,21 @@ def _cgroups(spec: LabSpec, host: str) -> list[Path]:
     return [root / spec.name / host for root in CGROUP_ROOTS]
 
 
+def _dirs(top: Path, bottom_up: bool = False) -> Iterator[Path]:
+    """``top`` and every directory under it. A cgroup can vanish while we walk (a guest's unit stops):
+    ``os.walk`` skips a directory it cannot list, where pathlib's ``rglob`` raises (seen in CI)."""
+    for dirpath, _dirs, _files in os.walk(top, topdown=not bottom_up):
+        yield Path(dirpath)
+
+
 def host_pids(spec: LabSpec, host: str) -> set[int]:
     """Every process of the host, in every hierarchy its supervisor joined: nspawn and the guest's
     systemd may leave some of them in sub-cgroups of only one hierarchy (seen: only in v1 ``systemd``)."""
     pids: set[int] = set()
     for cg in _cgroups(spec, host):
-        for procs in cg.rglob("cgroup.procs") if cg.is_dir() else ():
+        for d in _dirs(cg):
             try:
-                pids.update(int(p) for p in procs.read_text().split())
+                pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
             except OSError:  # a sub-cgroup removed while we read it
                 pass
     return pids
@@ -245,17 +252,12 @@ def host_running(spec: LabSpec, host: str) -> bool:
 
 
 def _rmdir_tree(path: Path) -> None:
-    if not path.is_dir():
-        return
-    for child in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+    """Remove an empty cgroup tree, deepest first; a cgroup still in use stays."""
+    for d in _dirs(path, bottom_up=True):
         try:
-            child.rmdir()
+            d.rmdir()
         except OSError:
             pass
-    try:
-        path.rmdir()
-    except OSError:
-        pass
 
 
 def _wait(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
