@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,19 @@ def derive_inventory(dst: Path, name: str, second_octet: int, workers: int = 2, 
 
 # --- generated files ---------------------------------------------------------------------------
 
+def lab_port_forwards(spec: LabSpec) -> list[dict[str, Any]]:
+    """network.yml's SSH port forwards less those to lab workers that this lab, sized by ``--workers``,
+    does not have (the seed's forward to worker2 on a one-worker lab): site.yml's preflight rightly
+    refuses a forward to an unknown host.  Any other name stays, for the preflight to judge."""
+    have = {h.name for h in spec.hosts}
+
+    def absent_worker(fwd: Any) -> bool:
+        host = str(fwd.get("host", "")) if isinstance(fwd, dict) else ""
+        return bool(re.fullmatch(r"worker[1-9][0-9]*", host)) and host not in have
+
+    return [f for f in spec.port_forwards if not absent_worker(f)]
+
+
 def render_inventory(spec: LabSpec) -> str:
     """inventory/lab/hosts.yml in the shape of inventory/okeanos/hosts.yml: the same groups, the same
     variables and the same templated ``ansible_host``; only the names and addresses are the lab's.
@@ -231,12 +245,16 @@ def render_inventory(spec: LabSpec) -> str:
 
     master = [h for h in spec.hosts if h.group == "master"]
     workers = [h for h in spec.hosts if h.group == "workers"]
+    mvars = hostvars(master[0])
+    forwards = lab_port_forwards(spec)
+    if forwards != list(spec.port_forwards):  # a host variable outranks group_vars/all/network.yml
+        mvars["scalelab_port_forwards"] = forwards
     inv = {
         "all": {
             "children": {
                 "cluster": {
                     "children": {
-                        "masters": {"hosts": {h.name: hostvars(h) for h in master}},
+                        "masters": {"hosts": {master[0].name: mvars}},
                         "workers": {"hosts": {h.name: hostvars(h) for h in workers}} if workers else {},
                     }
                 }

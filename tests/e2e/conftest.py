@@ -10,13 +10,13 @@ suites on as few hosts as their checks need, on a 2-core machine.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
 from scalelab import labspec
 from tests.e2e.labutil import BIN, REPO, fab, make_inventory, recap, require_lab_machine, ssh
@@ -41,14 +41,13 @@ class ProvisionedLab:
         if k:
             args += ["-k", k]
         return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                              env={**__import__("os").environ, "SCALELAB_INVENTORY": str(self.inventory)})
+                              env={**os.environ, "SCALELAB_INVENTORY": str(self.inventory)})
 
     def grow(self) -> subprocess.CompletedProcess[str]:
-        """One more worker, as a cluster owner adds one: `fab lab-add-worker` (and the new worker's SSH
-        port forward, where the lab's inventory has one for it), then site.yml on every node."""
+        """One more worker, as a cluster owner adds one: `fab lab-add-worker` (its inventory now names the
+        new worker and, where network.yml has one for it, its SSH port forward), then site.yml everywhere."""
         fab("lab-add-worker", "--inventory", str(self.inventory))
         self.spec = labspec.load_spec(self.inventory, workers=self.spec.workers + 1)
-        forward_only_to(self.inventory, {h.name for h in self.spec.hosts})
         t0 = time.monotonic()
         proc, _rc = self.playbook()
         self.timings[f"grow_to_{len(self.spec.hosts)}"] = time.monotonic() - t0
@@ -57,16 +56,6 @@ class ProvisionedLab:
 
 # The seed's cluster: a master and two workers.  The session lab starts one worker short of it.
 SEED_NODES = 3
-
-
-def forward_only_to(inventory: Path, hosts: set[str]) -> None:
-    """The lab inventory's SSH port forwards (network.yml) to the hosts it has: the seed's forward to
-    worker2 comes with worker2 (site.yml's preflight refuses a forward to a host it does not know)."""
-    seed = yaml.safe_load((REPO / "inventory/lab/group_vars/all/network.yml").read_text())
-    net = inventory / "group_vars/all/network.yml"
-    v = yaml.safe_load(net.read_text())
-    v["scalelab_port_forwards"] = [f for f in seed["scalelab_port_forwards"] if f["host"] in hosts]
-    net.write_text(yaml.safe_dump(v, sort_keys=False))
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -80,7 +69,6 @@ def fresh_lab(tmp_path_factory) -> ProvisionedLab:
     require_lab_machine()
     inv = make_inventory(tmp_path_factory.mktemp("e2e") / "lab", "sle2e", 79, workers=SEED_NODES - 2)
     spec = labspec.load_spec(inv)
-    forward_only_to(inv, {h.name for h in spec.hosts})
     lab = ProvisionedLab(spec, inv)
     try:
         t0 = time.monotonic()

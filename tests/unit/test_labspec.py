@@ -143,6 +143,31 @@ def test_inventory_is_read_by_ansible(inv: Path) -> None:
     assert hv["scalelab_private_ip"] == "10.77.1.3" and hv["scalelab_private_cidr"] == spec.private_cidr
 
 
+def _master_forwards(inv: Path) -> list[tuple[int, str]]:
+    out = subprocess.run([str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(inv), "--host", "master"],
+                         capture_output=True, text=True, check=True).stdout
+    return [(f["port"], f["host"]) for f in yaml.safe_load(out)["scalelab_port_forwards"]]
+
+
+@pytest.mark.parametrize(("workers", "forwards"), [
+    (2, [(10022, "worker1"), (13389, "worker2")]),
+    (1, [(10022, "worker1")]),
+    (0, []),
+    (3, [(10022, "worker1"), (13389, "worker2")]),
+])
+def test_a_lab_forwards_only_to_the_workers_it_has(inv: Path, workers: int, forwards: list) -> None:
+    """network.yml names worker2; a lab of another size still has an inventory site.yml accepts."""
+    (inv / "hosts.yml").write_text(labspec.render_inventory(labspec.load_spec(inv, workers=workers)))
+    assert _master_forwards(inv) == forwards
+
+
+def test_a_forward_to_a_mistyped_host_is_kept_for_the_preflight(inv: Path) -> None:
+    _edit(inv, "network.yml", scalelab_port_forwards=[{"port": 10022, "host": "wroker1", "dest_port": 22},
+                                                      {"port": 13389, "host": "worker2", "dest_port": 22}])
+    (inv / "hosts.yml").write_text(labspec.render_inventory(labspec.load_spec(inv, workers=1)))
+    assert _master_forwards(inv) == [(10022, "wroker1")]
+
+
 def test_ssh_config_jumps_through_the_master_with_host_keys_checked(inv: Path) -> None:
     spec = labspec.load_spec(inv)
     cfg = labspec.render_ssh_config(spec)

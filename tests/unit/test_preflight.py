@@ -184,6 +184,11 @@ def runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     shutil.copytree(ROOT / "inventory/lab/group_vars", real_lab / "group_vars")
     (real_lab / "hosts.yml").write_text(labspec.render_inventory(labspec.load_spec(real_lab)))
     jobs["good_real_lab"] = (PLAYBOOK, real_lab)
+    # ... and as `fab lab-up --workers 1` writes it: network.yml still names worker2's forward.
+    one_worker = tmp_path_factory.mktemp("good_one_worker_lab") / "lab"
+    shutil.copytree(ROOT / "inventory/lab/group_vars", one_worker / "group_vars")
+    (one_worker / "hosts.yml").write_text(labspec.render_inventory(labspec.load_spec(one_worker, workers=1)))
+    jobs["good_one_worker_lab"] = (PLAYBOOK, one_worker)
     # The whole site.yml on a broken inventory: must stop in preflight, no host play may start,
     # also with --limit (localhost is then not in the play; the check runs delegated to it).
     jobs["site_broken"] = (ROOT / "site.yml", jobs["duplicate_ip"][1])
@@ -211,7 +216,7 @@ def test_broken_inventory_fails_in_one_line(runs, case):
     assert "Gathering Facts" not in out and "UNREACHABLE" not in out
 
 
-@pytest.mark.parametrize("case", ["good_lab", "good_okeanos", "good_real_lab"])
+@pytest.mark.parametrize("case", ["good_lab", "good_okeanos", "good_real_lab", "good_one_worker_lab"])
 def test_good_inventory_passes(runs, case):
     result = runs[case]
     assert result.returncode == 0, result.stdout + result.stderr
