@@ -389,9 +389,17 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+def _comm(pid: int) -> str:
+    """The process's command name; "" once it has gone (also between a check and this read)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def network_down(spec: LabSpec, state: dict | None) -> None:
     pid = _read_pid(spec.state_dir / "dnsmasq.pid")
-    if pid and _pid_alive(pid) and Path(f"/proc/{pid}/comm").read_text().strip() == "dnsmasq":
+    if pid and _comm(pid) == "dnsmasq":
         os.kill(pid, 15)
         _wait(lambda: not _pid_alive(pid), 5, "dnsmasq to stop")
     (spec.state_dir / "dnsmasq.pid").unlink(missing_ok=True)

@@ -1,8 +1,10 @@
-"""The lab's reading of its hosts' cgroups, while the guests' systemd adds and removes them."""
+"""The lab's reading of cgroups and processes that come and go while it reads (a guest's units, dnsmasq)."""
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,10 @@ def test_rmdir_tree_removes_empty_cgroups_deepest_first_and_keeps_a_busy_one(
     assert not (top / "master").exists()
     assert busy.is_dir() and top.is_dir()
     lab._rmdir_tree(tmp_path / "absent")  # nothing there: nothing to do
+
+
+def test_comm_names_a_live_process_and_is_empty_for_a_gone_one() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert lab._comm(os.getpid()).startswith("python")
+    assert lab._comm(proc.pid) == ""  # reaped: its /proc entry is gone
