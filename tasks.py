@@ -21,9 +21,9 @@ def _spec(inventory=None, workers=None):
     return _labspec.load_spec(inv.resolve(), workers=None if workers is None else int(workers))
 
 
-def _bring_up(spec):
+def _bring_up(spec, rebuild_base=False):
     t0 = time.monotonic()
-    state = _lab.up(spec, say=console.print)
+    state = _lab.up(spec, say=console.print, rebuild_base=rebuild_base)
     console.print(table(_lab.status(spec), title=f"lab {spec.name}"))
     console.print(f"lab up in {time.monotonic() - t0:.1f} s (base {state['base_seconds']} s); "
                   f"inventory: {spec.hosts_file}")
@@ -36,13 +36,7 @@ def _bring_up(spec):
 def lab_up(c, workers=None, rebuild_base=False, inventory=None):
     """Bring up the local lab: a master and N workers as systemd-nspawn hosts (needs root)."""
     spec = _spec(inventory, workers) if workers is not None else _lab.spec_from_state(_spec(inventory))
-    if rebuild_base:
-        if _lab.load_state(spec):
-            raise UserError("the lab is up and its hosts run on the base: `fab lab-down` first, "
-                            "then `fab lab-up --rebuild-base`")
-        import shutil
-        shutil.rmtree(_lab.base_path(spec), ignore_errors=True)
-    _bring_up(spec)
+    _bring_up(spec, rebuild_base=bool(rebuild_base))
 
 
 @task(help={"inventory": LAB_HELP})

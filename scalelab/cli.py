@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from scalelab.errors import UserError
+from scalelab.errors import Failure, UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INVENTORY = "inventory/lab"
@@ -35,7 +35,8 @@ def inventory_path(option: str | None = None) -> Path:
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn UserError into one red line and exit 2, and Ctrl-C into one line and exit 130: no traceback."""
+    """Turn UserError into one red line and exit 2, a Failure into its message and exit 1, and Ctrl-C
+    into one line and exit 130: no traceback."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -43,6 +44,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as exc:
             error_line(str(exc))
             sys.exit(2)
+        except Failure as exc:
+            error_line(str(exc))
+            sys.exit(1)
         except KeyboardInterrupt:
             error_line("interrupted (Ctrl-C)")
             sys.exit(130)

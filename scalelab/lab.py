@@ -16,6 +16,8 @@ Needs root and: debootstrap, systemd-container, iptables, dnsmasq-base (``make l
 """
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -28,11 +30,13 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from scalelab import labspec
-from scalelab.errors import UserError
+from scalelab.errors import Failure, UserError
 from scalelab.labspec import BASE_PACKAGES, Host, LabSpec
 
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd"))
@@ -204,6 +208,42 @@ def load_state(spec: LabSpec) -> dict | None:
         return json.loads(_state_file(spec).read_text())
     except FileNotFoundError:
         return None
+
+
+@contextmanager
+def exclusive(spec: LabSpec, verb: str) -> Iterator[None]:
+    """Hold the lab's lock for one verb that changes it.  A second one on the same lab (another
+    terminal, a script's cleanup) stops at once in one line, instead of tearing down or booting hosts
+    under the first: seen when a `fab lab-down` and a `fab lab-up` met, which left a host whose disk had
+    been deleted through its mounted overlay."""
+    spec.state_dir.mkdir(parents=True, exist_ok=True)
+    path = spec.state_dir / "lab.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(f"lab {spec.name} is busy: {holder} is changing it; "
+                            "run this again when it has finished") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"`fab lab-{verb}` (pid {os.getpid()})".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _one_at_a_time(verb: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The verb runs under :func:`exclusive`, after the prerequisites' check (the lock's directory
+    needs root)."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def locked(spec: LabSpec, *args: Any, **kwargs: Any) -> Any:
+            check_prerequisites()
+            with exclusive(spec, verb):
+                return fn(spec, *args, **kwargs)
+        return locked
+    return wrap
 
 
 def _save_state(spec: LabSpec, state: dict) -> None:
@@ -580,7 +620,7 @@ def console_tail(spec: LabSpec, host: str, lines: int = 12) -> str:
     return "\n".join(ANSI.sub("", line).rstrip() for line in text.splitlines()[-lines:])
 
 
-class HostUnreachable(RuntimeError):
+class HostUnreachable(Failure):
     def __init__(self, host: str, why: str, ssh_said: str, console: str) -> None:
         super().__init__(f"{host} {why}; ssh said: {ssh_said}\n--- console of {host} (last lines) ---\n{console}")
         self.host = host
@@ -640,14 +680,20 @@ def write_access_files(spec: LabSpec) -> None:
 
 # --- the verbs ---------------------------------------------------------------------------------
 
-def up(spec: LabSpec, say: Progress = _say) -> dict:
+@_one_at_a_time("up")
+def up(spec: LabSpec, say: Progress = _say, rebuild_base: bool = False) -> dict:
     """Bring the lab up (idempotent): base, network, hosts, access files; wait for ssh everywhere.
 
     On a running lab with fewer workers it grows: the new hosts boot, the others keep running, and
     the inventory names them all (then `fab provision` takes the new ones into the cluster).
+    rebuild_base: debootstrap the base afresh first (the lab must be down: its hosts run on it).
     """
-    check_prerequisites()
     state = load_state(spec)
+    if rebuild_base:
+        if state:
+            raise UserError("the lab is up and its hosts run on the base: `fab lab-down` first, "
+                            "then `fab lab-up --rebuild-base`")
+        shutil.rmtree(base_path(spec), ignore_errors=True)
     if state and int(state.get("workers", spec.workers)) > spec.workers:
         raise UserError(f"the lab has {state['workers']} workers and cannot shrink to {spec.workers}: "
                         "`fab lab-down` first")
@@ -680,9 +726,9 @@ def up(spec: LabSpec, say: Progress = _say) -> dict:
     return state
 
 
+@_one_at_a_time("down")
 def down(spec: LabSpec, say: Progress = _say, keep_disks: bool = False) -> None:
     """Stop every host, remove the network, the mounts and (unless keep_disks) the hosts' disks."""
-    check_prerequisites()
     state = load_state(spec)
     spec = spec_from_state(spec)
     for h in spec.hosts:
@@ -706,8 +752,8 @@ def down(spec: LabSpec, say: Progress = _say, keep_disks: bool = False) -> None:
         _state_file(spec).unlink(missing_ok=True)
 
 
+@_one_at_a_time("kill")
 def kill(spec: LabSpec, host: str) -> None:
-    check_prerequisites()
     spec = spec_from_state(spec)
     spec.host(host)
     if not host_running(spec, host):
@@ -715,8 +761,8 @@ def kill(spec: LabSpec, host: str) -> None:
     kill_host(spec, host)
 
 
+@_one_at_a_time("start")
 def start(spec: LabSpec, host: str, say: Progress = _say) -> None:
-    check_prerequisites()
     spec = spec_from_state(spec)
     h = spec.host(host)
     state = load_state(spec)

@@ -1,6 +1,7 @@
 """The lab's reading of cgroups and processes that come and go while it reads (a guest's units, dnsmasq)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from scalelab import lab, labspec
+from scalelab.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,3 +79,54 @@ def test_comm_names_a_live_process_and_is_empty_for_a_gone_one() -> None:
     proc.wait()
     assert lab._comm(os.getpid()).startswith("python")
     assert lab._comm(proc.pid) == ""  # reaped: its /proc entry is gone
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from scalelab import lab, labspec
+import dataclasses
+spec = dataclasses.replace(labspec.load_spec(Path(sys.argv[1])), state_dir=Path(sys.argv[2]))
+with lab.exclusive(spec, "down"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_verb_on_a_busy_lab_stops_in_one_line_naming_the_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two `fab lab-*` on one lab (a CI cleanup's lab-down beside a lab-up) once deleted a host's disk
+    through its mounted overlay: the second now stops before it touches anything."""
+    spec = dataclasses.replace(labspec.load_spec(REPO / "inventory/lab"), state_dir=tmp_path / "state")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(REPO / "inventory/lab"), str(spec.state_dir)],
+                              cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(lab, "check_prerequisites", lambda: None)
+        touched: list[str] = []
+        monkeypatch.setattr(lab, "load_state", lambda s: touched.append("state"))
+        for verb, call in (("up", lambda: lab.up(spec)), ("down", lambda: lab.down(spec)),
+                           ("kill", lambda: lab.kill(spec, "worker1")), ("start", lambda: lab.start(spec, "worker1"))):
+            with pytest.raises(UserError) as err:
+                call()
+            assert str(err.value) == (f"lab {spec.name} is busy: `fab lab-down` (pid {holder.pid}) is changing it; "
+                                      "run this again when it has finished"), verb
+        assert touched == []  # none of them read the lab's state, let alone changed it
+    finally:
+        holder.communicate("", timeout=30)
+    with lab.exclusive(spec, "up"):  # the holder has gone: the lock is free, and it names its new holder
+        assert (spec.state_dir / "lab.lock").read_text() == f"`fab lab-up` (pid {os.getpid()})"
+
+
+def test_rebuild_base_under_a_running_lab_stops_and_keeps_the_base(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = dataclasses.replace(labspec.load_spec(REPO / "inventory/lab"), state_dir=tmp_path / "state",
+                               base_cache=tmp_path / "cache")
+    (spec.state_dir).mkdir()
+    (spec.state_dir / "lab.json").write_text('{"name": "lab", "workers": 2}')
+    base = lab.base_path(spec)
+    base.mkdir(parents=True)
+    monkeypatch.setattr(lab, "check_prerequisites", lambda: None)
+    with pytest.raises(UserError, match=r"the lab is up and its hosts run on the base: `fab lab-down` first"):
+        lab.up(spec, rebuild_base=True)
+    assert base.is_dir()

@@ -55,3 +55,17 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys) -> None:
 def test_markup_in_a_message_is_printed_as_it_is(capsys) -> None:
     cli.error_line("bad [/] value [bold]x")
     assert capsys.readouterr().err.strip() == "error: bad [/] value [bold]x"
+
+
+def test_a_lab_host_that_will_not_boot_is_its_message_and_exit_1_not_a_traceback(capsys) -> None:
+    from scalelab.lab import HostUnreachable
+
+    @cli.user_errors
+    def task() -> None:
+        raise HostUnreachable("master", "did not answer on ssh within 120 s", "No route to host", "boot line")
+    with pytest.raises(SystemExit) as exc:
+        task()
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: master did not answer on ssh within 120 s; ssh said: No route to host\n"), err
+    assert "--- console of master (last lines) ---\nboot line" in err and "Traceback" not in err
