@@ -29,8 +29,25 @@ from workloads import data
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_S, TARGET_MEM_GIB = 300.0, 6.0
+# Measured on the lab (2026-12-03, data_2 = 163.5 M edges on 3 nodes, `ps` every second): the three
+# PageRank ranks peaked at 4.1-5.7 GiB resident each (14.7 GiB together: ~96 B per edge), the k-means
+# ranks at 2.3-2.9 GiB; a provisioned lab host's Ray and Hadoop services hold ~1 GiB more.
+RANK_BYTES_PER_EDGE = 100
+LAB_HOST_SERVICES_BYTES = 2**30
 JOBS = {"pagerank": ["--tol", "0", "--max-iter", "20"],
         "kmeans": ["--method", "global", "--k", "16", "--max-iter", "20"]}
+
+
+def check_lab_memory(dataset: str, edges: int, hosts: int) -> None:
+    """The lab's hosts share this machine's memory: stop before generating and copying a dataset whose
+    ranks cannot fit in it together (the kernel's OOM killer would pick among all of this machine's
+    processes, and every run would fail after minutes)."""
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need = RANK_BYTES_PER_EDGE * edges + hosts * LAB_HOST_SERVICES_BYTES
+    if need > 0.9 * mem:
+        raise UserError(f"{dataset} on the lab needs ~{need / 2**30:.0f} GiB of this machine's memory (its "
+                        f"{hosts} hosts share its {mem / 2**30:.0f} GiB; a rank holds ~{RANK_BYTES_PER_EDGE} B "
+                        "per edge of its share): pick a smaller --dataset, or run on a real cluster")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +66,10 @@ def bench(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     spec = data.spec_for(args.dataset)
     path = args.data_dir / f"{args.dataset}.csv"
+    cluster = _inventory.load(args.inventory)
+    on_lab = (args.inventory / "group_vars" / "all" / "lab.yml").exists()  # its hosts are this machine
+    if on_lab:
+        check_lab_memory(args.dataset, spec.edges, len(cluster.nodes))
     if not path.exists():
         need = 16.5 * spec.edges  # bytes: ~16.1 per edge line in the seed's cuts
         args.data_dir.mkdir(parents=True, exist_ok=True)
@@ -58,8 +79,7 @@ def bench(argv: list[str] | None = None) -> int:
                              f"{free / 2**30:.0f} GiB free: free space or pick a smaller --dataset")
         console.print(f"generating {args.dataset} ({spec.edges:,} edges) into {args.data_dir} (once)")
         data.generate(args.dataset, args.data_dir)
-    cluster = _inventory.load(args.inventory)
-    if (args.inventory / "group_vars" / "all" / "lab.yml").exists():  # the lab's disks are this machine's
+    if on_lab:  # the lab's disks are this machine's too
         free, need = shutil.disk_usage(args.data_dir).free, path.stat().st_size * len(cluster.nodes)
         if free < 1.1 * need:
             raise SystemExit(f"error: a copy of {args.dataset} on each of the lab's {len(cluster.nodes)} hosts "
@@ -90,6 +110,10 @@ def bench(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"dataset": args.dataset, "nodes": args.nodes, "rows": rows, "load": load,
                                "at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
+    failed = [f"{r['workload']} {r['framework']}" for r in rows if r["status"] != "ok"]
+    if failed:  # a run that failed measured nothing: the table says what it could, the exit status says so
+        console.print(f"error: {len(failed)} of {len(rows)} runs failed ({', '.join(failed)}): see their records")
+        return 1
     return 0
 
 

@@ -2,9 +2,9 @@
 
 :data:`SCRIPT` runs on a node under the system ``python3`` (sent over ssh on stdin, nothing to
 install) and prints one JSON line per interval.  CPU is read from the cgroup (``cpu.stat``) so that a
-container (a lab host) reports its own use, not the machine's; memory from ``memory.current`` when the
-cgroup has it, else the resident set of the node's own processes in a container, else
-``MemTotal - MemAvailable``.
+container (a lab host) reports its own use, not the machine's; memory from ``memory.current`` less the
+file cache (``memory.stat``) when the cgroup has them, else the resident set of the node's own processes
+in a container, else ``MemTotal - MemAvailable``: the memory in use, not the reclaimable cache.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 SCRIPT = r'''
 import json, os, sys, time
-interval = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
 def in_container():
     if os.path.exists("/run/systemd/container") or os.path.exists("/.dockerenv"):
         return True
@@ -37,29 +36,36 @@ def cpu_usec():
     f = open("/proc/stat").readline().split()[1:]
     busy = sum(int(x) for i, x in enumerate(f[:8]) if i not in (3, 4))
     return busy * 1e6 / os.sysconf("SC_CLK_TCK")
-def mem_bytes():
+def mem_bytes(cgroup="/sys/fs/cgroup", proc="/proc"):
+    # The cgroup's charge less its file cache (a lab host that read an 11 GB input holds it in cache,
+    # which the kernel reclaims): what MemTotal - MemAvailable means on a VM.
     try:
-        return int(open("/sys/fs/cgroup/memory.current").read())
+        current = int(open(f"{cgroup}/memory.current").read())
+        stat = dict(line.split() for line in open(f"{cgroup}/memory.stat"))
+        return current - int(stat.get("active_file", 0)) - int(stat.get("inactive_file", 0))
     except (OSError, ValueError):
         pass
-    if CONT:
-        total = 0
-        for pid in os.listdir("/proc"):
+    if CONT:  # each process's resident pages less its shared ones (libraries, shared memory), which
+        total = 0  # a sum over processes would count once per process (~0.5 GB of torch each)
+        for pid in os.listdir(proc):
             if pid.isdigit():
                 try:
-                    total += int(open(f"/proc/{pid}/statm").read().split()[1]) * PAGE
-                except (OSError, IndexError, ValueError):
+                    resident, shared = open(f"{proc}/{pid}/statm").read().split()[1:3]
+                    total += (int(resident) - int(shared)) * PAGE
+                except (OSError, ValueError):
                     pass
         return total
     info = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open("/proc/meminfo")}
     return info["MemTotal"] - info["MemAvailable"]
-last_c, last_t = cpu_usec(), time.monotonic()
-while True:
-    time.sleep(interval)
-    c, t = cpu_usec(), time.monotonic()
-    pct = 100.0 * (c - last_c) / 1e6 / (t - last_t)
-    last_c, last_t = c, t
-    print(json.dumps({"cpu": round(pct, 1), "mem_mb": round(mem_bytes() / 2**20, 1)}), flush=True)
+if __name__ == "__main__":
+    interval = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
+    last_c, last_t = cpu_usec(), time.monotonic()
+    while True:
+        time.sleep(interval)
+        c, t = cpu_usec(), time.monotonic()
+        pct = 100.0 * (c - last_c) / 1e6 / (t - last_t)
+        last_c, last_t = c, t
+        print(json.dumps({"cpu": round(pct, 1), "mem_mb": round(mem_bytes() / 2**20, 1)}), flush=True)
 '''
 
 

@@ -16,3 +16,30 @@ def test_sampler_reports_cpu_and_memory_and_stops() -> None:
     assert summary["cpu_peak"] >= summary["cpu_mean"] > 0
     assert summary["mem_peak"] >= summary["mem_mean"] > 0
     assert all(p.poll() is not None for p in s._procs.values())
+
+
+def _script() -> dict:
+    """The node script's functions (its loop runs only as a program)."""
+    from scalelab.sampler import SCRIPT
+    ns: dict = {"__name__": "scalelab_sampler_script"}
+    exec(compile(SCRIPT, "sampler-script", "exec"), ns)  # noqa: S102 -- our own script, as the node runs it
+    return ns
+
+
+def test_a_cgroup_s_memory_leaves_out_its_file_cache(tmp_path) -> None:
+    (tmp_path / "memory.current").write_text(f"{12 * 2**30}\n")
+    (tmp_path / "memory.stat").write_text(f"anon {3 * 2**30}\nactive_file {2 * 2**30}\ninactive_file {7 * 2**30}\n"
+                                          f"shmem {2**20}\n")
+    assert _script()["mem_bytes"](cgroup=str(tmp_path)) == 3 * 2**30
+
+
+def test_a_container_s_processes_count_their_own_pages_not_the_shared_ones(tmp_path) -> None:
+    ns = _script()
+    ns["CONT"] = True
+    page = ns["PAGE"]
+    for pid, (resident, shared) in {"1": (300, 100), "42": (1000, 900)}.items():
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "statm").write_text(f"5000 {resident} {shared} 10 0 400 0\n")
+    (tmp_path / "self").mkdir()  # not a process directory of its own
+    (tmp_path / "77").mkdir()    # a process that exited while we read: no statm
+    assert ns["mem_bytes"](cgroup=str(tmp_path / "none"), proc=str(tmp_path)) == 300 * page
