@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,11 @@ BASE_PACKAGES = (
     "iproute2", "iptables", "sudo", "ca-certificates", "iputils-ping", "procps", "netbase", "less",
 )
 MAX_WORKERS = 8
+
+
+def worker_name(i: int) -> str:
+    """The lab's i-th worker host (1-based)."""
+    return f"worker{i}"
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ class LabSpec:
         pub = ipaddress.ip_network(self.public_cidr)
         addrs = list(priv.hosts())
         out = []
-        names = ["master"] + [f"worker{i}" for i in range(1, self.workers + 1)]
+        names = ["master"] + [worker_name(i) for i in range(1, self.workers + 1)]
         for i, name in enumerate(names):
             private_ip = str(addrs[i])
             ifaces = [Interface(self.private_interface, f"{self.name[:9]}{i}v", self.private_bridge,
@@ -224,13 +228,8 @@ def lab_port_forwards(spec: LabSpec) -> list[dict[str, Any]]:
     """network.yml's SSH port forwards less those to lab workers that this lab, sized by ``--workers``,
     does not have (the seed's forward to worker2 on a one-worker lab): site.yml's preflight rightly
     refuses a forward to an unknown host.  Any other name stays, for the preflight to judge."""
-    have = {h.name for h in spec.hosts}
-
-    def absent_worker(fwd: Any) -> bool:
-        host = str(fwd.get("host", "")) if isinstance(fwd, dict) else ""
-        return bool(re.fullmatch(r"worker[1-9][0-9]*", host)) and host not in have
-
-    return [f for f in spec.port_forwards if not absent_worker(f)]
+    absent = {worker_name(i) for i in range(spec.workers + 1, MAX_WORKERS + 1)}
+    return [f for f in spec.port_forwards if not (isinstance(f, dict) and f.get("host") in absent)]
 
 
 def render_inventory(spec: LabSpec) -> str:
