@@ -380,8 +380,12 @@ class Comm:
             OPS[op](out, other, out=out)
         return out.reshape(np.shape(a))
 
-    def alltoall(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """``pieces[r]`` goes to rank r; returns what every rank sent here, in rank order."""
+    def alltoall(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
+        """``pieces[r]`` goes to rank r; returns what every rank sent here, in rank order.
+
+        ``pieces`` is emptied once they are handed to the runtime, so a rank does not hold its sends
+        beside what it receives (the graph's arcs, the largest arrays of a run, cross here).
+        """
         raise NotImplementedError
 
     def block_gatherer(self, sizes: Sequence[int], dtype: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -429,8 +433,10 @@ class LocalComm(Comm):
     def allgather(self, a: np.ndarray) -> list[np.ndarray]:
         return [a]
 
-    def alltoall(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return list(pieces)
+    def alltoall(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
+        out = pieces[:]
+        pieces.clear()
+        return out
 
 
 class TorchComm(Comm):
@@ -464,7 +470,7 @@ class TorchComm(Comm):
         self.dist.all_gather(out, self._t(buf))
         return [o.numpy()[:s] for o, s in zip(out, sizes.tolist(), strict=True)]
 
-    def alltoall(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def alltoall(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
         """One all_to_all_single with split sizes: no padding, one send and one receive buffer."""
         import torch
 
@@ -473,6 +479,7 @@ class TorchComm(Comm):
         sizes = self.allreduce(sizes)
         recv_sizes = sizes[:, self.rank].tolist()
         send = self._t(np.concatenate(pieces))
+        pieces.clear()
         recv = torch.empty(sum(recv_sizes), dtype=send.dtype)
         self.dist.all_to_all_single(recv, send, output_split_sizes=recv_sizes,
                                     input_split_sizes=sizes[self.rank].tolist())
@@ -565,10 +572,12 @@ class RayComm(Comm):
         items[self.rank] = a
         return self._fetch(items)
 
-    def alltoall(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def alltoall(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
+        own = pieces[self.rank]
         mine = [None if r == self.rank else self._wrap(np.ascontiguousarray(p)) for r, p in enumerate(pieces)]
+        pieces.clear()  # the object store holds the copies now
         rows = self._exchange(mine)
-        items = [pieces[self.rank] if v == self.rank else rows[v][self.rank] for v in range(self.world)]
+        items = [own if v == self.rank else rows[v][self.rank] for v in range(self.world)]
         return self._fetch(items)
 
 

@@ -223,11 +223,14 @@ class RowBlock:
     view, and scipy's ``csr_matvec`` adds into ``out``, so the segments need no buffers.
     """
 
-    def __init__(self, rows: int, to: np.ndarray, frm: np.ndarray, n: int, cuts: np.ndarray | None = None) -> None:
+    def __init__(self, rows: int, arcs: list[np.ndarray], n: int, cuts: np.ndarray | None = None) -> None:
+        """``arcs`` is ``[to, frm]``, taken out of the list: the block's arrays replace them in memory
+        (at most ~17 B per arc while it is built: the arcs, the sort key and the block's indices)."""
         from scipy.sparse._sparsetools import coo_tocsr
 
+        to, frm = (a.astype(np.int32, copy=False) for a in arcs)
+        arcs.clear()
         self.rows, self.n, self.nnz = rows, n, len(frm)
-        to, frm = to.astype(np.int32, copy=False), frm.astype(np.int32, copy=False)
         cuts = np.empty(0, np.int64) if cuts is None else cuts
         self.segments = len(cuts) + 1
         short = np.flatnonzero(np.bincount(to, minlength=rows) < HUB_ARCS)
@@ -240,11 +243,13 @@ class RowBlock:
                 seg[c:] += self.hubs
             key = np.where(to < self.hubs, seg[frm], (self.segments - 1) * self.hubs)
             key += to
+        del to
         key_rows = self.segments * self.hubs + rows - self.hubs
         self.indptr = np.empty(key_rows + 1, dtype=np.int32)
         self.indices = np.empty(self.nnz, dtype=np.int32)
         scratch = np.empty(self.nnz, dtype=np.int8)  # the scatter moves 1 byte per arc, not 8
         coo_tocsr(key_rows, n, self.nnz, key, frm, scratch, self.indptr, self.indices, scratch)
+        del key, frm, scratch
         self.data = np.ones(self.nnz)  # csr_matvec reads a value per arc: the pattern's 1.0s
 
     def passes(self) -> list[tuple[np.ndarray, int, int]]:
@@ -264,7 +269,21 @@ class RowBlock:
 
 def csr_pattern(rows: int, to: np.ndarray, frm: np.ndarray, n: int, cuts: np.ndarray | None = None) -> RowBlock:
     """The worker's rows (``to`` in 0..rows-1) as a :class:`RowBlock`, hub rows split at column ``cuts``."""
-    return RowBlock(rows, to, frm, n, cuts)
+    return RowBlock(rows, [to, frm], n, cuts)
+
+
+def take_arcs(pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(to, from) of the pieces a worker received (``[to..., from...]`` each, :func:`split_edges`),
+    emptying the list piece by piece: a piece's memory goes as its arcs are copied."""
+    total = sum(len(p) for p in pieces) // 2
+    to, frm = np.empty(total, dtype=np.int32), np.empty(total, dtype=np.int32)
+    at = 0
+    while pieces:
+        piece = pieces.pop(0)
+        c = len(piece) // 2
+        to[at:at + c], frm[at:at + c] = piece[:c], piece[c:]
+        at += c
+    return to, frm
 
 
 def inverse_degree(outdeg: np.ndarray) -> np.ndarray:
@@ -524,14 +543,11 @@ class PageRankPart:
         self.src = self.dst = None
         return split_edges(src, dst, bounds, self.directed)
 
-    def build(self, bounds: np.ndarray, outdeg: np.ndarray, *pieces: np.ndarray) -> int:
-        """CSR pattern of this worker's rows from the arcs every worker sent; ``outdeg`` renumbered."""
+    def build(self, bounds: np.ndarray, outdeg: np.ndarray, received: list[np.ndarray]) -> int:
+        """CSR pattern of this worker's rows from the arcs every worker sent (``received``, emptied:
+        held nowhere else, they are freed as the block is built); ``outdeg`` renumbered."""
         self.lo, hi = int(bounds[self.rank]), int(bounds[self.rank + 1])
-        halves = [p.reshape(2, -1) for p in pieces]
-        to = np.concatenate([h[0] for h in halves])
-        frm = np.concatenate([h[1] for h in halves])
-        del halves, pieces
-        self.block = csr_pattern(hi - self.lo, to, frm, len(outdeg), column_cuts(outdeg, COLUMN_SEGMENTS))
+        self.block = RowBlock(hi - self.lo, [*take_arcs(received)], len(outdeg), column_cuts(outdeg, COLUMN_SEGMENTS))
         if self.fault and self.rank == 0 and self.block.nnz:  # --inject-fault: a wrong kernel to catch
             self.block.data[0] = 2.0
         self.inv_out = inverse_degree(outdeg)
@@ -691,10 +707,8 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) 
         with timer(steps, "split"):
             pieces = comm.guard(part.split, rank, bounds)
         with timer(steps, "exchange_csr"):
-            received = comm.alltoall(pieces)
-            del pieces
-            nnz = int(comm.allreduce(np.array([comm.guard(part.build, bounds, outdeg, *received)]))[0])
-            del received
+            received = comm.alltoall(pieces)  # empties pieces
+            nnz = int(comm.allreduce(np.array([comm.guard(part.build, bounds, outdeg, received)]))[0])
     ids = node_ids(node_set, dense)
     gather = comm.block_gatherer(np.diff(bounds), np.float64)
 
