@@ -701,15 +701,15 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) 
             else:
                 node_set = np.unique(np.concatenate(comm.allgather(local)))
             del local
-        with timer(steps, "degrees"):
-            counts = comm.allreduce(comm.guard(part.degrees, node_set))
-            rank, outdeg, bounds = plan_rows(counts, args.directed, w)
+        with timer(steps, "degrees"):  # (the reduced counts, n or 2n int64s, are not kept)
+            rank, outdeg, bounds = plan_rows(comm.allreduce(comm.guard(part.degrees, node_set)), args.directed, w)
         with timer(steps, "split"):
             pieces = comm.guard(part.split, rank, bounds)
         with timer(steps, "exchange_csr"):
             received = comm.alltoall(pieces)  # empties pieces
             nnz = int(comm.allreduce(np.array([comm.guard(part.build, bounds, outdeg, received)]))[0])
-    ids = node_ids(node_set, dense)
+    n = len(outdeg)
+    del outdeg  # the part keeps what the iterations need; every n-long vector is memory on every rank
     gather = comm.block_gatherer(np.diff(bounds), np.float64)
 
     def step_all(x: np.ndarray) -> tuple[np.ndarray, float]:
@@ -718,7 +718,8 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) 
 
     label = f"pagerank ({args.framework})"
     with timer(t, "compute"), _dist.maybe(comm.rank == 0, _dist.progress(label, args.max_iter)) as adv:
-        x, iters, stopped_by, change = power_iterate(step_all, len(outdeg), args.tol, args.max_iter, adv)
+        x, iters, stopped_by, change = power_iterate(step_all, n, args.tol, args.max_iter, adv)
+    step_all = gather = None  # the gather's two n-long vectors: x is one, and goes with the reorder
     x = x[rank]  # back to id order
     spmv = float(comm.allreduce(np.array([part.spmv_time()]), "max")[0])
     seed = None
@@ -727,7 +728,7 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) 
         with timer(t, "seed"):
             seed = gather_batches(comm, comm.guard(part.seed_batches, args.block_mb << 20))
     if comm.rank == 0:
-        _finish(args, info, rec, ids, x, iters, stopped_by, change, n_edges, nnz, seed)
+        _finish(args, info, rec, node_ids(node_set, dense), x, iters, stopped_by, change, n_edges, nnz, seed)
         rec["metrics"]["spmv_s_per_iter"] = spmv / max(iters, 1)
         rec["metrics"]["build_steps_s"] = steps
 
