@@ -710,17 +710,10 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) 
             nnz = int(comm.allreduce(np.array([comm.guard(part.build, bounds, outdeg, received)]))[0])
     n = len(outdeg)
     del outdeg  # the part keeps what the iterations need; every n-long vector is memory on every rank
-    gather = comm.block_gatherer(np.diff(bounds), np.float64)
-
-    def step_all(x: np.ndarray) -> tuple[np.ndarray, float]:
-        block, err = part.step(x)
-        return gather(block), float(comm.allreduce(np.array([err]))[0])
-
     label = f"pagerank ({args.framework})"
     with timer(t, "compute"), _dist.maybe(comm.rank == 0, _dist.progress(label, args.max_iter)) as adv:
-        x, iters, stopped_by, change = power_iterate(step_all, n, args.tol, args.max_iter, adv)
-    step_all = gather = None  # the gather's two n-long vectors: x is one, and goes with the reorder
-    x = x[rank]  # back to id order
+        x, iters, stopped_by, change = iterate(part, comm, bounds, n, args, adv)
+    x = x[rank]  # back to id order (x, one of the gather's two buffers, goes with this line)
     spmv = float(comm.allreduce(np.array([part.spmv_time()]), "max")[0])
     seed = None
     if args.method == "seed":
@@ -731,6 +724,18 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) 
         _finish(args, info, rec, node_ids(node_set, dense), x, iters, stopped_by, change, n_edges, nnz, seed)
         rec["metrics"]["spmv_s_per_iter"] = spmv / max(iters, 1)
         rec["metrics"]["build_steps_s"] = steps
+
+
+def iterate(part: PageRankPart, comm: _dist.Comm, bounds: np.ndarray, n: int, args: argparse.Namespace,
+            advance: Callable[[int], None] | None) -> tuple[np.ndarray, int, str, float]:
+    """:func:`power_iterate` over every rank's row block; the gather's buffers live only here."""
+    gather = comm.block_gatherer(np.diff(bounds), np.float64)
+
+    def step_all(x: np.ndarray) -> tuple[np.ndarray, float]:
+        block, err = part.step(x)
+        return gather(block), float(comm.allreduce(np.array([err]))[0])
+
+    return power_iterate(step_all, n, args.tol, args.max_iter, advance)
 
 
 def gather_batches(comm: _dist.Comm, mine: list[tuple[int, np.ndarray, np.ndarray]]
