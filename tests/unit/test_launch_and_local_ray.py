@@ -83,6 +83,44 @@ def test_comm_reduces_in_rank_order_and_gathers_blocks_into_alternating_vectors(
     assert first.tolist() == [1.0, 2.0] and second.tolist() == [4.0, 3.0]  # the first is still valid
 
 
+def alltoall_on_this_rank(comm) -> int:
+    """Rank r sends ``r * 10 + d`` to rank d; the sent list must be empty once the runtime holds it (a
+    rank must not keep its sends beside what it receives: the graph's arcs cross here)."""
+    import numpy as np
+
+    n = 40_000  # 320 KB of int64, above RayComm.INLINE_BYTES: the pieces go through the object store
+    pieces = [np.full(n, comm.rank * 10 + dest, dtype=np.int64) for dest in range(comm.world)]
+    got = comm.alltoall(pieces)
+    assert pieces == [], f"rank {comm.rank} still holds {len(pieces)} sent pieces"
+    assert [(len(a), set(a.tolist())) for a in got] == [(n, {src * 10 + comm.rank}) for src in range(comm.world)]
+    return 0
+
+
+def alltoall_body(args, info, rec, comm) -> None:
+    alltoall_on_this_rank(comm)
+    rec["ranks"] = comm.world
+
+
+@pytest.mark.slow
+def test_torch_alltoall_delivers_every_piece_and_empties_the_senders_list():
+    assert _dist.spawn_torch(2, _dist.torch_rank, (alltoall_on_this_rank, ()), timeout_s=300) == [0, 0]
+
+
+@pytest.mark.slow
+def test_ray_alltoall_delivers_every_piece_and_empties_the_senders_list():
+    import argparse
+
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
+    try:
+        rec: dict = {}
+        _dist.ray_ranks(alltoall_body)(argparse.Namespace(workers=2, address=None, timeout=300), None, rec, None)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert rec == {"ranks": 2}
+
+
 def test_guard_raises_a_peers_user_error_on_every_rank_sent_as_text_not_a_pickle():
     import json
 
