@@ -36,6 +36,23 @@ def cpu_usec():
     f = open("/proc/stat").readline().split()[1:]
     busy = sum(int(x) for i, x in enumerate(f[:8]) if i not in (3, 4))
     return busy * 1e6 / os.sysconf("SC_CLK_TCK")
+def tmpfs_bytes(mounts="/proc/self/mounts"):
+    # What this node's tmpfs mounts hold (/dev/shm: Ray's object store, torch's shared tensors; /tmp,
+    # /run): resident memory that no process's private pages include.  Each file system once.
+    seen, total = set(), 0
+    for line in open(mounts):
+        point, fstype = line.split()[1:3]
+        if fstype != "tmpfs" or point.startswith(("/proc/", "/sys", "/run/host")) or (
+                point.startswith("/dev") and point != "/dev/shm"):
+            continue  # the container's view of the host's files, and the device nodes
+        try:
+            st, dev = os.statvfs(point), os.stat(point).st_dev
+        except OSError:
+            continue
+        if dev not in seen:
+            seen.add(dev)
+            total += (st.f_blocks - st.f_bfree) * st.f_frsize
+    return total
 def mem_bytes(cgroup="/sys/fs/cgroup", proc="/proc"):
     # The cgroup's charge less its file cache (a lab host that read an 11 GB input holds it in cache,
     # which the kernel reclaims): what MemTotal - MemAvailable means on a VM.
@@ -46,8 +63,8 @@ def mem_bytes(cgroup="/sys/fs/cgroup", proc="/proc"):
     except (OSError, ValueError):
         pass
     if CONT:  # each process's resident pages less its shared ones (libraries, shared memory), which
-        total = 0  # a sum over processes would count once per process (~0.5 GB of torch each)
-        for pid in os.listdir(proc):
+        total = tmpfs_bytes()  # a sum over processes would count once per process (~0.5 GB of torch
+        for pid in os.listdir(proc):  # each); the shared memory itself counted once, as tmpfs files
             if pid.isdigit():
                 try:
                     resident, shared = open(f"{proc}/{pid}/statm").read().split()[1:3]

@@ -42,4 +42,23 @@ def test_a_container_s_processes_count_their_own_pages_not_the_shared_ones(tmp_p
         (tmp_path / pid / "statm").write_text(f"5000 {resident} {shared} 10 0 400 0\n")
     (tmp_path / "self").mkdir()  # not a process directory of its own
     (tmp_path / "77").mkdir()    # a process that exited while we read: no statm
-    assert ns["mem_bytes"](cgroup=str(tmp_path / "none"), proc=str(tmp_path)) == 300 * page
+    ns["tmpfs_bytes"] = lambda: 7 * page  # the node's shared memory, once
+    assert ns["mem_bytes"](cgroup=str(tmp_path / "none"), proc=str(tmp_path)) == (300 + 7) * page
+
+
+def test_shared_memory_counts_once_per_file_system_and_the_host_s_views_not_at_all(tmp_path) -> None:
+    """Ray's object store lives in /dev/shm: left out of every process's private pages, so the node
+    total must add each of its tmpfs file systems once (and none of the files the container sees of
+    its host: /proc/kmsg, /run/host)."""
+    import os
+
+    (tmp_path / "shm").mkdir()
+    (tmp_path / "run").mkdir()
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"tmpfs {tmp_path}/shm tmpfs rw 0 0\n"
+                      f"tmpfs {tmp_path}/run tmpfs rw 0 0\n"            # the same file system again
+                      f"/dev/vda {tmp_path} ext4 rw 0 0\n"             # a disk
+                      "tmpfs /proc/kmsg tmpfs rw 0 0\ntmpfs /run/host tmpfs ro 0 0\n"
+                      "tmpfs /dev tmpfs rw 0 0\ntmpfs /no/such/mount tmpfs rw 0 0\n")
+    st = os.statvfs(tmp_path)
+    assert _script()["tmpfs_bytes"](str(mounts)) == (st.f_blocks - st.f_bfree) * st.f_frsize > 0
