@@ -29,13 +29,13 @@ from workloads import data
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_S, TARGET_MEM_GIB = 300.0, 6.0
-# Measured on the lab (2026-12-03, data_2 = 163.5 M edges on 3 nodes, `ps` every second): the three
-# PageRank ranks peaked at 4.1-5.7 GiB resident each (14.7 GiB together: ~96 B per edge), the k-means
-# ranks at 2.3-2.9 GiB; a provisioned lab host's Ray and Hadoop services hold ~1 GiB more.  PageRank's
-# exchange no longer keeps copies of the arcs (docs/graph-performance.md: ~37-48 B per edge above the
-# interpreter on data_1); the figure stays until it is measured again on the lab at this scale.
-RANK_BYTES_PER_EDGE = 100
-LAB_HOST_SERVICES_BYTES = 2**30
+# Measured on the lab (2026-12-03, afternoon; data_2 = 163.5 M edges on 3 nodes, the sampler counting each
+# host's private pages and its tmpfs once): PageRank's hosts peaked at 7.1 / 5.8 / 5.2 GiB (torch) and
+# 6.6 / 4.5 / 5.0 GiB (Ray), k-means' at 4.4-5.9 GiB; idle, a provisioned host holds 1.6 GiB (a worker) to
+# 2.9 GiB (the master) for Hadoop, Ray and the object-store pages Ray keeps after a run.  So the ranks
+# hold ~80 B per edge of their share together, beside ~2 GiB per host.
+RANK_BYTES_PER_EDGE = 80
+LAB_HOST_SERVICES_BYTES = 2 * 2**30
 JOBS = {"pagerank": ["--tol", "0", "--max-iter", "20"],
         "kmeans": ["--method", "global", "--k", "16", "--max-iter", "20"]}
 

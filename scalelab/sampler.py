@@ -3,8 +3,9 @@
 :data:`SCRIPT` runs on a node under the system ``python3`` (sent over ssh on stdin, nothing to
 install) and prints one JSON line per interval.  CPU is read from the cgroup (``cpu.stat``) so that a
 container (a lab host) reports its own use, not the machine's; memory from ``memory.current`` less the
-file cache (``memory.stat``) when the cgroup has them, else the resident set of the node's own processes
-in a container, else ``MemTotal - MemAvailable``: the memory in use, not the reclaimable cache.
+file cache (``memory.stat``) when the cgroup has them, else, in a container, its processes' private
+resident pages plus what its tmpfs mounts hold (shared memory such as Ray's object store, once), else
+``MemTotal - MemAvailable``: the memory in use, not the reclaimable cache.
 """
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ def machine_of_24_gib(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_seed_s_largest_cut_on_a_3_host_lab_of_one_24_gib_machine_is_refused(machine_of_24_gib) -> None:
     """Seen: all four runs OOM-killed (ranks at 7 GB and rising) after 11 GB had been copied to each host."""
-    with pytest.raises(UserError, match=r"^data on the lab needs ~61 GiB of this machine's memory \(its 3 hosts "
-                                        r"share its 24 GiB; a rank holds ~100 B per edge of its share\): pick a "
+    with pytest.raises(UserError, match=r"^data on the lab needs ~52 GiB of this machine's memory \(its 3 hosts "
+                                        r"share its 24 GiB; a rank holds ~80 B per edge of its share\): pick a "
                                         r"smaller --dataset, or run on a real cluster$"):
         scale_bench.check_lab_memory("data", data.spec_for("data").edges, 3)
 
