@@ -63,9 +63,12 @@ def mem_bytes(cgroup="/sys/fs/cgroup", proc="/proc"):
         return current - int(stat.get("active_file", 0)) - int(stat.get("inactive_file", 0))
     except (OSError, ValueError):
         pass
-    if CONT:  # each process's resident pages less its shared ones (libraries, shared memory), which
-        total = tmpfs_bytes()  # a sum over processes would count once per process (~0.5 GB of torch
-        for pid in os.listdir(proc):  # each); the shared memory itself counted once, as tmpfs files
+    if CONT:
+        # Each process's resident pages less its shared ones (libraries, shared memory), which a sum over
+        # processes would count once per process (~0.5 GB of torch each); the shared memory itself is
+        # counted once, as the files of the node's tmpfs mounts.
+        total = tmpfs_bytes()
+        for pid in os.listdir(proc):
             if pid.isdigit():
                 try:
                     resident, shared = open(f"{proc}/{pid}/statm").read().split()[1:3]
