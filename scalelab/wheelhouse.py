@@ -3,8 +3,8 @@
 Workers sit behind the master's NAT; letting each of them download torch, Ray and pyarrow from the
 internet costs gigabytes per node.  The controller builds the wheels once (``pip wheel`` with its own
 pip configuration, which is where the CPU torch wheel comes from) into ``wheelhouse/<key>/`` and packs
-them into one uncompressed tar, ``wheelhouse/<key>.tar``, that the python_env role copies to each node
-and installs with ``pip install --no-index --find-links``.
+them into one uncompressed tar, ``wheelhouse/<key>.tar``, that the python_env role unpacks on each node
+and installs with ``uv pip install --no-index --find-links``.
 
 The key is a hash of the lock's requirement lines (comments and blank lines ignored) and of the
 controller's Python tag and platform: an unchanged lock gives the same key, so nothing is rebuilt and
