@@ -46,19 +46,48 @@ def test_a_container_s_processes_count_their_own_pages_not_the_shared_ones(tmp_p
     assert ns["mem_bytes"](cgroup=str(tmp_path / "none"), proc=str(tmp_path)) == (300 + 7) * page
 
 
+class _FileSystems:
+    """`os` as the sampler's tmpfs_bytes sees it, over a table of mount points: path -> (device, used
+    bytes).  Each mount point has its own size, so every file system wrongly counted shows in the sum."""
+
+    def __init__(self, table: dict[str, tuple[int, int]]) -> None:
+        self.table = table
+
+    def statvfs(self, path: str):
+        from types import SimpleNamespace
+        if path not in self.table:
+            raise FileNotFoundError(path)
+        return SimpleNamespace(f_blocks=self.table[path][1] + 5, f_bfree=5, f_frsize=1)
+
+    def stat(self, path: str):
+        from types import SimpleNamespace
+        if path not in self.table:
+            raise FileNotFoundError(path)
+        return SimpleNamespace(st_dev=self.table[path][0])
+
+
 def test_shared_memory_counts_once_per_file_system_and_the_host_s_views_not_at_all(tmp_path) -> None:
     """Ray's object store lives in /dev/shm: left out of every process's private pages, so the node
-    total must add each of its tmpfs file systems once (and none of the files the container sees of
-    its host: /proc/kmsg, /run/host)."""
-    import os
-
-    (tmp_path / "shm").mkdir()
-    (tmp_path / "run").mkdir()
+    total must add each of its tmpfs file systems once (/tmp bind-mounted from /dev/shm's file system
+    too), and none of the files the container sees of its host (under /proc, /sys, /run/host), its
+    device nodes (/dev), a disk, or a mount point that is gone."""
     mounts = tmp_path / "mounts"
-    mounts.write_text(f"tmpfs {tmp_path}/shm tmpfs rw 0 0\n"
-                      f"tmpfs {tmp_path}/run tmpfs rw 0 0\n"            # the same file system again
-                      f"/dev/vda {tmp_path} ext4 rw 0 0\n"             # a disk
-                      "tmpfs /proc/kmsg tmpfs rw 0 0\ntmpfs /run/host tmpfs ro 0 0\n"
-                      "tmpfs /dev tmpfs rw 0 0\ntmpfs /no/such/mount tmpfs rw 0 0\n")
-    st = os.statvfs(tmp_path)
-    assert _script()["tmpfs_bytes"](str(mounts)) == (st.f_blocks - st.f_bfree) * st.f_frsize > 0
+    mounts.write_text("tmpfs /dev/shm tmpfs rw 0 0\n"
+                      "tmpfs /run tmpfs rw 0 0\n"
+                      "tmpfs /tmp tmpfs rw 0 0\n"                   # /dev/shm's file system again
+                      "/dev/vda /srv ext4 rw 0 0\n"
+                      "tmpfs /proc/kmsg tmpfs rw 0 0\n"
+                      "tmpfs /sys/fs/cgroup tmpfs ro 0 0\n"
+                      "tmpfs /run/host/incoming tmpfs ro 0 0\n"
+                      "tmpfs /dev tmpfs rw 0 0\n"
+                      "tmpfs /no/such/mount tmpfs rw 0 0\n")
+    ns = _script()
+    ns["os"] = _FileSystems({"/dev/shm": (1, 100), "/run": (2, 20), "/tmp": (1, 100), "/srv": (3, 10**3),
+                             "/proc/kmsg": (4, 10**4), "/sys/fs/cgroup": (5, 10**5),
+                             "/run/host/incoming": (6, 10**6), "/dev": (7, 10**7)})
+    assert ns["tmpfs_bytes"](str(mounts)) == 120
+
+
+def test_shared_memory_of_this_machine_is_read(tmp_path) -> None:
+    """The same function over this machine's real mount table: a number, not an error."""
+    assert _script()["tmpfs_bytes"]() >= 0
