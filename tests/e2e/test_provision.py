@@ -48,51 +48,6 @@ def test_one_layer_re_runs_alone_with_its_tag(fresh_lab) -> None:
     assert all(v["changed"] == 0 for v in rc.values()), rc
 
 
-# The Hadoop and Ray units that run on a host, with their main PIDs (and, for the check below, the
-# NameNode's heap flag and Ray's environment as the running processes have them).
-DAEMONS = ("for u in $(systemctl list-units --state=running --plain --no-legend 'hadoop-*' 'ray-*' | cut -d' ' -f1); "
-           "do echo \"$u $(systemctl show -p MainPID --value $u)\"; done")
-
-
-def _daemons(lab, host: str) -> dict[str, str]:
-    out = ssh(lab.spec, host, DAEMONS).stdout
-    return dict(line.split() for line in out.splitlines() if line.strip())
-
-
-def _proc_has(lab, host: str, pid: str, what: str, text: str) -> bool:
-    """Whether /proc/<pid>/<what> (cmdline or environ, NUL-separated) holds ``text``."""
-    out = ssh(lab.spec, host, f"tr '\\0' '\\n' < /proc/{pid}/{what}", check=False).stdout
-    return text in out.splitlines()
-
-
-def test_a_changed_setting_restarts_every_running_daemon_and_so_does_the_old_one_back(fresh_lab) -> None:
-    """A new heap size (hadoop-env.sh) and a new variable in Ray's environment file restart Hadoop's
-    and Ray's daemons on every node (new PIDs, the new setting in the running processes, the layers'
-    own health checks pass); putting the old values back restarts them once more, to the defaults."""
-    hosts = [h.name for h in fresh_lab.spec.hosts]
-    before = {h: _daemons(fresh_lab, h) for h in hosts}
-    master = hosts[0]
-    assert {"hadoop-namenode.service", "ray-head.service"} <= set(before[master]), before
-    assert all(any(u.startswith("ray-") for u in before[h]) and any(u.startswith("hadoop-") for u in before[h])
-               for h in hosts), before
-    proc, rc = fresh_lab.playbook("--tags", "hadoop,ray", "-e", "hadoop_heapsize_mb=768",
-                                  "-e", '{"ray_extra_env": {"SCALELAB_E2E_SETTING": "1"}}', timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    after = {h: _daemons(fresh_lab, h) for h in hosts}
-    for h in hosts:
-        assert set(after[h]) == set(before[h]), (h, before[h], after[h])
-        kept = [u for u in before[h] if after[h][u] == before[h][u]]
-        assert not kept, f"{h}: not restarted after their settings changed: {kept}"
-    assert _proc_has(fresh_lab, master, after[master]["hadoop-namenode.service"], "cmdline", "-Xmx768m")
-    assert _proc_has(fresh_lab, master, after[master]["ray-head.service"], "environ", "SCALELAB_E2E_SETTING=1")
-    # back to the defaults: a change again, so every daemon restarts again
-    proc, rc = fresh_lab.playbook("--tags", "hadoop,ray", timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    restored = {h: _daemons(fresh_lab, h) for h in hosts}
-    assert all(restored[h][u] != after[h][u] for h in hosts for u in after[h]), (after, restored)
-    assert not _proc_has(fresh_lab, master, restored[master]["hadoop-namenode.service"], "cmdline", "-Xmx768m")
-
-
 def test_base_infra(fresh_lab) -> None:
     out = fresh_lab.infra("tests/infra/test_base.py")
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
