@@ -69,6 +69,13 @@ def ssh(spec: labspec.LabSpec, host: str, command: str, timeout: float = 60,
     return proc
 
 
+def daemons(spec: labspec.LabSpec, host: str) -> dict[str, str]:
+    """The Hadoop and Ray units running on a lab host -> their main PIDs."""
+    out = ssh(spec, host, "for u in $(systemctl list-units --state=running --plain --no-legend 'hadoop-*' 'ray-*' "
+                          "| cut -d' ' -f1); do echo \"$u $(systemctl show -p MainPID --value $u)\"; done").stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
 def recap(stdout: str) -> dict[str, dict[str, int]]:
     """PLAY RECAP lines -> {host: {ok, changed, unreachable, failed, ...}}."""
     out = {}

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from scalelab import inventory as _inventory
-from tests.e2e.labutil import fab, ssh
+from tests.e2e.labutil import daemons, fab
 
 pytestmark = pytest.mark.lab
 
@@ -72,9 +72,8 @@ def test_check_mode_on_a_provisioned_cluster_changes_nothing(fresh_lab) -> None:
 
 
 def _ray_pid(lab, host: str) -> str:
-    """The Ray unit's main PID on a host (ray-head on the master, ray-worker elsewhere)."""
-    pids = ssh(lab.spec, host, "systemctl show -p MainPID --value ray-head ray-worker").stdout.split()
-    return max(pids, key=int, default="0")
+    """The running Ray unit's main PID on a host (ray-head on the master, ray-worker elsewhere)."""
+    return next((pid for unit, pid in daemons(lab.spec, host).items() if unit.startswith("ray-")), "0")
 
 
 def test_growing_the_cluster_by_one_worker(fresh_lab) -> None:

@@ -8,18 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.labutil import ssh
+from tests.e2e.labutil import daemons, ssh
 
 pytestmark = pytest.mark.lab
-
-# The Hadoop and Ray units that run on a host, with their main PIDs.
-DAEMONS = ("for u in $(systemctl list-units --state=running --plain --no-legend 'hadoop-*' 'ray-*' | cut -d' ' -f1); "
-           "do echo \"$u $(systemctl show -p MainPID --value $u)\"; done")
-
-
-def _daemons(lab, host: str) -> dict[str, str]:
-    out = ssh(lab.spec, host, DAEMONS).stdout
-    return dict(line.split() for line in out.splitlines() if line.strip())
 
 
 def _proc_has(lab, host: str, pid: str, what: str, text: str) -> bool:
@@ -34,14 +25,14 @@ def test_a_changed_setting_restarts_every_running_daemon_with_it(plab) -> None:
     have the new setting, and the layers' own health checks (DataNodes live, every node in Ray) pass."""
     hosts = [h.name for h in plab.spec.hosts]
     master = hosts[0]
-    before = {h: _daemons(plab, h) for h in hosts}
+    before = {h: daemons(plab.spec, h) for h in hosts}
     assert {"hadoop-namenode.service", "ray-head.service"} <= set(before[master]), before
     assert all(any(u.startswith("ray-") for u in before[h]) and any(u.startswith("hadoop-") for u in before[h])
                for h in hosts), before
     proc, _rc = plab.playbook("--tags", "hadoop,ray", "-e", "hadoop_heapsize_mb=768",
                               "-e", '{"ray_extra_env": {"SCALELAB_E2E_SETTING": "1"}}', timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    after = {h: _daemons(plab, h) for h in hosts}
+    after = {h: daemons(plab.spec, h) for h in hosts}
     for h in hosts:
         assert set(after[h]) == set(before[h]), (h, before[h], after[h])
         kept = [u for u in before[h] if after[h][u] == before[h][u]]
