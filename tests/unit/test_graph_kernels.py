@@ -136,16 +136,21 @@ def test_split_and_blocks_reassemble_the_matrix():
     assert np.allclose(np.concatenate(got), full)
 
 
+@pytest.mark.parametrize("chunk", [1 << 20, 9, 1])
 @pytest.mark.parametrize("segments", [1, 2, 3, 8])
-def test_row_block_in_column_segments_is_the_matrix(monkeypatch, segments):
-    """Hub rows stored once per column segment, short rows once: the same matrix, the same product."""
+def test_row_block_in_column_segments_is_the_matrix(monkeypatch, segments, chunk):
+    """Hub rows stored once per column segment, short rows once, every pass multiplied in chunks of
+    rows (one longer row alone): the same matrix, the same product."""
     rng = np.random.default_rng(segments)
     n, rows = 60, 25
     to = np.minimum(rng.geometric(0.15, 700) - 1, rows - 1)  # long rows first, as in degree order
     frm = rng.integers(0, n, 700)
     monkeypatch.setattr(pagerank, "HUB_ARCS", 20)
+    monkeypatch.setattr(pagerank, "SPMV_CHUNK_ARCS", chunk)
     block = pagerank.csr_pattern(rows, to, frm, n, pagerank.column_cuts(np.bincount(frm, minlength=n), segments))
     assert (block.hubs > 0 and block.segments == segments) or segments == 1
+    assert len(block.ones) <= max(chunk, np.bincount(to).max()) and sum(len(c.columns) for c in block.chunks) == 700
+    assert (len(block.chunks) > segments + 1) == (chunk < 700 // (segments + 1))
     dense = np.zeros((rows, n))
     np.add.at(dense, (to, frm), 1.0)
     assert np.array_equal(block.todense(), dense)
@@ -153,11 +158,14 @@ def test_row_block_in_column_segments_is_the_matrix(monkeypatch, segments):
     assert np.allclose(pagerank.spmv(block, v, np.full(rows, np.nan)), dense @ v, rtol=1e-14)
 
 
-def test_the_exchange_and_the_block_build_hold_each_arc_at_most_17_bytes():
+def test_the_exchange_and_the_block_build_hold_each_arc_at_most_17_bytes(monkeypatch):
     """The largest arrays of a run are a worker's arcs: the exchange hands its pieces over (the list is
     emptied), the build copies what it received piece by piece, and the block replaces the arcs; numpy's
     allocations (traced by tracemalloc) peak at ~17 B per arc above what was received (it was 25 B when
-    the received pieces, the arcs' concatenation and the sort key all lived until the 1.0s were made)."""
+    the received pieces, the arcs' concatenation and the sort key all lived until the 1.0s were made).
+    The built block keeps ~4 B per arc: its columns (the 1.0s csr_matvec reads are one shared buffer of
+    SPMV_CHUNK_ARCS, not 8 B per arc)."""
+    monkeypatch.setattr(pagerank, "SPMV_CHUNK_ARCS", 1 << 16)
     rng = np.random.default_rng(5)
     n, rows, arcs = 40_000, 20_000, 1_000_000
     to = (rows * rng.random(arcs) ** 3).astype(np.int32)  # long rows first, as in degree order
@@ -172,11 +180,12 @@ def test_the_exchange_and_the_block_build_hold_each_arc_at_most_17_bytes():
     tracemalloc.start()
     try:
         block = pagerank.RowBlock(rows, [*pagerank.take_arcs(received)], n, cuts)
-        _, peak = tracemalloc.get_traced_memory()
+        kept, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert received == [] and block.nnz == arcs and block.segments == 8 and block.hubs > 0
     assert peak <= 17.5 * arcs, f"{peak / arcs:.1f} B per arc"
+    assert kept <= 5 * arcs, f"the block keeps {kept / arcs:.1f} B per arc"
     assert np.allclose(pagerank.spmv(block, v, np.full(rows, np.nan)), product, rtol=1e-12)
 
 
