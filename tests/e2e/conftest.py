@@ -5,7 +5,7 @@ you run by hand) with the master and one worker, runs site.yml on it, and tears 
 when tests fail.  test_provision.py runs first: it checks that first provision, then grows the cluster
 by one worker (a cold provision of the new node beside a re-run of the others) to the seed's three
 nodes, on which every other module runs (`plab`; it grows the lab itself when test_provision did not).
-test_reconfigure.py runs last: it changes settings and leaves them, just before the lab goes.
+test_reconfigure.py runs last: it changes a Ray setting and leaves it, just before the lab goes.
 Starting from two nodes rather than three keeps the cold provision, the check-mode run and the later
 suites on as few hosts as their checks need, on a 2-core machine.
 """
@@ -60,7 +60,7 @@ SEED_NODES = 3
 
 
 # test_provision.py first: it starts from the fresh two-node lab and grows it; test_reconfigure.py last:
-# it leaves the lab with settings of its own.  Stable otherwise.
+# it leaves the lab with a setting of its own.  Stable otherwise.
 ORDER = {"test_provision.py": 0, "test_reconfigure.py": 2}
 
 

@@ -39,15 +39,6 @@ def test_provision_from_empty_package_lists_prints_no_warnings(fresh_lab) -> Non
     assert "Install sshfs" in out and "Refresh the package lists when they are missing or stale" in out
 
 
-def test_one_layer_re_runs_alone_with_its_tag(fresh_lab) -> None:
-    """`--tags ray` runs the Ray layer (after preflight) and nothing else, and changes nothing."""
-    proc, rc = fresh_lab.playbook("--tags", "ray", timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    roles = set(re.findall(r"^TASK \[(\w+) : (?!Validating arguments)", proc.stdout, re.M))
-    assert "ray" in roles and roles <= {"ray"}, roles
-    assert all(v["changed"] == 0 for v in rc.values()), rc
-
-
 def test_base_infra(fresh_lab) -> None:
     out = fresh_lab.infra("tests/infra/test_base.py")
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
@@ -71,23 +62,32 @@ def test_check_mode_on_a_provisioned_cluster_changes_nothing(fresh_lab) -> None:
     assert not changed, f"--check would change something: {changed}:\n{_changed_tasks(proc.stdout)}"
 
 
-def _ray_pid(lab, host: str) -> str:
-    """The running Ray unit's main PID on a host (ray-head on the master, ray-worker elsewhere)."""
-    return next((pid for unit, pid in daemons(lab.spec, host).items() if unit.startswith("ray-")), "0")
+def _units(running: dict[str, str], prefix: str) -> dict[str, str]:
+    """The running units (-> main PID) whose names start with ``prefix``."""
+    return {u: pid for u, pid in running.items() if u.startswith(prefix)}
 
 
 def test_growing_the_cluster_by_one_worker(fresh_lab) -> None:
     """`fab lab-add-worker` (and its port forward), provision: the new node is in /etc/hosts, the SSH mesh,
-    the master's forwards and Ray everywhere, and Ray on the others was not restarted.  The next test
-    re-runs site.yml on the grown cluster; the later suites check it."""
+    the master's forwards and Ray everywhere; on the others Ray kept running and Hadoop, whose files
+    changed, restarted.  The next test re-runs site.yml on the grown cluster; the later suites check it."""
     old = [h.name for h in fresh_lab.spec.hosts]
-    pids = {h: _ray_pid(fresh_lab, h) for h in old}
-    assert all(p.isdigit() and p != "0" for p in pids.values()), pids
+    before = {h: daemons(fresh_lab.spec, h) for h in old}
+    assert all(_units(before[h], "ray-") and _units(before[h], "hadoop-") for h in old), before
     proc = fresh_lab.grow()
     new = fresh_lab.spec.hosts[-1].name
     assert new not in old and new in (fresh_lab.inventory / "hosts.yml").read_text()
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert {h: _ray_pid(fresh_lab, h) for h in old} == pids, "Ray was restarted on the nodes already in the cluster"
+    after = {h: daemons(fresh_lab.spec, h) for h in old}
+    for h in old:
+        assert _units(after[h], "ray-") == _units(before[h], "ray-"), \
+            f"{h}: Ray was restarted on a node already in the cluster: {before[h]} -> {after[h]}"
+        # Hadoop's files on the old nodes did change (workers names the new node, dfs.replication 2 -> 3):
+        # the handler restarts every running Hadoop daemon with them.
+        restarted = _units(after[h], "hadoop-")
+        kept = [u for u, pid in restarted.items() if before[h].get(u) == pid]
+        assert set(restarted) == set(_units(before[h], "hadoop-")) and not kept, \
+            f"{h}: Hadoop daemons not restarted after their files changed: {before[h]} -> {after[h]}"
     out = fresh_lab.infra("tests/infra/test_base.py", k="hosts or mesh or nat or forward")
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
     n = len(fresh_lab.spec.hosts)
