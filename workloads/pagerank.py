@@ -232,7 +232,8 @@ class RowBlock:
     """
 
     def __init__(self, rows: int, arcs: list[np.ndarray], n: int, cuts: np.ndarray | None = None) -> None:
-        """``arcs`` is ``[to, frm]``, taken out of the list: the block's arrays replace them in memory
+        """``arcs`` is ``[to, frm]``, taken out of the list and over (int32 ``to`` is overwritten with the
+        sort key): the block's arrays replace them in memory
         (at most ~13 B per arc while it is built: the sort key, made in place of ``to``, the sources, the
         block's columns and one byte of scratch)."""
         from scipy.sparse._sparsetools import coo_tocsr
@@ -323,8 +324,9 @@ class Chunk:
 
 
 def csr_pattern(rows: int, to: np.ndarray, frm: np.ndarray, n: int, cuts: np.ndarray | None = None) -> RowBlock:
-    """The worker's rows (``to`` in 0..rows-1) as a :class:`RowBlock`, hub rows split at column ``cuts``."""
-    return RowBlock(rows, [to, frm], n, cuts)
+    """The worker's rows (``to`` in 0..rows-1) as a :class:`RowBlock`, hub rows split at column ``cuts``;
+    ``to`` and ``frm`` are copied (the block would take int32 arrays over)."""
+    return RowBlock(rows, [np.array(to, dtype=np.int32), np.array(frm, dtype=np.int32)], n, cuts)
 
 
 def take_arcs(pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -143,8 +143,9 @@ def test_row_block_in_column_segments_is_the_matrix(monkeypatch, segments, chunk
     rows (one longer row alone): the same matrix, the same product."""
     rng = np.random.default_rng(segments)
     n, rows = 60, 25
-    to = np.minimum(rng.geometric(0.15, 700) - 1, rows - 1)  # long rows first, as in degree order
-    frm = rng.integers(0, n, 700)
+    # int32, as a worker's arcs are: the block must leave the caller's arrays as they were (used below)
+    to = np.minimum(rng.geometric(0.15, 700) - 1, rows - 1).astype(np.int32)  # long rows first, as in degree order
+    frm = rng.integers(0, n, 700, dtype=np.int32)
     monkeypatch.setattr(pagerank, "HUB_ARCS", 20)
     monkeypatch.setattr(pagerank, "SPMV_CHUNK_ARCS", chunk)
     block = pagerank.csr_pattern(rows, to, frm, n, pagerank.column_cuts(np.bincount(frm, minlength=n), segments))
