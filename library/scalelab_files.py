@@ -15,7 +15,8 @@ description:
     item (a fresh Python on the host each); this costs one for all of them. Render the contents on the
     controller (the P(ansible.builtin.template#lookup) lookup) and pass them here.
   - A file is written through a temporary file in its own directory and moved into place, so a reader
-    sees the old content or the new one, never part of either.
+    sees the old content or the new one, never part of either. A link at a file's path is replaced by
+    the file; a link to a directory at a directory's path stands for that directory.
   - Keep secrets out of O(files) or set C(no_log) on the task: contents appear in C(--diff) output.
 options:
   directories:
@@ -99,7 +100,9 @@ def _directory(module, entry):
         module.fail_json(msg=f"{path} exists and is not a directory: move it away, then run again")
     if os.path.isdir(b_path):
         diffs = []
-        return _attributes(module, entry, False, diffs), diffs
+        # A link to a directory (a data directory on another disk) stands for it, as with `file`.
+        target = dict(entry, path=os.path.realpath(path))
+        return _attributes(module, target, False, diffs), diffs
     diffs = [{"before": {"path": path, "state": "absent"}, "after": {"path": path, "state": "directory"}}]
     if not module.check_mode:
         os.makedirs(b_path)
@@ -117,7 +120,8 @@ def _file(module, entry):
     b_dir = os.path.dirname(b_path)
     if not os.path.isdir(b_dir) and not module.check_mode:
         module.fail_json(msg=f"{path}: its directory {to_native(b_dir)} does not exist: list it in directories")
-    exists = os.path.isfile(b_path)
+    # A link is replaced by the file (as `template` and `copy` do by default), never written through.
+    exists = os.path.isfile(b_path) and not os.path.islink(b_path)
     before = b""
     if exists:
         with open(b_path, "rb") as f:

@@ -77,6 +77,22 @@ def test_an_attribute_alone_is_set_and_reported_without_rewriting(tmp_path):
     assert mode(conf) == "0644" and conf.stat().st_ino == inode
 
 
+def test_a_link_to_a_directory_stands_for_it_and_a_link_at_a_file_path_is_replaced(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir(mode=0o755)
+    (tmp_path / "data").symlink_to(disk)
+    elsewhere = tmp_path / "elsewhere.conf"
+    elsewhere.write_text("keep\n")
+    (tmp_path / "app.conf").symlink_to(elsewhere)
+    args = {"directories": [{"path": str(tmp_path / "data"), "mode": "0700"}],
+            "files": [{"path": str(tmp_path / "app.conf"), "content": "keep\n", "mode": "0644"}]}
+    first = run(tmp_path, **args)
+    assert first["changed_paths"] == [str(tmp_path / "data"), str(tmp_path / "app.conf")]
+    assert mode(disk) == "0700" and (tmp_path / "data").is_symlink()
+    assert not (tmp_path / "app.conf").is_symlink() and elsewhere.read_text() == "keep\n"
+    assert run(tmp_path, **args)["changed"] is False
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 def test_owner_and_group_are_set(tmp_path):
     conf = tmp_path / "app.conf"
