@@ -9,8 +9,9 @@ DOCUMENTATION = r"""
 module: scalelab_files
 short_description: Make several directories and write several small files in one module run
 description:
-  - Makes each of O(directories) (and missing parents) and gives it its owner, group and mode, then
-    writes each of O(files) whose content differs and gives it its owner, group and mode.
+  - Makes each of O(directories) and gives it its owner, group and mode (missing parents too, as
+    M(ansible.builtin.file) does), then writes each of O(files) whose content differs and gives it its
+    owner, group and mode.
   - A loop of M(ansible.builtin.file) or M(ansible.builtin.template) costs one or two module runs per
     item (a fresh Python on the host each); this costs one for all of them. Render the contents on the
     controller (the P(ansible.builtin.template#lookup) lookup) and pass them here.
@@ -105,8 +106,12 @@ def _directory(module, entry):
         return _attributes(module, target, False, diffs), diffs
     diffs = [{"before": {"path": path, "state": "absent"}, "after": {"path": path, "state": "directory"}}]
     if not module.check_mode:
-        os.makedirs(b_path)
-        _attributes(module, entry, True, [])
+        missing = [b_path]
+        while not os.path.isdir(os.path.dirname(missing[-1])):
+            missing.append(os.path.dirname(missing[-1]))
+        for b_dir in reversed(missing):  # missing parents get the same attributes, as with `file`
+            os.mkdir(b_dir)
+            _attributes(module, dict(entry, path=to_native(b_dir, errors="surrogate_or_strict")), True, [])
     return True, diffs
 
 

@@ -53,6 +53,9 @@ def test_makes_directories_and_files_then_a_second_run_changes_nothing(tmp_path)
     assert conf.read_text() == "a = 1\n" and (deep / "x.conf").read_text(encoding="utf-8") == "ü\n"
     assert [mode(tmp_path / "etc/app"), mode(deep), mode(conf), mode(deep / "x.conf")] == \
         ["0750", "0700", "0640", "0600"]
+    parents = run(tmp_path, directories=[{"path": str(tmp_path / "var/lib/x/y"), "mode": "0711"}])
+    assert parents["changed_paths"] == [str(tmp_path / "var/lib/x/y")]
+    assert [mode(tmp_path / p) for p in ("var", "var/lib", "var/lib/x", "var/lib/x/y")] == ["0711"] * 4
     again = run(tmp_path, directories=dirs, files=files)
     assert (again["changed"], again["changed_paths"], again["diff"]) == (False, [], [])
 
