@@ -18,7 +18,7 @@ description:
   - A file is written through a temporary file in its own directory and moved into place, so a reader
     sees the old content or the new one, never part of either. A link at a file's path is replaced by
     the file; a link to a directory at a directory's path stands for that directory.
-  - Keep secrets out of O(files) or set C(no_log) on the task: contents appear in C(--diff) output.
+  - Keep secrets out of O(files) or set C(no_log) on the task; contents appear in C(--diff) output.
 options:
   directories:
     description: Directories, made in the order given (parents first when both are listed).
@@ -26,24 +26,49 @@ options:
     elements: dict
     default: []
     suboptions:
-      path: {description: Absolute path., type: path, required: true}
-      owner: {description: Owner (name or id)., type: str}
-      group: {description: Group (name or id)., type: str}
-      mode: {description: Mode, as an octal string like C("0750")., type: raw}
+      path:
+        description: Absolute path.
+        type: path
+        required: true
+      owner:
+        description: Owner (name or id).
+        type: str
+      group:
+        description: Group (name or id).
+        type: str
+      mode:
+        description: Mode, as an octal string like V(0750).
+        type: raw
   files:
     description: Files, written after the directories; a file's directory must exist or be listed.
     type: list
     elements: dict
     default: []
     suboptions:
-      path: {description: Absolute path., type: path, required: true}
-      content: {description: The whole content (text)., type: str, required: true}
-      owner: {description: Owner (name or id)., type: str}
-      group: {description: Group (name or id)., type: str}
-      mode: {description: Mode, as an octal string like C("0644")., type: raw}
+      path:
+        description: Absolute path.
+        type: path
+        required: true
+      content:
+        description: The whole content (text).
+        type: str
+        required: true
+      owner:
+        description: Owner (name or id).
+        type: str
+      group:
+        description: Group (name or id).
+        type: str
+      mode:
+        description: Mode, as an octal string like V(0644).
+        type: raw
 attributes:
-  check_mode: {support: full}
-  diff_mode: {support: full}
+  check_mode:
+    description: Reports what it would change and changes nothing.
+    support: full
+  diff_mode:
+    description: Shows each file's content before and after, and each changed attribute.
+    support: full
 author: scalelab
 """
 

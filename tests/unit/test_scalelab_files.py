@@ -150,3 +150,21 @@ def test_a_path_it_cannot_use_fails_in_one_line_naming_it(tmp_path, case, messag
         assert not target.parent.exists()
     assert result.get("failed") is True
     assert str(target) in result["msg"] and message in result["msg"] and "\n" not in result["msg"]
+
+
+def test_its_documentation_renders_with_the_options_it_takes(tmp_path):
+    def ansible_doc(*args):
+        out = subprocess.run([str(Path(sys.executable).parent / "ansible-doc"), *args, "-M", str(ROOT / "library"),
+                              "scalelab_files"], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "HOME": str(tmp_path)})
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert "OPTIONS" in ansible_doc()  # the text form: a stray 'key: value' in a description breaks it
+    options = json.loads(ansible_doc("--json"))["scalelab_files"]["doc"]["options"]
+    assert {name: sorted(o["suboptions"]) for name, o in options.items()} == {
+        "directories": ["group", "mode", "owner", "path"],
+        "files": ["content", "group", "mode", "owner", "path"],
+    }
+    unknown = run(tmp_path, files=[{"path": str(tmp_path / "f"), "content": "", "colour": "red"}])
+    assert unknown.get("failed") is True and "colour" in unknown["msg"]
