@@ -7,12 +7,15 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from scalelab import cluster as _cluster
+from scalelab import inventory as _inventory
 from scalelab import lab, labspec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,6 +50,23 @@ def fab(*args: str, timeout: float = 600, check: bool = True) -> subprocess.Comp
     if check and proc.returncode != 0:
         raise AssertionError(f"fab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def ray_alive(cl) -> int:
+    """Nodes Ray counts alive (ray.nodes() on the master); -1 when it cannot be asked."""
+    ray = _cluster.services(cl)["ray"]
+    return -1 if ray["error"] else ray["alive"]
+
+
+def wait_ray_whole(inventory_path: Path, timeout: float = 180) -> float:
+    """Seconds until Ray counts every node alive, and only those: after a power cut and a boot, the
+    node's old entry stays alive for Ray until its health checks fail (~30 s), beside the new one."""
+    cl = _inventory.load(inventory_path)
+    t0 = time.monotonic()
+    while (alive := ray_alive(cl)) != len(cl.nodes):
+        assert time.monotonic() - t0 < timeout, f"Ray not back to {len(cl.nodes)} nodes ({alive} alive)"
+        time.sleep(3)
+    return time.monotonic() - t0
 
 
 @contextmanager
