@@ -227,6 +227,28 @@ def test_venv_has_the_lock_and_workloads(host):
         not host.run("ls /var/cache/scalelab/wheelhouse").stdout.strip()
 
 
+# The .py files of the venv and the workloads that a graph run imports without a cached bytecode file.
+UNCACHED = """
+import importlib.util, os, sys
+import ray, torch, scipy.sparse, pyarrow.csv, workloads.pagerank, workloads.kmeans
+roots = (sys.prefix + os.sep, os.path.dirname(os.path.dirname(workloads.__file__)) + os.sep)
+for m in list(sys.modules.values()):
+    f = getattr(m, "__file__", None) or ""
+    if f.endswith(".py") and f.startswith(roots) and not os.path.exists(importlib.util.cache_from_source(f)):
+        print(f)
+"""
+
+
+def test_the_runs_imports_have_their_bytecode_cached(host):
+    """The venv and the workloads are root's, so no run's process can cache its bytecode there: the
+    role's check imports what the runs import as root, leaving it (else every Ray worker and torch rank
+    compiles them from source, ~2 CPU s a process)."""
+    r = host.run(f"PYTHONDONTWRITEBYTECODE=1 {VENV}/bin/python -c %s", UNCACHED)
+    assert r.rc == 0, r.stderr
+    missing = r.stdout.split()
+    assert not missing, f"{len(missing)} modules compiled at every start, e.g. {missing[:5]}"
+
+
 # --- Ray ----------------------------------------------------------------------------------------------
 
 def test_ray_unit_active(host, name, cluster):
