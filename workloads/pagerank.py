@@ -790,8 +790,7 @@ def iterate(part: PageRankPart, comm: _dist.Comm, bounds: np.ndarray, n: int, ar
     gather = comm.block_gatherer(np.diff(bounds), np.float64)
 
     def step_all(x: np.ndarray) -> tuple[np.ndarray, float]:
-        block, err = part.step(x)
-        return gather(block), float(comm.allreduce(np.array([err]))[0])
+        return gather(*part.step(x))  # the rows' new values and their L1 change, from every rank
 
     return power_iterate(step_all, n, args.tol, args.max_iter, advance)
 

@@ -75,12 +75,13 @@ class TwoRanks(_dist.Comm):
 def test_comm_reduces_in_rank_order_and_gathers_blocks_into_alternating_vectors():
     import numpy as np
 
-    comm = TwoRanks([np.array([5, 1]), np.array([2.0]), np.array([3.0])])
+    comm = TwoRanks([np.array([5, 1]), np.array([2.0]), np.array([0.5]), np.array([3.0]), np.array([0.25])])
     assert comm.allreduce(np.array([1, 4]), "max").tolist() == [5, 4]
     gather = comm.block_gatherer([1, 1], np.float64)
-    first = gather(np.array([1.0]))
-    second = gather(np.array([4.0]))
+    first, s1 = gather(np.array([1.0]), 0.125)
+    second, s2 = gather(np.array([4.0]), 1.0)
     assert first.tolist() == [1.0, 2.0] and second.tolist() == [4.0, 3.0]  # the first is still valid
+    assert (s1, s2) == (0.625, 1.25)
 
 
 def alltoall_on_this_rank(comm) -> int:
@@ -97,23 +98,46 @@ def alltoall_on_this_rank(comm) -> int:
 
 
 def gather_blocks_on_this_rank(comm) -> int:
-    """Blocks of unequal sizes (one empty) land in rank order; the previous vector stays valid."""
+    """Blocks of unequal sizes (one empty, one above RayComm.INLINE_BYTES) land in rank order with the
+    sum of the ranks' values; the previous vector stays valid."""
     import numpy as np
 
-    sizes = [2, 0, 3][:comm.world]
+    sizes = [2, 0, 9000][:comm.world]
     mine = sum(sizes[:comm.rank])
     gather = comm.block_gatherer(sizes, np.float64)
-    first = gather(np.arange(mine, mine + sizes[comm.rank], dtype=np.float64))
-    second = gather(-np.arange(mine, mine + sizes[comm.rank], dtype=np.float64))
+    first, s1 = gather(np.arange(mine, mine + sizes[comm.rank], dtype=np.float64), 2.0 ** comm.rank)
+    second, s2 = gather(-np.arange(mine, mine + sizes[comm.rank], dtype=np.float64), 0.5)
     n = sum(sizes)
-    assert first.tolist() == list(range(n)), f"rank {comm.rank}: {first.tolist()}"
-    assert second.tolist() == [-float(i) for i in range(n)], f"rank {comm.rank}: {second.tolist()}"
+    assert first.tolist() == list(range(n)), f"rank {comm.rank}: {first[:5].tolist()}"
+    assert second.tolist() == [-float(i) for i in range(n)], f"rank {comm.rank}: {second[:5].tolist()}"
+    assert (s1, s2) == (2.0 ** comm.world - 1, 0.5 * comm.world), f"rank {comm.rank}: {s1}, {s2}"
     return 0
+
+
+def gather_body(args, info, rec, comm) -> None:
+    gather_blocks_on_this_rank(comm)
+    rec["ranks"] = comm.world
 
 
 @pytest.mark.slow
 def test_torch_block_gatherer_puts_unequal_blocks_in_rank_order():
     assert _dist.spawn_torch(3, _dist.torch_rank, (gather_blocks_on_this_rank, ()), timeout_s=300) == [0, 0, 0]
+
+
+@pytest.mark.slow
+def test_ray_block_gatherer_puts_unequal_blocks_in_rank_order():
+    import argparse
+
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
+    try:
+        rec: dict = {"timings_s": {}}
+        args = argparse.Namespace(workers=3, address=None, timeout=300, launch_t=time.time())
+        _dist.ray_ranks(gather_body)(args, None, rec, None)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert rec["ranks"] == 3
 
 
 def alltoall_body(args, info, rec, comm) -> None:
