@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,9 +76,15 @@ def test_rmdir_tree_removes_empty_cgroups_deepest_first_and_keeps_a_busy_one(
 
 
 def test_comm_names_a_live_process_and_is_empty_for_a_gone_one() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    assert lab._comm(os.getpid()).startswith("python")
+    proc = subprocess.Popen(["sleep", "60"])  # a name of our choosing (pytest's own is pytest or python)
+    try:
+        deadline = time.monotonic() + 10  # the child may not have reached its exec yet
+        while lab._comm(proc.pid) != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lab._comm(proc.pid) == "sleep"
+    finally:
+        proc.kill()
+        proc.wait()
     assert lab._comm(proc.pid) == ""  # reaped: its /proc entry is gone
 
 
