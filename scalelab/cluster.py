@@ -399,12 +399,15 @@ def put_data(inventory: Path, name: str, say: Callable[[str], None] = print,
 
 def sync_code(cluster: Cluster, say: Callable[[str], None] = print) -> dict[str, str]:
     """This checkout's workloads package on every node, as the python_env role ships it (the same tar
-    at <src>/.workloads.tar, unpacked in place of the old package); {node: its workloads hash}."""
+    at <src>/.workloads.tar, unpacked in place of the old package), its bytecode compiled as root (the
+    runs' user cannot write it there, and every rank would compile the package again); {node: its
+    workloads hash}."""
     import tempfile
 
     from scalelab import provenance as _prov
     from scalelab.wheelhouse import pack_tree
     src = str(node_var(cluster, "scalelab_src"))
+    py = shlex.quote(f"{node_var(cluster, 'scalelab_venv')}/bin/python")
     with tempfile.TemporaryDirectory() as tmp:
         tar = Path(tmp) / "workloads.tar"
         pack_tree(_prov.WORKLOADS_DIR, tar)
@@ -413,6 +416,8 @@ def sync_code(cluster: Cluster, say: Callable[[str], None] = print) -> dict[str,
            ".workloads.tar && rm -rf workloads.new && mkdir workloads.new && "
            "tar -xf .workloads.tar -C workloads.new --no-same-owner && rm -rf workloads && "
            "mv workloads.new/workloads workloads && rmdir workloads.new && "
+           # a file that does not compile fails its run with the error; the copy stands as it is
+           f"{{ {py} -m compileall -q workloads >/dev/null 2>&1 || true; }} && "
            f"{_prov.node_code_hash_command(src)}")
     res = parallel(lambda n: _prov.remote(n, cmd, root=True, timeout=120, input=data), cluster.nodes)
     for r in res.values():
