@@ -890,7 +890,10 @@ def run_torch_worker(fn: Callable, cfg: dict) -> dict:
     import torch.distributed as dist
     ctx = torch_context(cfg["device"])
     try:
-        return fn(cfg, ctx)
+        result = fn(cfg, ctx)
+        if dist.is_initialized():  # no rank tears its group down while another still talks to it
+            dist.barrier()
+        return result
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
