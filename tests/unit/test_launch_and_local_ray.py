@@ -124,8 +124,9 @@ def test_torch_block_gatherer_puts_unequal_blocks_in_rank_order():
     assert _dist.spawn_torch(3, _dist.torch_rank, (gather_blocks_on_this_rank, ()), timeout_s=300) == [0, 0, 0]
 
 
-@pytest.mark.slow
-def test_ray_block_gatherer_puts_unequal_blocks_in_rank_order():
+def run_ray_ranks(body, workers: int) -> tuple[dict, float]:
+    """``body`` on ``workers`` Ray ranks of a local Ray, as a run's driver does; (rank 0's record,
+    seconds from the launch to the driver's return, Ray's teardown included)."""
     import argparse
 
     from ray import cloudpickle
@@ -133,10 +134,16 @@ def test_ray_block_gatherer_puts_unequal_blocks_in_rank_order():
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
     try:
         rec: dict = {"timings_s": {}}
-        args = argparse.Namespace(workers=3, address=None, timeout=300, launch_t=time.time())
-        _dist.ray_ranks(gather_body)(args, None, rec, None)
+        args = argparse.Namespace(workers=workers, address=None, timeout=300, launch_t=time.time())
+        _dist.ray_ranks(body)(args, None, rec, None)
+        return rec, time.time() - args.launch_t
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.mark.slow
+def test_ray_block_gatherer_puts_unequal_blocks_in_rank_order():
+    rec, _ = run_ray_ranks(gather_body, 3)
     assert rec["ranks"] == 3
 
 
@@ -152,18 +159,7 @@ def test_torch_alltoall_delivers_every_piece_and_empties_the_senders_list():
 
 @pytest.mark.slow
 def test_ray_alltoall_delivers_every_piece_and_empties_the_senders_list():
-    import argparse
-
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
-    try:
-        rec: dict = {"timings_s": {}}
-        args = argparse.Namespace(workers=2, address=None, timeout=300, launch_t=time.time())
-        _dist.ray_ranks(alltoall_body)(args, None, rec, None)
-        ended = time.time() - args.launch_t
-    finally:
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    rec, ended = run_ray_ranks(alltoall_body, 2)
     assert rec["ranks"] == 2
     # the run ends when every rank is done: Ray's teardown after it (~1.5 s here) is not in the total
     assert 0 < rec["timings_s"]["total"] < ended
