@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -394,16 +395,19 @@ class Comm:
         of one number per rank beside it (rank order, as :meth:`allreduce`): ``gather(block, value) ->
         (vector, total)``.  Vectors alternate between two buffers, so the previous one stays valid
         while the next is gathered."""
-        outs = [np.empty(int(sum(sizes)), dtype=dtype) for _ in range(2)]
-        turn = [0]
+        outs = self.vectors(sizes, dtype)
 
         def gather(block: np.ndarray, value: float) -> tuple[np.ndarray, float]:
-            out = outs[turn[0]]
-            turn[0] ^= 1
+            out = next(outs)
             np.concatenate(self.allgather(block), out=out)
             return out, float(self.allreduce(np.array([value], dtype=np.float64))[0])
 
         return gather
+
+    @staticmethod
+    def vectors(sizes: Sequence[int], dtype: Any) -> Iterator[np.ndarray]:
+        """The two vectors a block gatherer fills by turns."""
+        return itertools.cycle([np.empty(int(sum(sizes)), dtype=dtype) for _ in range(2)])
 
     def guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run one phase on every rank; if any rank failed, all raise the same error (no rank blocks)."""
@@ -499,18 +503,15 @@ class TorchComm(Comm):
         mine = sizes[self.rank]
         send = np.empty(mine * self.world, dtype=dtype)  # the block once per receiver
         send_t = torch.from_numpy(send)
-        outs = [np.empty(sum(sizes), dtype=dtype) for _ in range(2)]
-        outs_t = [torch.from_numpy(o) for o in outs]
-        turn = [0]
+        outs = self.vectors(sizes, dtype)
 
         def gather(block: np.ndarray, value: float) -> tuple[np.ndarray, float]:
             for r in range(self.world):
                 send[r * mine:(r + 1) * mine] = block
-            out = turn[0]
-            turn[0] ^= 1
-            self.dist.all_to_all_single(outs_t[out], send_t, output_split_sizes=sizes,
+            out = next(outs)
+            self.dist.all_to_all_single(torch.from_numpy(out), send_t, output_split_sizes=sizes,
                                         input_split_sizes=[mine] * self.world)
-            return outs[out], float(self.allreduce(np.array([value], dtype=np.float64))[0])
+            return out, float(self.allreduce(np.array([value], dtype=np.float64))[0])
 
         return gather
 
@@ -585,20 +586,15 @@ class RayComm(Comm):
         """As :meth:`Comm.block_gatherer`, in one round of the hub: the value travels beside the block
         (a round costs ~2.5 ms between the lab's nodes before any array is pulled, and PageRank gathers
         once per iteration)."""
-        outs = [np.empty(int(sum(sizes)), dtype=dtype) for _ in range(2)]
-        turn = [0]
+        outs = self.vectors(sizes, dtype)
 
         def gather(block: np.ndarray, value: float) -> tuple[np.ndarray, float]:
             items = self._exchange([self._wrap(np.ascontiguousarray(block)), float(value)])
             blocks = [b for b, _ in items]
             blocks[self.rank] = block
-            total = np.array([items[0][1]], dtype=np.float64)
-            for _, v in items[1:]:  # rank order, as allreduce adds
-                total += v
-            out = outs[turn[0]]
-            turn[0] ^= 1
+            out = next(outs)
             np.concatenate(self._fetch(blocks), out=out)
-            return out, float(total[0])
+            return out, sum(v for _, v in items)  # rank order, as allreduce adds
 
         return gather
 
