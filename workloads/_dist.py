@@ -10,7 +10,7 @@ Two ways to run, both for each runtime:
 
 A graph workload supplies one SPMD *body* (``body(args, info, rec, comm)``) that every rank runs and
 that fills the result record; ``comm`` (:class:`Comm`) is the only thing that differs between the
-runtimes: :class:`TorchComm` (gloo), :class:`RayComm` (Ray actors meeting at a :class:`RayHub`, arrays
+runtimes: :class:`TorchComm` (gloo), :class:`RayComm` (Ray actors calling each other, larger arrays
 through the object store) or :class:`LocalComm` (one process).  This module wraps the body so that a
 user error prints one ``error: ...`` line, exits 2 and writes a failed record, no rank stays blocked in
 a collective when another fails (:meth:`Comm.guard`), and ``--timeout`` stops a run that hangs.
@@ -262,7 +262,8 @@ def start_local_ray(num_cpus: int | None, train: bool = False, attempts: int = 3
         else:
             extra = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         try:
-            ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **extra)
+            ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1",
+                     _system_config={"max_direct_call_object_size": RayComm.INLINE_BYTES}, **extra)
             return
         except Exception as exc:  # Ray's raylet waits only 30 s, which a loaded machine can miss
             ray.shutdown()
@@ -315,13 +316,13 @@ def ray_nodes_wanted() -> int | None:
     return int(raw) if raw else None
 
 
-def ray_actors(cls: type, workers: int, *args: Any) -> list[Any]:
-    """One actor per worker (1 CPU each).  With SCALELAB_RAY_NODES=N they go into a STRICT_SPREAD
+def ray_actors(cls: type, workers: int, *args: Any, threads: int = 1) -> list[Any]:
+    """One actor per worker (1 CPU each; ``threads``: its methods that may run at once).  With SCALELAB_RAY_NODES=N they go into a STRICT_SPREAD
     placement group of N bundles, i.e. exactly N distinct nodes, the same nodes torchrun would use;
     otherwise they are spread over the cluster's nodes."""
     import ray
 
-    remote = ray.remote(num_cpus=1)(cls)
+    remote = ray.remote(num_cpus=1, max_concurrency=threads)(cls)
     nodes = ray_nodes_wanted()
     if not nodes:
         return [remote.options(scheduling_strategy="SPREAD").remote(rank, workers, *args)
@@ -364,7 +365,7 @@ class Comm:
     arrays.  Only arrays cross between workers (never pickles: a peer's bytes are data, not code).
 
     Subclasses give :meth:`allgather` and may override the others with a faster form:
-    :class:`LocalComm` (one process), :class:`TorchComm` (gloo), :class:`RayComm` (the object store).
+    :class:`LocalComm` (one process), :class:`TorchComm` (gloo), :class:`RayComm` (actor calls).
     """
 
     rank = 0
@@ -516,108 +517,90 @@ class TorchComm(Comm):
         return gather
 
 
-class RayHub:
-    """The meeting point of a Ray job's ranks (an async actor): round r of a collective returns, to
-    every rank, the list of what each rank brought to round r.  Large arrays travel as object refs
-    (the hub never fetches them); each rank gets the others' arrays from the object store."""
-
-    def __init__(self, world: int) -> None:
-        import asyncio
-
-        self.world, self.asyncio, self.rounds = world, asyncio, {}
-
-    async def exchange(self, rnd: int, rank: int, item: Any) -> list[Any]:
-        slot = self.rounds.setdefault(rnd, {"items": [None] * self.world, "in": 0, "out": 0,
-                                            "done": self.asyncio.Event()})
-        slot["items"][rank] = item
-        slot["in"] += 1
-        if slot["in"] == self.world:
-            slot["done"].set()
-        await slot["done"].wait()
-        slot["out"] += 1
-        if slot["out"] == self.world:
-            del self.rounds[rnd]
-        return slot["items"]
-
-
 class RayComm(Comm):
-    """Collectives of Ray actors through a :class:`RayHub` and the object store (zero-copy reads of
-    read-only arrays on one node)."""
+    """Collectives of Ray actors, peer to peer: in round r every rank calls each other rank's
+    :meth:`RayRank.deliver` with what it sends there, and waits until every peer's item of round r is
+    in its mailbox (one call between two ranks, no meeting point: a round through a hub actor took
+    two calls and, between the lab's nodes, two object-store pulls per rank).
 
-    INLINE_BYTES = 1 << 16  # smaller arrays go inline with the hub's message
+    Arrays up to :data:`INLINE_BYTES` travel inside the call (Ray sends them so when its
+    ``max_direct_call_object_size`` allows: :func:`start_local_ray` and the ray role set it to
+    this).  A larger array is put in the object store once and passed as a top-level argument,
+    which Ray fetches to the receiver's node before the call runs (zero-copy on one node)."""
 
-    def __init__(self, rank: int, world: int, hub: Any) -> None:
-        self.rank, self.world, self.hub = rank, world, hub
+    INLINE_BYTES = 4 << 20
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+        self.peers: list[Any] = []
         self.round = 0
-        self.keep: list[Any] = []  # this rank's objects of the last round: alive until every rank read them
+        self.box: dict[int, dict[int, tuple[Any, float]]] = {}
+        self.arrived = threading.Condition()
 
-    def _wrap(self, a: np.ndarray) -> Any:
+    def deliver(self, rnd: int, sender: int, array: Any, value: float) -> None:
+        """Called by the peer ``sender`` (in another thread of this actor)."""
+        with self.arrived:
+            self.box.setdefault(rnd, {})[sender] = (array, value)
+            self.arrived.notify_all()
+
+    def _send(self, a: np.ndarray | None) -> Any:
         import ray
 
-        if a.nbytes <= self.INLINE_BYTES:
+        if a is None or a.nbytes <= self.INLINE_BYTES:
             return a
-        ref = ray.put(a)
-        self.keep.append(ref)
-        return [ref]  # nested, so that the hub passes the ref on instead of fetching the array
+        return ray.put(np.ascontiguousarray(a))
 
-    def _exchange(self, item: Any) -> list[Any]:
-        import ray
-
+    def _exchange(self, items: list[Any], value: float = 0.0) -> list[tuple[Any, float]]:
+        """``items[p]`` (an array, a ref of one, or None) with ``value`` to each peer p; returns what
+        each rank sent here in rank order, this rank's own item in its place."""
         self.round += 1
-        kept, self.keep = self.keep, []
-        items = ray.get(self.hub.exchange.remote(self.round, self.rank, item))
-        del kept  # every rank reached this round, so every read of the last one is done
-        return items
-
-    @staticmethod
-    def _fetch(items: list[Any]) -> list[np.ndarray]:
-        import ray
-
-        refs = [i[0] for i in items if isinstance(i, list)]
-        got = iter(ray.get(refs)) if refs else iter(())
-        return [next(got) if isinstance(i, list) else i for i in items]
+        rnd = self.round
+        for p, peer in enumerate(self.peers):
+            if p != self.rank:
+                peer.deliver.remote(rnd, self.rank, items[p], value)
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.box.get(rnd, ())) == self.world - 1)
+            got = self.box.pop(rnd, {})  # none in a world of one
+        got[self.rank] = (items[self.rank], value)
+        return [got[r] for r in range(self.world)]
 
     def allgather(self, a: np.ndarray) -> list[np.ndarray]:
-        items = self._exchange(self._wrap(np.ascontiguousarray(a)))
-        items[self.rank] = a
-        return self._fetch(items)
+        sent = self._send(a)
+        rows = self._exchange([a if p == self.rank else sent for p in range(self.world)])
+        return [r for r, _ in rows]
 
     def block_gatherer(self, sizes: Sequence[int], dtype: Any) -> Gatherer:
-        """As :meth:`Comm.block_gatherer`, in one round of the hub: the value travels beside the block
-        (a round costs ~2.5 ms between the lab's nodes before any array is pulled, and PageRank gathers
-        once per iteration)."""
+        """As :meth:`Comm.block_gatherer`, in one round: the value travels beside the block."""
         outs = self.vectors(sizes, dtype)
 
         def gather(block: np.ndarray, value: float) -> tuple[np.ndarray, float]:
-            items = self._exchange([self._wrap(np.ascontiguousarray(block)), float(value)])
-            blocks = [b for b, _ in items]
-            blocks[self.rank] = block
+            sent = self._send(block)
+            rows = self._exchange([block if p == self.rank else sent for p in range(self.world)], float(value))
             out = next(outs)
-            np.concatenate(self._fetch(blocks), out=out)
-            return out, sum(v for _, v in items)  # rank order, as allreduce adds
+            np.concatenate([b for b, _ in rows], out=out)
+            return out, sum(v for _, v in rows)  # rank order, as allreduce adds
 
         return gather
 
     def alltoall(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
-        own = pieces[self.rank]
-        mine = [None if r == self.rank else self._wrap(np.ascontiguousarray(p)) for r, p in enumerate(pieces)]
-        pieces.clear()  # the object store holds the copies now
-        rows = self._exchange(mine)
-        items = [own if v == self.rank else rows[v][self.rank] for v in range(self.world)]
-        return self._fetch(items)
+        items = [p if r == self.rank else self._send(p) for r, p in enumerate(pieces)]
+        pieces.clear()  # the calls or the object store hold the copies now
+        return [r for r, _ in self._exchange(items)]
 
 
 # ------------------------------------------------------------------------------------ Ray ranks
 class RayRank:
-    """A Ray actor that runs a workload's body as one rank of ``world`` (:class:`RayComm`)."""
+    """A Ray actor that runs a workload's body as one rank of ``world`` (:class:`RayComm`); a threaded
+    actor, so that its peers' deliveries land while :meth:`run` is busy."""
 
-    def __init__(self, rank: int, world: int, hub: Any) -> None:
-        self.comm = RayComm(rank, world, hub)
+    def __init__(self, rank: int, world: int) -> None:
+        self.comm = RayComm(rank, world)
 
-    def node_id(self) -> str:
-        import ray
+    def connect(self, peers: list[Any]) -> None:
+        self.comm.peers = peers
 
-        return ray.get_runtime_context().get_node_id()
+    def deliver(self, rnd: int, sender: int, array: Any, value: float) -> None:
+        self.comm.deliver(rnd, sender, array, value)
 
     def run(self, body: Body, args: argparse.Namespace, info: InputInfo, rec: dict) -> dict | None:
         body(args, info, rec, self.comm)
@@ -632,8 +615,9 @@ def ray_ranks(body: Body) -> Body:
         import ray
 
         with ray_session(args.workers, args.address):
-            hub = ray.remote(num_cpus=0)(RayHub).remote(args.workers)
-            actors = ray_actors(RayRank, args.workers, hub)
+            # a rank's run, and its peers' deliveries one at a time
+            actors = ray_actors(RayRank, args.workers, threads=2)
+            ray_get([a.connect.remote(actors) for a in actors])
             pending = {a.run.remote(body, args, info, rec): r for r, a in enumerate(actors)}
             result = None
             deadline = None if args.timeout is None else time.monotonic() + args.timeout
@@ -652,7 +636,7 @@ def ray_ranks(body: Body) -> Body:
                 # teardown (ending the actors and a local Ray takes another 1.5-2 s here)
                 result["timings_s"]["total"] = since_launch(args)
             finally:
-                for a in [*actors, hub]:
+                for a in actors:
                     ray.kill(a)
         rec.update(result)
 

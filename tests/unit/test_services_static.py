@@ -20,6 +20,7 @@ import yaml
 from scalelab import cluster, wheelhouse
 from scalelab.errors import UserError
 from scalelab.inventory import Cluster, Node
+from workloads._dist import RayComm
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv/bin"
@@ -185,6 +186,8 @@ def test_ray_units_pin_every_port_to_the_private_address(tmp_path):
     assert "RAY_AUTH_MODE=token" in env and "RAY_AUTH_TOKEN_PATH=/etc/scalelab/ray_auth_token" in env
     assert "RAY_ADDRESS=10.9.1.1:6379" in env
     assert "RAY_worker_niceness=0" in env.splitlines()  # workers at torchrun's priority
+    # the ranks' arrays up to RayComm.INLINE_BYTES travel inside their calls
+    assert f"RAY_max_direct_call_object_size={RayComm.INLINE_BYTES}" in env.splitlines()
 
 
 @needs_ansible
