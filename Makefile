@@ -75,6 +75,7 @@ demo: setup lab-deps  ## lab up, provision, datasets, PageRank + k-means on Ray 
 
 bench: setup  ## benchmarks (timings live here, never in tests)
 	$(PY) -m bench.graph_bench
+	$(PY) -m bench.comm_bench
 
 bench-provision: setup lab-deps  ## site.yml on 3 fresh lab hosts, cold and re-run, beside the targets (root)
 	$(PY) -m bench.provision_bench
