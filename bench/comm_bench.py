@@ -1,7 +1,13 @@
 """`make bench` (second part): the cost of one collective round, Ray against torch.
 
-    .venv/bin/python -m bench.comm_bench                      # both runtimes, local ranks
-    .venv/bin/python -m bench.comm_bench --address HOST:6379 --framework ray   # Ray ranks on a cluster
+    .venv/bin/python -m bench.comm_bench                    # both runtimes, ranks on this machine
+
+On a cluster, the Ray ranks one per node: copy this file to the master and run it there as the
+cluster user (the nodes hold the workloads package; RAY_ADDRESS and the token come with the login
+shell; the Ray port is closed to the controller):
+
+    PYTHONPATH=/opt/scalelab/src SCALELAB_RAY_NODES=3 /opt/scalelab/venv/bin/python comm_bench.py \
+        --framework ray --workers 3
 
 PageRank gathers its vector once per iteration and k-means reduces its sums once per iteration, so a
 round of ``Comm.block_gatherer`` (each rank's block to every rank, and a number summed) is what a
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -86,19 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES_KB), help="block sizes in KB")
-    p.add_argument("--address", help="Ray cluster to run the Ray ranks on (default: a local Ray)")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="Ray cluster to run the Ray ranks on (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--timeout", type=float, default=600.0)
     args = p.parse_args(argv)
-    if args.address and args.framework != "ray":
-        p.error("--address runs Ray ranks only: add --framework ray")
     frameworks = ("ray", "torch") if args.framework == "both" else (args.framework,)
     results = {}
     for fw in frameworks:
         print(f"{fw}: {args.workers} ranks, {args.rounds} rounds per size ...", flush=True)
         results[fw] = run_ray(args) if fw == "ray" else run_torch(args)
-    print(f"\nms per block-gather round (slowest rank), {args.workers} ranks"
-          f"{' on ' + args.address if args.address else ', this machine'}; Ray sends arrays up to "
-          f"{_dist.RayComm.INLINE_BYTES >> 20} MiB inside its calls")
+    where = {"ray": f"the Ray cluster at {args.address}" if args.address else "this machine",
+             "torch": "this machine"}
+    print(f"\nms per block-gather round (slowest rank), {args.workers} ranks; "
+          + "; ".join(f"{fw} on {where[fw]}" for fw in frameworks)
+          + f"; Ray sends arrays up to {_dist.RayComm.INLINE_BYTES >> 20} MiB inside its calls")
     print(f"{'block (KB)':>12}" + "".join(f"{fw:>10}" for fw in frameworks)
           + ("     ray/torch" if len(frameworks) == 2 else ""))
     for kb in args.sizes:
