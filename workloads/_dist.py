@@ -596,13 +596,12 @@ class RayRank:
     def __init__(self, rank: int, world: int) -> None:
         self.comm = RayComm(rank, world)
 
-    def connect(self, peers: list[Any]) -> None:
-        self.comm.peers = peers
-
     def deliver(self, rnd: int, sender: int, array: Any, value: float) -> None:
         self.comm.deliver(rnd, sender, array, value)
 
-    def run(self, body: Body, args: argparse.Namespace, info: InputInfo, rec: dict) -> dict | None:
+    def run(self, body: Body, args: argparse.Namespace, info: InputInfo, rec: dict, peers: list[Any]) -> dict | None:
+        """``peers``: every rank's actor, in rank order (a peer may deliver before its own run starts)."""
+        self.comm.peers = peers
         body(args, info, rec, self.comm)
         return rec if self.comm.rank == 0 else None
 
@@ -617,8 +616,7 @@ def ray_ranks(body: Body) -> Body:
         with ray_session(args.workers, args.address):
             # a rank's run, and its peers' deliveries one at a time
             actors = ray_actors(RayRank, args.workers, threads=2)
-            ray_get([a.connect.remote(actors) for a in actors])
-            pending = {a.run.remote(body, args, info, rec): r for r, a in enumerate(actors)}
+            pending = {a.run.remote(body, args, info, rec, actors): r for r, a in enumerate(actors)}
             result = None
             deadline = None if args.timeout is None else time.monotonic() + args.timeout
             try:
