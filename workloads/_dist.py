@@ -550,6 +550,11 @@ class RayComm(Comm):
             return a
         return ray.put(np.ascontiguousarray(a))
 
+    def _to_every_rank(self, a: np.ndarray) -> list[Any]:
+        """The items that send ``a`` to every peer (put in the object store once if it is large)."""
+        sent = self._send(a)
+        return [a if p == self.rank else sent for p in range(self.world)]
+
     def _exchange(self, items: list[Any], value: float = 0.0) -> list[tuple[Any, float]]:
         """``items[p]`` (an array, a ref of one, or None) with ``value`` to each peer p; returns what
         each rank sent here in rank order, this rank's own item in its place."""
@@ -565,17 +570,14 @@ class RayComm(Comm):
         return [got[r] for r in range(self.world)]
 
     def allgather(self, a: np.ndarray) -> list[np.ndarray]:
-        sent = self._send(a)
-        rows = self._exchange([a if p == self.rank else sent for p in range(self.world)])
-        return [r for r, _ in rows]
+        return [r for r, _ in self._exchange(self._to_every_rank(a))]
 
     def block_gatherer(self, sizes: Sequence[int], dtype: Any) -> Gatherer:
         """As :meth:`Comm.block_gatherer`, in one round: the value travels beside the block."""
         outs = self.vectors(sizes, dtype)
 
         def gather(block: np.ndarray, value: float) -> tuple[np.ndarray, float]:
-            sent = self._send(block)
-            rows = self._exchange([block if p == self.rank else sent for p in range(self.world)], float(value))
+            rows = self._exchange(self._to_every_rank(block), float(value))
             out = next(outs)
             np.concatenate([b for b, _ in rows], out=out)
             return out, sum(v for _, v in rows)  # rank order, as allreduce adds
