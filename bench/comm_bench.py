@@ -34,7 +34,8 @@ WARM_ROUNDS = 3
 
 
 def time_rounds(comm: _dist.Comm, sizes_kb: tuple[int, ...], rounds: int) -> dict[str, float]:
-    """Milliseconds per block-gather round of this rank, for blocks of each size; checks what arrived."""
+    """Milliseconds per block-gather round of the slowest rank, for blocks of each size (every rank
+    gets them); checks what arrived."""
     out = {}
     for kb in sizes_kb:
         n = kb * 1000 // 8
@@ -48,20 +49,18 @@ def time_rounds(comm: _dist.Comm, sizes_kb: tuple[int, ...], rounds: int) -> dic
         out[str(kb)] = (time.perf_counter() - t0) / rounds * 1e3
         if vector[-1] != comm.world - 1 or total != comm.world:
             raise RuntimeError(f"rank {comm.rank}: a {kb} KB round gathered the wrong values")
-    return out
+    slowest = comm.allreduce(np.array(list(out.values())), "max")
+    return dict(zip(out, slowest.tolist(), strict=True))
 
 
 def ray_body(args: argparse.Namespace, info: object, rec: dict, comm: _dist.Comm) -> None:
-    times = time_rounds(comm, args.sizes, args.rounds)
-    slowest = comm.allreduce(np.array(list(times.values())), "max")
-    rec["ms_per_round"] = dict(zip(times, slowest.tolist(), strict=True))
+    rec["ms_per_round"] = time_rounds(comm, args.sizes, args.rounds)
 
 
 def torch_target(comm: _dist.Comm, sizes: tuple[int, ...], rounds: int, out: str) -> int:
     times = time_rounds(comm, sizes, rounds)
-    slowest = comm.allreduce(np.array(list(times.values())), "max")
     if comm.rank == 0:
-        Path(out).write_text(json.dumps(dict(zip(times, slowest.tolist(), strict=True))))
+        Path(out).write_text(json.dumps(times))
     return 0
 
 
