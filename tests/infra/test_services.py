@@ -16,6 +16,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from workloads._dist import RayComm
+
 VENV = "/opt/scalelab/venv"
 RAY_ENV = "/etc/scalelab/ray.env"
 TOKEN = "/etc/scalelab/ray_auth_token"
@@ -264,6 +266,15 @@ def test_ray_workers_run_at_nice_0(host):
     assert "RAY_worker_niceness=0" in host.file(RAY_ENV).content_string.splitlines()
     ps = host.run("ps -eo ni=,args= | awk '$2 ~ /^ray::/ {print $1}'")
     assert ps.rc == 0 and set(ps.stdout.split()) <= {"0"}, ps.stdout
+
+
+def test_ray_runs_with_the_inline_limit_the_workloads_send(host):
+    """The running raylet (its workers inherit its environment) passes arrays up to
+    RayComm.INLINE_BYTES inside calls: the role's ray.env, and Ray restarted after it changed."""
+    want = f"RAY_max_direct_call_object_size={RayComm.INLINE_BYTES}"
+    assert want in host.file(RAY_ENV).content_string.splitlines()
+    env = host.run("tr '\\0' '\\n' < /proc/$(pgrep -o -x raylet)/environ")
+    assert env.rc == 0 and want in env.stdout.splitlines(), env.stderr
 
 
 def test_ray_token_auth(host, cluster):
