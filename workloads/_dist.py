@@ -543,10 +543,10 @@ class RayComm(Comm):
             self.box.setdefault(rnd, {})[sender] = (array, value)
             self.arrived.notify_all()
 
-    def _send(self, a: np.ndarray | None) -> Any:
+    def _send(self, a: np.ndarray) -> Any:
         import ray
 
-        if a is None or a.nbytes <= self.INLINE_BYTES:
+        if a.nbytes <= self.INLINE_BYTES:
             return a
         return ray.put(np.ascontiguousarray(a))
 
@@ -556,7 +556,7 @@ class RayComm(Comm):
         return [a if p == self.rank else sent for p in range(self.world)]
 
     def _exchange(self, items: list[Any], value: float = 0.0) -> list[tuple[Any, float]]:
-        """``items[p]`` (an array, a ref of one, or None) with ``value`` to each peer p; returns what
+        """``items[p]`` (an array or a ref of one) with ``value`` to each peer p; returns what
         each rank sent here in rank order, this rank's own item in its place."""
         self.round += 1
         rnd = self.round
