@@ -529,6 +529,7 @@ class RayComm(Comm):
     which Ray fetches to the receiver's node before the call runs (zero-copy on one node)."""
 
     INLINE_BYTES = 4 << 20
+    PART_BYTES = 32 << 20  # alltoall's pieces cross in parts of at most this (:meth:`alltoall`)
 
     def __init__(self, rank: int, world: int) -> None:
         self.rank, self.world = rank, world
@@ -585,9 +586,31 @@ class RayComm(Comm):
         return gather
 
     def alltoall(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
-        items = [p if r == self.rank else self._send(p) for r, p in enumerate(pieces)]
-        pieces.clear()  # the calls or the object store hold the copies now
-        return [r for r, _ in self._exchange(items)]
+        """The pieces (of one dtype) cross in parts of at most :data:`PART_BYTES`, a round per part, and
+        each part is copied into its place in the receiver's piece as it lands: the object store holds
+        one round's parts at a time.  Sent whole, a graph's arcs (~0.6 GB per rank on ``data_2``) filled
+        the lab's 1 GiB stores, which spilled to disk and kept every page they had touched resident."""
+        sends = pieces[:]
+        pieces.clear()
+        dtype = sends[self.rank].dtype
+        lengths = np.stack(self.allgather(np.array([len(p) for p in sends], dtype=np.int64)))  # [from, to]
+        step = max(self.PART_BYTES // dtype.itemsize, 1)
+        rounds = max((-(-int(lengths[s, d]) // step) for s in range(self.world) for d in range(self.world)
+                      if s != d), default=0)
+        got = [sends[s] if s == self.rank else np.empty(int(lengths[s, self.rank]), dtype)
+               for s in range(self.world)]
+        for k in range(rounds):
+            lo, hi = k * step, (k + 1) * step
+            items = [None if p == self.rank else self._send(sends[p][lo:hi]) for p in range(self.world)]
+            for p in range(self.world):
+                if p != self.rank and hi >= len(sends[p]):
+                    sends[p] = sends[p][:0]  # sent in full: its memory goes
+            landed = self._exchange(items)
+            for s in range(self.world):
+                if s != self.rank:
+                    got[s][lo:lo + len(landed[s][0])] = landed[s][0]
+            del items, landed  # this round's parts leave the object store
+        return got
 
 
 # ------------------------------------------------------------------------------------ Ray ranks

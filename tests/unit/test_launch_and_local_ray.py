@@ -89,13 +89,16 @@ def alltoall_on_this_rank(comm) -> int:
     rank must not keep its sends beside what it receives: the graph's arcs cross here)."""
     import numpy as np
 
-    # Ray: pieces for rank 0 above RayComm.INLINE_BYTES go through the object store, the others inside the calls
-    n = [_dist.RayComm.INLINE_BYTES // 8 + 1 if dest == 0 else 1000 for dest in range(comm.world)]
-    pieces = [np.full(n[dest], comm.rank * 10 + dest, dtype=np.int64) for dest in range(comm.world)]
+    # Ray: the pieces for rank 0 cross in three parts of at most RayComm.PART_BYTES, two through the object
+    # store and the last inside the calls; the others in one part inside the calls
+    part = _dist.RayComm.PART_BYTES // 8
+    n = [2 * part + 3 if dest == 0 else 1000 for dest in range(comm.world)]
+    pieces = [np.arange(n[dest], dtype=np.int64) * 100 + comm.rank * 10 + dest for dest in range(comm.world)]
     got = comm.alltoall(pieces)
     assert pieces == [], f"rank {comm.rank} still holds {len(pieces)} sent pieces"
-    want = [(n[comm.rank], {src * 10 + comm.rank}) for src in range(comm.world)]
-    assert [(len(a), set(np.unique(a).tolist())) for a in got] == want, f"rank {comm.rank}"
+    for src, a in enumerate(got):
+        want = np.arange(n[comm.rank], dtype=np.int64) * 100 + src * 10 + comm.rank
+        assert a.dtype == np.int64 and np.array_equal(a, want), f"rank {comm.rank}, from {src}"
     return 0
 
 
