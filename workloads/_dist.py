@@ -604,7 +604,7 @@ class RayComm(Comm):
             items = [None if p == self.rank else self._send(sends[p][lo:hi]) for p in range(self.world)]
             for p in range(self.world):
                 if p != self.rank and hi >= len(sends[p]):
-                    sends[p] = sends[p][:0]  # sent in full: its memory goes
+                    sends[p] = np.empty(0, dtype)  # sent in full: its memory goes with this round
             landed = self._exchange(items)
             for s in range(self.world):
                 if s != self.rank:
