@@ -386,8 +386,9 @@ class Comm:
     def alltoall(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
         """``pieces[r]`` goes to rank r; returns what every rank sent here, in rank order.
 
-        ``pieces`` is emptied once they are handed to the runtime, so a rank does not hold its sends
-        beside what it receives (the graph's arcs, the largest arrays of a run, cross here).
+        ``pieces`` is emptied once they are handed to the runtime, so the caller's list is not one
+        more copy of the sends beside the runtime's and what arrives (the graph's arcs, the largest
+        arrays of a run, cross here).
         """
         raise NotImplementedError
 
@@ -595,13 +596,13 @@ class RayComm(Comm):
         dtype = sends[self.rank].dtype
         lengths = np.stack(self.allgather(np.array([len(p) for p in sends], dtype=np.int64)))  # [from, to]
         step = max(self.PART_BYTES // dtype.itemsize, 1)
-        rounds = max((-(-int(lengths[s, d]) // step) for s in range(self.world) for d in range(self.world)
-                      if s != d), default=0)
+        longest = int(lengths[~np.eye(self.world, dtype=bool)].max(initial=0))  # between two ranks
+        rounds = -(-longest // step)
         got = [sends[s] if s == self.rank else np.empty(int(lengths[s, self.rank]), dtype)
                for s in range(self.world)]
         for k in range(rounds):
             lo, hi = k * step, (k + 1) * step
-            items = [None if p == self.rank else self._send(sends[p][lo:hi]) for p in range(self.world)]
+            items = [sends[p][lo:hi] if p == self.rank else self._send(sends[p][lo:hi]) for p in range(self.world)]
             for p in range(self.world):
                 if p != self.rank and hi >= len(sends[p]):
                     sends[p] = np.empty(0, dtype)  # sent in full: its memory goes with this round
