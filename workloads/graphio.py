@@ -40,6 +40,7 @@ _FIRST_SCAN = 1 << 16  # first read of that scan: a line is short, and a remote 
 _LINE_OK = re.compile(rb"^\s*-?\d+\s*,\s*-?\d+\s*$")
 _NUMBER = re.compile(rb"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_PARSE_BLOCK = 1 << 26  # bytes of CSV per parse task (and per chunk of the parsed columns)
 
 
 @dataclass(frozen=True)
@@ -358,11 +359,10 @@ def parse_edges(buf: bytes | pa.Buffer, info: InputInfo, offset: int) -> tuple[n
 def owned_array(column: pa.ChunkedArray) -> np.ndarray:
     """A parsed column as one array in numpy's own memory.
 
-    Arrow's pool (mimalloc in this pyarrow) keeps the pages of every buffer freed into it and hands
-    them back to the system only when it allocates again, which a rank never does after its load:
-    columns left in it (``to_numpy`` views, or its concatenation of the chunks) kept ~0.5 GiB per rank
-    on ``data_1`` (~16 B per edge) for the whole run.  With the columns copied out, the caller drops
-    the table and releases the pool."""
+    A rank keeps its edges for its whole run; columns left in Arrow's memory (``to_numpy`` views, or
+    its concatenation of the chunks) kept the parse's pages with them, ~0.5 GiB per rank on ``data_1``
+    (~16 B per edge).  With the columns copied out, the caller drops the table and hands the parse's
+    memory back to the system."""
     out = np.empty(len(column), dtype=column.type.to_pandas_dtype())
     at = 0
     for chunk in column.chunks:
@@ -372,9 +372,17 @@ def owned_array(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def _read_csv(buf: bytes | pa.Buffer, dtype: pa.DataType) -> pa.Table:
+    """The parse, in the calling thread.  A rank has one CPU (Ray sets OMP_NUM_THREADS=1 in a 1-CPU
+    actor, spawn_torch in its ranks, and Arrow sizes its thread pool by it), so Arrow's threads
+    bought nothing but a handoff, and the memory they parsed into stayed with them: Arrow's pool
+    (mimalloc here) gives a thread's freed pages back when that thread releases, or every thread's
+    from the main thread, and a Ray rank runs in an actor thread, where half of data_1 left
+    0.8-1.3 GiB resident after its load against 0.31 GiB (its two columns and the interpreter).
+    A process that parses the whole file alone loses Arrow's second thread (half of data_1: 1.3 s
+    against 0.8 s at best)."""
     return pacsv.read_csv(
         pa.BufferReader(buf),
-        read_options=pacsv.ReadOptions(column_names=["node1", "node2"], block_size=1 << 26),
+        read_options=pacsv.ReadOptions(column_names=["node1", "node2"], block_size=_PARSE_BLOCK, use_threads=False),
         parse_options=pacsv.ParseOptions(),
         convert_options=pacsv.ConvertOptions(column_types={"node1": dtype, "node2": dtype},
                                              strings_can_be_null=False, quoted_strings_can_be_null=False),
