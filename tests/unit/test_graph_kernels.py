@@ -42,7 +42,7 @@ def test_reader_keeps_int64_ids_exact_and_accepts_no_header(tmp_path):
 
 def test_parsed_edges_are_numpy_memory_and_leave_nothing_in_arrows_pool(tmp_path, monkeypatch):
     """A rank keeps its edges for its whole run: the columns are copied out of the table into numpy's
-    own memory, in int32 or int64 as parsed, and the parse's pool holds nothing once they are returned.
+    own memory, in int32 or int64 as parsed, and Arrow's pool holds nothing once they are returned.
     (Before, ``to_numpy`` left them in Arrow's pool: 0.4 GiB more per rank through a data_1 run.)"""
     import pyarrow as pa
 
@@ -62,7 +62,7 @@ def test_parsed_edges_are_numpy_memory_and_leave_nothing_in_arrows_pool(tmp_path
 
 def test_a_parse_in_another_thread_leaves_only_its_edges_resident(tmp_path):
     """A Ray rank runs in an actor thread, not its process's main thread.  Parsed there, a load must
-    leave only its arrays resident: with Arrow's threads parsing, 190-250 MiB stayed beside 46 MiB
+    leave only its arrays resident: with Arrow's threads parsing, 245-271 MiB stayed beside 45 MiB
     of edges here (0.5-1.0 GiB more per rank on data_1); parsed in the calling thread, the arrays."""
     import threading
 
