@@ -26,9 +26,13 @@ How the work is split (:func:`run`, the same code in every runtime; only ``comm`
 3. degrees are counted (summed over workers) and nodes are renumbered by degree, highest first
    (:func:`degree_rank`): the hot entries of ``x`` then share cache lines, which makes the SpMV's
    random gathers 1.2-1.6x faster (perf-notes §4b); rows (destinations) are cut into contiguous
-   blocks with equal arc counts and every worker sends each arc to the block's owner;
-4. each worker builds the CSR pattern of its rows (parallel arcs repeated; the long rows stored per
-   column segment so their gathers stay in cache, :class:`RowBlock`); an iteration is
+   blocks with equal arc counts and every worker sends each arc to the block's owner, in rounds of
+   :data:`ROUND_EDGES` edges that leave the sender's memory as they go (:meth:`PageRankPart.send_round`);
+   the receiver, which knows from the degrees how many arcs each of its rows gets, copies them into
+   :data:`BUILD_PARTS` row blocks made to measure;
+4. each worker builds the CSR pattern of its rows one row block at a time (parallel arcs repeated;
+   the long rows stored per column segment so their gathers stay in cache, :class:`RowBlock`), so the
+   build's scratch is a fraction of the rank's arcs, not all of them; an iteration is
    ``x'[rows] = d * P[rows] @ (x / outdeg) + (d*dangling + 1-d)/n`` -- the same products as
    ``A @ x`` with ``A[v, u] = 1/outdeg(u)`` -- plus the block's L1 change, then an all-gather of ``x'``.
 
@@ -206,6 +210,8 @@ def split_edges(src: np.ndarray, dst: np.ndarray, bounds: np.ndarray, directed: 
 
 SPMV_CHUNK_ARCS = 1 << 20  # arcs per csr_matvec call: the 1.0s it reads are one shared buffer (8 MB)
 KEY_CHUNK_ARCS = 1 << 24  # arcs per slice while a block's rows are counted and its sort key made in place
+ROUND_EDGES = 1 << 22  # edges a worker sends per exchange round (undirected: <= 64 MB of arcs in flight)
+BUILD_PARTS = 4  # a worker's rows are built as this many row blocks of equal arcs, one at a time
 HUB_ARCS = 16  # rows with at least this many arcs are multiplied one column segment at a time ...
 COLUMN_SEGMENTS = 8  # ... in this many segments of equal arc counts (:class:`RowBlock`)
 
@@ -274,6 +280,13 @@ class RowBlock:
         for c in self.chunks:
             c.values = self.ones[:len(c.columns)]
 
+    def share_ones(self, ones: np.ndarray) -> None:
+        """Read the 1.0s from ``ones`` (as long as the longest chunk at least): one buffer for all of
+        a worker's blocks."""
+        self.ones = ones
+        for c in self.chunks:
+            c.values = ones[:len(c.columns)]
+
     def _passes(self) -> list[tuple[np.ndarray, int, int]]:
         """(indptr view, first row, rows) of each pass: the hub rows once per column segment, then the rest."""
         h, s = self.hubs, self.segments
@@ -329,24 +342,26 @@ def csr_pattern(rows: int, to: np.ndarray, frm: np.ndarray, n: int, cuts: np.nda
     return RowBlock(rows, [np.array(to, dtype=np.int32), np.array(frm, dtype=np.int32)], n, cuts)
 
 
-def take_arcs(pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(to, from) of the pieces a worker received (``[to..., from...]`` each, :func:`split_edges`),
-    emptying the list piece by piece: a piece's memory goes as its arcs are copied."""
-    total = sum(len(p) for p in pieces) // 2
-    to, frm = np.empty(total, dtype=np.int32), np.empty(total, dtype=np.int32)
-    at = 0
-    while pieces:
-        piece = pieces.pop(0)
-        c = len(piece) // 2
-        to[at:at + c], frm[at:at + c] = piece[:c], piece[c:]
-        at += c
-    return to, frm
+def truncate(a: np.ndarray, n: int) -> np.ndarray:
+    """``a[:n]``; when ``a`` owns its memory it is shrunk in place (realloc gives the tail's pages back
+    to the system), so no caller may keep a view of it."""
+    if a.base is None and a.flags.owndata:
+        a.resize(n, refcheck=False)
+        return a
+    return a[:n]
 
 
 def inverse_degree(outdeg: np.ndarray) -> np.ndarray:
     """1/outdeg, 0 for dangling nodes."""
     with np.errstate(divide="ignore"):
         return np.where(outdeg > 0, 1.0 / outdeg, 0.0)
+
+
+def spmv_blocks(blocks: list[tuple[int, RowBlock]], v: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = rows @ v`` for a worker's row blocks, ``(first row, block)`` each, into ``out``."""
+    for first, block in blocks:
+        spmv(block, v, out[first:first + block.rows])
+    return out
 
 
 def spmv(block: RowBlock, v: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -360,17 +375,17 @@ def spmv(block: RowBlock, v: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def pagerank_step(block: sp.csr_array, x: np.ndarray, inv_out: np.ndarray, dangling: np.ndarray,
+def pagerank_step(blocks: list[tuple[int, RowBlock]], x: np.ndarray, inv_out: np.ndarray, dangling: np.ndarray,
                   damping: float, lo: int, out: np.ndarray, scaled: np.ndarray) -> tuple[np.ndarray, float]:
-    """One power-iteration step for the block's rows [lo, lo+len(out)) given the full previous ``x``.
+    """One power-iteration step for the worker's rows [lo, lo+len(out)) given the full previous ``x``.
 
-    ``block`` is the rows' pattern; returns (the rows' new values, written into ``out``; their L1 change).
+    ``blocks`` are the rows' pattern (:func:`spmv_blocks`); returns (the rows' new values, written into ``out``; their L1 change).
     ``scaled`` (as long as ``x``) is scratch: no per-iteration allocation of vectors (here every large
     allocation is fresh pages to fault in).
     """
     n = len(x)
     base = (damping * x[dangling].sum() + (1.0 - damping)) / n
-    spmv(block, np.multiply(x, inv_out, out=scaled), out)
+    spmv_blocks(blocks, np.multiply(x, inv_out, out=scaled), out)
     out *= damping
     out += base
     diff = np.subtract(out, x[lo:lo + len(out)], out=scaled[:len(out)])
@@ -595,29 +610,72 @@ class PageRankPart:
             return out
         return np.concatenate([out, np.bincount(d, minlength=n)])
 
-    def split(self, rank: np.ndarray, bounds: np.ndarray) -> list[np.ndarray]:
-        """Renumber by degree; the arcs grouped by the owner of their row (:func:`split_edges`)."""
-        src, dst = rank[self.src], rank[self.dst]
-        self.src = self.dst = None
+    def inbox(self, bounds: np.ndarray, row_arcs: np.ndarray) -> int:
+        """Make room for the arcs of this worker's rows: :data:`BUILD_PARTS` row blocks of about equal
+        arcs, each a (to, from) pair of the length the reduced degrees give (``row_arcs``, the arcs of
+        every row in the degree numbering; pages are touched only as arcs land).  Returns the number
+        of rounds this worker needs to send its edges."""
+        self.lo, self.hi = int(bounds[self.rank]), int(bounds[self.rank + 1])
+        mine = row_arcs[self.lo:self.hi]
+        self.cuts = row_bounds(mine, BUILD_PARTS)  # in this worker's row numbering
+        sizes = [int(mine[a:b].sum()) for a, b in zip(self.cuts[:-1], self.cuts[1:], strict=True)]
+        self.boxes: list[list[np.ndarray] | None] = [[np.empty(c, np.int32), np.empty(c, np.int32)] for c in sizes]
+        self.filled = [0] * len(sizes)
+        return -(-len(self.src) // ROUND_EDGES)
+
+    def send_round(self, rank: np.ndarray, bounds: np.ndarray) -> list[np.ndarray]:
+        """The arcs of this worker's last :data:`ROUND_EDGES` edges, renumbered by degree and grouped
+        by the owner of their row (:func:`split_edges`); those edges leave memory here, so the edges
+        still to send and the arcs received so far together stay about one copy of the arcs."""
+        keep = max(len(self.src) - ROUND_EDGES, 0)
+        src, dst = rank[self.src[keep:]], rank[self.dst[keep:]]
+        self.src, self.dst = truncate(self.src, keep), truncate(self.dst, keep)
         return split_edges(src, dst, bounds, self.directed)
 
-    def build(self, bounds: np.ndarray, outdeg: np.ndarray, received: list[np.ndarray]) -> int:
-        """CSR pattern of this worker's rows from the arcs every worker sent (``received``, emptied:
-        held nowhere else, they are freed as the block is built); ``outdeg`` renumbered."""
-        self.lo, hi = int(bounds[self.rank]), int(bounds[self.rank + 1])
-        self.block = RowBlock(hi - self.lo, [*take_arcs(received)], len(outdeg), column_cuts(outdeg, COLUMN_SEGMENTS))
-        if self.fault and self.rank == 0 and self.block.nnz:  # --inject-fault: a wrong kernel to catch
-            self.block.perturb()
+    def receive(self, pieces: list[np.ndarray]) -> None:
+        """Copy the arcs of one round (``[to..., from...]`` from each worker, emptied) into the row
+        blocks of their rows, ``to`` in the block's numbering."""
+        while pieces:
+            piece = pieces.pop(0)
+            c = len(piece) // 2
+            to, frm = piece[:c], piece[c:]
+            for j, (a, b) in enumerate(zip(self.cuts[:-1], self.cuts[1:], strict=True)):
+                sel = (to >= a) & (to < b)
+                k, at = int(np.count_nonzero(sel)), self.filled[j]
+                box_to, box_frm = self.boxes[j]
+                np.compress(sel, to, out=box_to[at:at + k])
+                box_to[at:at + k] -= a
+                np.compress(sel, frm, out=box_frm[at:at + k])
+                self.filled[j] = at + k
+
+    def build(self, outdeg: np.ndarray) -> int:
+        """The CSR pattern of this worker's rows, one row block at a time (:class:`RowBlock` takes the
+        block's arcs over: only one block's scratch exists at a time); ``outdeg`` renumbered."""
+        n = len(outdeg)
+        col_cuts = column_cuts(outdeg, COLUMN_SEGMENTS)
+        self.blocks: list[tuple[int, RowBlock]] = []
+        for j, (a, b) in enumerate(zip(self.cuts[:-1], self.cuts[1:], strict=True)):
+            arcs, self.boxes[j] = self.boxes[j], None
+            if self.filled[j] != len(arcs[0]):
+                raise RuntimeError(f"rank {self.rank}: rows {self.lo + a}..{self.lo + b} received "
+                                   f"{self.filled[j]} arcs, their degrees say {len(arcs[0])}")
+            self.blocks.append((int(a), RowBlock(int(b - a), arcs, n, col_cuts)))
+        ones = max((blk.ones for _, blk in self.blocks), key=len, default=np.ones(1))
+        for _, blk in self.blocks:
+            blk.share_ones(ones)
+        hit = next((blk for _, blk in self.blocks if blk.nnz), None)
+        if self.fault and self.rank == 0 and hit is not None:  # --inject-fault: a wrong kernel to catch
+            hit.perturb()
         self.inv_out = inverse_degree(outdeg)
         self.dangling = np.flatnonzero(outdeg == 0)
-        self.out = np.empty(hi - self.lo)
-        self.scaled = np.empty(len(outdeg))
+        self.out = np.empty(self.hi - self.lo)
+        self.scaled = np.empty(n)
         self.spmv_s = 0.0
-        return int(self.block.nnz)
+        return sum(blk.nnz for _, blk in self.blocks)
 
     def step(self, x: np.ndarray) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
-        out = pagerank_step(self.block, x, self.inv_out, self.dangling, self.damping, self.lo, self.out,
+        out = pagerank_step(self.blocks, x, self.inv_out, self.dangling, self.damping, self.lo, self.out,
                              self.scaled)
         self.spmv_s += time.perf_counter() - t0
         return out
@@ -627,12 +685,15 @@ class PageRankPart:
 
 
 # ------------------------------------------------------------------------------------ drivers
-def plan_rows(counts: np.ndarray, directed: bool, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """From reduced degree counts: (degree rank, out-degrees renumbered, row block bounds)."""
+def plan_rows(counts: np.ndarray, directed: bool, workers: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """From reduced degree counts: (degree rank, out-degrees renumbered, every row's arcs (its
+    in-degree; undirected: its degree) renumbered, row block bounds)."""
     n = len(counts) // (2 if directed else 1)
     outdeg, indeg = counts[:n], counts[n:] if directed else counts[:n]
     rank = degree_rank(outdeg + indeg if directed else outdeg)
-    return rank, renumber(outdeg, rank), row_bounds(row_cost(renumber(indeg, rank)), workers)
+    row_arcs = renumber(indeg, rank)
+    return rank, renumber(outdeg, rank), row_arcs, row_bounds(row_cost(row_arcs), workers)
 
 
 ROW_COST = 3.0  # SpMV cost of a row (its loop, indptr, out) in plain arcs: ~30 ns against ~11 ns an arc
@@ -760,12 +821,15 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) 
                 node_set = np.unique(np.concatenate(comm.allgather(local)))
             del local
         with timer(steps, "degrees"):  # (the reduced counts, n or 2n int64s, are not kept)
-            rank, outdeg, bounds = plan_rows(comm.allreduce(comm.guard(part.degrees, node_set)), args.directed, w)
-        with timer(steps, "split"):
-            pieces = comm.guard(part.split, rank, bounds)
-        with timer(steps, "exchange_csr"):
-            received = comm.alltoall(pieces)  # empties pieces
-            nnz = int(comm.allreduce(np.array([comm.guard(part.build, bounds, outdeg, received)]))[0])
+            rank, outdeg, row_arcs, bounds = plan_rows(comm.allreduce(comm.guard(part.degrees, node_set)),
+                                                       args.directed, w)
+        with timer(steps, "exchange"):
+            rounds = comm.guard(part.inbox, bounds, row_arcs)
+            del row_arcs
+            for _ in range(int(comm.allreduce(np.array([rounds], dtype=np.int64), "max")[0])):
+                comm.guard(part.receive, comm.alltoall(comm.guard(part.send_round, rank, bounds)))
+        with timer(steps, "csr"):
+            nnz = int(comm.allreduce(np.array([comm.guard(part.build, outdeg)]))[0])
     n = len(outdeg)
     del outdeg  # the part keeps what the iterations need; every n-long vector is memory on every rank
     label = f"pagerank ({args.framework})"
@@ -775,7 +839,7 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) 
     spmv = float(comm.allreduce(np.array([part.spmv_time()]), "max")[0])
     seed = None
     if args.method == "seed":
-        del part.block
+        del part.blocks
         with timer(t, "seed"):
             seed = gather_batches(comm, comm.guard(part.seed_batches, args.block_mb << 20))
     if comm.rank == 0:
