@@ -82,6 +82,33 @@ def grid_size(points: int) -> int:
     return int(min(GRID_MAX, 2 ** max(0, round(math.log2(max(side, 1.0))))))
 
 
+def _integers(v: np.ndarray) -> np.ndarray:
+    """Integer coordinates as an integer array: integer ids as they are, integer-valued floats as int64."""
+    if v.dtype.kind in "iu":
+        return v
+    out = v.astype(np.int64)
+    if not np.array_equal(out, v):
+        raise ValueError("grid coordinates must be integers")
+    return out
+
+
+SUM_CHUNK = 1 << 22  # points summed per reduceat (their int64 copy stays this small)
+
+
+def cell_sums(v: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Exact int64 sums of consecutive runs of the integers ``v`` that begin at ``starts`` (increasing,
+    the last run to the end), an int64 copy of a few runs at a time, not of ``v``."""
+    out = np.empty(len(starts), dtype=np.int64)
+    i = 0
+    while i < len(starts):
+        a = int(starts[i])
+        j = max(int(np.searchsorted(starts, a + SUM_CHUNK, side="left")), i + 1)
+        b = int(starts[j]) if j < len(starts) else len(v)
+        out[i:j] = np.add.reduceat(v[a:b].astype(np.int64), starts[i:j] - a)
+        i = j
+    return out
+
+
 def _interval_dists(lo: np.ndarray, width: float, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per centre (rows) and cell interval [lo, lo+width] (columns): nearest and farthest 1-D distance."""
     c = c[:, None]
@@ -103,13 +130,30 @@ class PointGrid:
     The points are kept in cell order (a counting sort), so the points of the cells that straddle a
     boundary are a few contiguous runs: a Lloyd step reads only those (a sure cell counts through its
     sums, its points' labels are never written), and the number of labels that changed is counted
-    from the cells' owners and those points' kept labels.  ``x``/``y`` are the points in that order.
+    from the cells' owners and those points' kept labels.  ``x``/``y`` are the points in that order,
+    as the integers they were parsed as (4 B each for int32 ids, not a float64's 8: a Lloyd step
+    converts the few it reads); integer-valued floats are taken as int64.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, g: int | None = None) -> None:
+        points = [x, y]
+        del x, y
+        self._build(points, g)
+
+    @classmethod
+    def taking(cls, points: list[np.ndarray]) -> PointGrid:
+        """The grid of ``[x, y]``, taking the arrays out of the list: each goes once its sorted copy
+        exists, so the sort holds the points about 1.5 times, not twice."""
+        grid = cls.__new__(cls)
+        grid._build(points, None)
+        return grid
+
+    def _build(self, points: list[np.ndarray], g: int | None) -> None:
         from scipy.sparse._sparsetools import coo_tocsr
 
+        x, y = (_integers(v) for v in points)
         n = len(x)
+        index = np.int32 if n < 2**31 and x.dtype.itemsize <= 4 and y.dtype.itemsize <= 4 else np.int64
         g = grid_size(n) if g is None else g
         lo = np.array([x.min(), y.min()], dtype=np.float64) if n else np.zeros(2)
         span = float(max(x.max() - lo[0], y.max() - lo[1]) + 1.0) if n else 1.0
@@ -117,30 +161,31 @@ class PointGrid:
             g = 1
         self.g, self.origin = g, lo
         self.width = 2.0 ** math.ceil(math.log2(max(span / g, 1.0)))
-        index = np.int32 if n < 2**31 else np.int64
         cell = np.empty(n, dtype=index)
         for a in range(0, n, CHUNK):  # exact: (v - lo) is an integer below 2**52, width a power of two
             ix = ((x[a:a + CHUNK] - lo[0]) / self.width).astype(index)
             iy = ((y[a:a + CHUNK] - lo[1]) / self.width).astype(index)
             cell[a:a + CHUNK] = ix * g + iy
+        del x, y
         cells = g * g
-        order, ptr = np.empty(n, dtype=index), np.empty(cells + 1, dtype=index)
+        ptr = np.empty(cells + 1, dtype=index)
         scratch = np.empty(n, dtype=np.int8)  # a stable counting sort by cell, moving 1 byte of data per point
-        coo_tocsr(cells, max(n, 1), n, cell, np.arange(n, dtype=index), scratch, ptr, order, scratch)
+        for _ in range(2):  # each coordinate sorted as the column of a counting sort: no index array
+            v = points.pop(0).astype(index, copy=False)
+            out = np.empty(n, dtype=index)
+            coo_tocsr(cells, max(n, 1), n, cell, v, scratch, ptr, out, scratch)
+            del v
+            points.append(out)
         del cell, scratch
+        self.x, self.y = points
+        points.clear()
         self.start = ptr.astype(np.int64)
         self.count = np.diff(self.start)
         self.cell_stats = np.zeros((3, cells), dtype=np.int64)
         self.cell_stats[0] = self.count
         filled = np.flatnonzero(self.count)
-        self.x, self.y = np.empty(n), np.empty(n)
-        for row, v, out in ((1, x, self.x), (2, y, self.y)):
-            ids = v[order].astype(np.int64, copy=False)  # integer coordinates: exact int64 sums per cell
-            if len(filled):
-                self.cell_stats[row, filled] = np.add.reduceat(ids, self.start[filled])
-            out[:] = ids
-            del ids
-        del order
+        for row, v in ((1, self.x), (2, self.y)):
+            self.cell_stats[row, filled] = cell_sums(v, self.start[filled])
         self.labels = np.zeros(n, dtype=np.int32)  # valid for the points of the cells that straddled last
         self.owner: np.ndarray | None = None  # per cell at the last step (-1: straddled); None before it
 
@@ -226,7 +271,7 @@ def exact_sums(labels: np.ndarray, v: np.ndarray, k: int) -> np.ndarray:
     out = np.zeros(k, dtype=np.int64)
     if len(v) == 0:
         return out
-    step = max(1, int(_EXACT // max(float(np.abs(v).max()), 1.0)))
+    step = max(1, int(_EXACT // max(abs(float(v.min())), abs(float(v.max())), 1.0)))  # (abs of int32's min wraps)
     for a in range(0, len(v), step):
         out += np.rint(np.bincount(labels[a:a + step], weights=v[a:a + step], minlength=k)).astype(np.int64)
     return out
@@ -321,7 +366,7 @@ class KMeansPart:
     """One worker's points (global method) or blocks (blockwise method).
 
     The points stay as parsed (integer ids) for the k-means++ start, then move into the
-    :class:`PointGrid` (float64, in cell order) for Lloyd's steps."""
+    :class:`PointGrid` (in cell order) for Lloyd's steps."""
 
     def __init__(self, rank: int, world: int, info: InputInfo) -> None:
         self.rank, self.world, self.info = rank, world, info
@@ -374,8 +419,9 @@ class KMeansPart:
         """Move the points into the assignment grid (once, after the k-means++ start; the drivers time
         it as build).  The k-means++ state goes with them."""
         if self.grid is None:
-            self.grid = PointGrid(self.x, self.y)
-            self.x = self.y = self.d2 = self.chunk_mass = None
+            points = [self.x, self.y]
+            self.x = self.y = self.d2 = self.chunk_mass = None  # D^2 (8 B a point) goes before the sort
+            self.grid = PointGrid.taking(points)
 
     def lloyd(self, centers: np.ndarray) -> tuple[np.ndarray, int]:
         """Assign, return exact (3, k) stats and how many labels changed."""
