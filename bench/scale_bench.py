@@ -29,27 +29,42 @@ from workloads import data
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_S, TARGET_MEM_GIB = 300.0, 6.0
-# Measured on the lab (2026-12-03, afternoon; data_2 = 163.5 M edges on 3 nodes, the sampler counting each
-# host's private pages and its tmpfs once): PageRank's hosts peaked at 7.1 / 5.8 / 5.2 GiB (torch) and
-# 6.6 / 4.5 / 5.0 GiB (Ray), k-means' at 4.4-5.9 GiB; idle, a provisioned host holds 1.6 GiB (a worker) to
-# 2.9 GiB (the master) for Hadoop, Ray and the object-store pages Ray keeps after a run.  So the ranks
-# hold ~80 B per edge of their share together, beside ~2 GiB per host.
-RANK_BYTES_PER_EDGE = 80
+# What one rank holds at its peak (measured 2026-12-05, docs/graph-performance.md): PageRank's build,
+# ~8.5 B per arc in a unit test and more with the runtimes' round buffers (two arcs per undirected edge),
+# beside the degree order and the out-degrees (int32 each); its iterations, the block's 4 B per arc beside
+# the vectors x (two), x/outdeg, 1/outdeg and the degree order; k-means' grid sort, ~17 B per point (an
+# edge is a point); and the interpreter with numpy and torch or Ray.  On the lab, `data` (3 ranks, 620 M
+# edges, 41.5 M nodes) ran in all four runs (before the last 0.7 B per arc and int32 out-degrees): PageRank's
+# hosts peaked 3.8-5.3 GiB above what they hold idle (1.6 GiB a worker, 2.9 GiB the master: Hadoop, Ray, its
+# object store), k-means' 3.2-3.8; this machine's used memory peaked at 19.1 GiB.  data_2's hosts: 1.2-1.5.
+PAGERANK_BUILD_B_PER_EDGE, PAGERANK_BUILD_B_PER_NODE = 20, 8
+PAGERANK_ITER_B_PER_EDGE, PAGERANK_ITER_B_PER_NODE = 8, 36
+KMEANS_B_PER_EDGE = 17
+RANK_BASE_BYTES = int(0.35 * 2**30)
 LAB_HOST_SERVICES_BYTES = 2 * 2**30
 JOBS = {"pagerank": ["--tol", "0", "--max-iter", "20"],
         "kmeans": ["--method", "global", "--k", "16", "--max-iter", "20"]}
 
 
-def check_lab_memory(dataset: str, edges: int, hosts: int) -> None:
+def rank_bytes(edges: int, nodes: int, ranks: int) -> float:
+    """Peak bytes of one rank of PageRank or k-means (the larger) with ``edges / ranks`` edges."""
+    share = edges / ranks
+    return RANK_BASE_BYTES + max(PAGERANK_BUILD_B_PER_EDGE * share + PAGERANK_BUILD_B_PER_NODE * nodes,
+                                 PAGERANK_ITER_B_PER_EDGE * share + PAGERANK_ITER_B_PER_NODE * nodes,
+                                 KMEANS_B_PER_EDGE * share)
+
+
+def check_lab_memory(dataset: str, edges: int, nodes: int, hosts: int) -> None:
     """The lab's hosts share this machine's memory: stop before generating and copying a dataset whose
-    ranks cannot fit in it together (the kernel's OOM killer would pick among all of this machine's
-    processes, and every run would fail after minutes)."""
+    ranks (one per host) cannot fit in it together (the kernel's OOM killer would pick among all of
+    this machine's processes, and every run would fail after minutes)."""
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    need = RANK_BYTES_PER_EDGE * edges + hosts * LAB_HOST_SERVICES_BYTES
+    rank = rank_bytes(edges, nodes, hosts)
+    need = hosts * (rank + LAB_HOST_SERVICES_BYTES)
     if need > 0.9 * mem:
         raise UserError(f"{dataset} on the lab needs ~{need / 2**30:.0f} GiB of this machine's memory (its "
-                        f"{hosts} hosts share its {mem / 2**30:.0f} GiB; a rank holds ~{RANK_BYTES_PER_EDGE} B "
-                        "per edge of its share): pick a smaller --dataset, or run on a real cluster")
+                        f"{hosts} hosts share its {mem / 2**30:.0f} GiB; a rank peaks at ~{rank / 2**30:.1f} GiB): "
+                        "pick a smaller --dataset, or run on a real cluster")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +86,7 @@ def bench(argv: list[str] | None = None) -> int:
     cluster = _inventory.load(args.inventory)
     on_lab = (args.inventory / "group_vars" / "all" / "lab.yml").exists()  # its hosts are this machine
     if on_lab:
-        check_lab_memory(args.dataset, spec.edges, len(cluster.nodes))
+        check_lab_memory(args.dataset, spec.edges, spec.nodes, len(cluster.nodes))
     if not path.exists():
         need = 16.5 * spec.edges  # bytes: ~16.1 per edge line in the seed's cuts
         args.data_dir.mkdir(parents=True, exist_ok=True)

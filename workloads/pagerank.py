@@ -211,7 +211,7 @@ def split_edges(src: np.ndarray, dst: np.ndarray, bounds: np.ndarray, directed: 
 SPMV_CHUNK_ARCS = 1 << 20  # arcs per csr_matvec call: the 1.0s it reads are one shared buffer (8 MB)
 KEY_CHUNK_ARCS = 1 << 24  # arcs per slice while a block's rows are counted and its sort key made in place
 ROUND_EDGES = 1 << 22  # edges a worker sends per exchange round (undirected: <= 64 MB of arcs in flight)
-BUILD_PARTS = 4  # a worker's rows are built as this many row blocks of equal arcs, one at a time
+BUILD_PARTS = 8  # a worker's rows are built as this many row blocks of equal arcs, one at a time
 HUB_ARCS = 16  # rows with at least this many arcs are multiplied one column segment at a time ...
 COLUMN_SEGMENTS = 8  # ... in this many segments of equal arc counts (:class:`RowBlock`)
 
@@ -693,7 +693,8 @@ def plan_rows(counts: np.ndarray, directed: bool, workers: int
     outdeg, indeg = counts[:n], counts[n:] if directed else counts[:n]
     rank = degree_rank(outdeg + indeg if directed else outdeg)
     row_arcs = renumber(indeg, rank)
-    return rank, renumber(outdeg, rank), row_arcs, row_bounds(row_cost(row_arcs), workers)
+    narrow = np.int32 if len(outdeg) == 0 or outdeg.max() < 2**31 else np.int64  # kept through the run
+    return rank, renumber(outdeg.astype(narrow), rank), row_arcs, row_bounds(row_cost(row_arcs), workers)
 
 
 ROW_COST = 3.0  # SpMV cost of a row (its loop, indptr, out) in plain arcs: ~30 ns against ~11 ns an arc
