@@ -153,7 +153,8 @@ class PointGrid:
 
         x, y = (_integers(v) for v in points)
         n = len(x)
-        index = np.int32 if n < 2**31 and x.dtype.itemsize <= 4 and y.dtype.itemsize <= 4 else np.int64
+        fits = n < 2**31 and np.can_cast(x.dtype, np.int32) and np.can_cast(y.dtype, np.int32)
+        index = np.int32 if fits else np.int64  # (a uint32 id above 2**31 would wrap in int32)
         g = grid_size(n) if g is None else g
         lo = np.array([x.min(), y.min()], dtype=np.float64) if n else np.zeros(2)
         span = float(max(x.max() - lo[0], y.max() - lo[1]) + 1.0) if n else 1.0

@@ -509,6 +509,17 @@ def test_grid_keeps_the_points_and_counts_changed_labels_exactly():
         c = c + rng.normal(0, 3e4, c.shape)
 
 
+def test_the_grid_keeps_ids_that_int32_cannot_hold():
+    """The grid keeps the ids as parsed when int32 holds them, else as int64: a uint32 above 2**31 must not wrap."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(2**31, 2**32 - 1, 5000).astype(np.uint32)
+    y = rng.integers(0, 2**32 - 1, 5000).astype(np.uint32)
+    grid = kmeans.PointGrid(x, y)
+    assert grid.x.dtype == np.int64
+    assert sorted(zip(grid.x.tolist(), grid.y.tolist(), strict=True)) == sorted(zip(x.tolist(), y.tolist(), strict=True))
+    assert grid.cell_stats[1].sum() == int(x.astype(np.int64).sum())
+
+
 def test_grid_labels_do_not_depend_on_how_points_are_split():
     rng = np.random.default_rng(8)
     x, y = rng.integers(0, 10**8, 30_000).astype(float), rng.integers(0, 10**8, 30_000).astype(float)
