@@ -34,9 +34,9 @@ TARGET_S, TARGET_MEM_GIB = 300.0, 6.0
 # beside the degree order and the out-degrees (int32 each); its iterations, the block's 4 B per arc beside
 # the vectors x (two), x/outdeg, 1/outdeg and the degree order; k-means' grid sort, ~17 B per point (an
 # edge is a point); and the interpreter with numpy and torch or Ray.  On the lab, `data` (3 ranks, 620 M
-# edges, 41.5 M nodes) ran in all four runs (before the last 0.7 B per arc and int32 out-degrees): PageRank's
-# hosts peaked 3.8-5.3 GiB above what they hold idle (1.6 GiB a worker, 2.9 GiB the master: Hadoop, Ray, its
-# object store), k-means' 3.2-3.8; this machine's used memory peaked at 19.1 GiB.  data_2's hosts: 1.2-1.5.
+# edges, 41.5 M nodes) ran in all four runs, twice: PageRank's hosts peaked 3.6-5.3 GiB above what they
+# hold idle (1.6 GiB a worker, 2.9 GiB the master: Hadoop, Ray, its object store), k-means' 3.2-3.8; this
+# machine's used memory peaked at 19.1 and 18.4 GiB.  data_2's hosts: 1.2-1.5.
 PAGERANK_BUILD_B_PER_EDGE, PAGERANK_BUILD_B_PER_NODE = 20, 8
 PAGERANK_ITER_B_PER_EDGE, PAGERANK_ITER_B_PER_NODE = 8, 36
 KMEANS_B_PER_EDGE = 17
