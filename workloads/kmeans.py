@@ -151,7 +151,8 @@ class PointGrid:
     def _build(self, points: list[np.ndarray], g: int | None) -> None:
         from scipy.sparse._sparsetools import coo_tocsr
 
-        x, y = (_integers(v) for v in points)
+        points[:] = [_integers(v) for v in points]
+        x, y = points
         n = len(x)
         fits = n < 2**31 and np.can_cast(x.dtype, np.int32) and np.can_cast(y.dtype, np.int32)
         index = np.int32 if fits else np.int64  # (a uint32 id above 2**31 would wrap in int32)
@@ -172,7 +173,7 @@ class PointGrid:
         ptr = np.empty(cells + 1, dtype=index)
         scratch = np.empty(n, dtype=np.int8)  # a stable counting sort by cell, moving 1 byte of data per point
         for _ in range(2):  # each coordinate sorted as the column of a counting sort: no index array
-            v = points.pop(0).astype(index, copy=False)
+            v = points.pop(0).astype(index, copy=False)  # int32 ids as they are
             out = np.empty(n, dtype=index)
             coo_tocsr(cells, max(n, 1), n, cell, v, scratch, ptr, out, scratch)
             del v
