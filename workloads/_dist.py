@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import itertools
 import json
 import multiprocessing as mp
 import os
@@ -395,21 +394,20 @@ class Comm:
     def block_gatherer(self, sizes: Sequence[int], dtype: Any) -> Gatherer:
         """A repeated all-gather of blocks of fixed ``sizes`` (rank order) into one vector, with the sum
         of one number per rank beside it (rank order, as :meth:`allreduce`): ``gather(block, value) ->
-        (vector, total)``.  Vectors alternate between two buffers, so the previous one stays valid
-        while the next is gathered."""
-        outs = self.vectors(sizes, dtype)
+        (vector, total)``.  Every call fills the same vector (an n-long vector is memory on every rank):
+        a caller copies what it needs of the previous one before the next call."""
+        out = self.vector(sizes, dtype)
 
         def gather(block: np.ndarray, value: float) -> tuple[np.ndarray, float]:
-            out = next(outs)
             np.concatenate(self.allgather(block), out=out)
             return out, float(self.allreduce(np.array([value], dtype=np.float64))[0])
 
         return gather
 
     @staticmethod
-    def vectors(sizes: Sequence[int], dtype: Any) -> Iterator[np.ndarray]:
-        """The two vectors a block gatherer fills by turns."""
-        return itertools.cycle([np.empty(int(sum(sizes)), dtype=dtype) for _ in range(2)])
+    def vector(sizes: Sequence[int], dtype: Any) -> np.ndarray:
+        """The vector a block gatherer fills."""
+        return np.empty(int(sum(sizes)), dtype=dtype)
 
     def guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run one phase on every rank; if any rank failed, all raise the same error (no rank blocks)."""
@@ -505,12 +503,11 @@ class TorchComm(Comm):
         mine = sizes[self.rank]
         send = np.empty(mine * self.world, dtype=dtype)  # the block once per receiver
         send_t = torch.from_numpy(send)
-        outs = self.vectors(sizes, dtype)
+        out = self.vector(sizes, dtype)
 
         def gather(block: np.ndarray, value: float) -> tuple[np.ndarray, float]:
             for r in range(self.world):
                 send[r * mine:(r + 1) * mine] = block
-            out = next(outs)
             self.dist.all_to_all_single(torch.from_numpy(out), send_t, output_split_sizes=sizes,
                                         input_split_sizes=[mine] * self.world)
             return out, float(self.allreduce(np.array([value], dtype=np.float64))[0])
@@ -576,11 +573,10 @@ class RayComm(Comm):
 
     def block_gatherer(self, sizes: Sequence[int], dtype: Any) -> Gatherer:
         """As :meth:`Comm.block_gatherer`, in one round: the value travels beside the block."""
-        outs = self.vectors(sizes, dtype)
+        out = self.vector(sizes, dtype)
 
         def gather(block: np.ndarray, value: float) -> tuple[np.ndarray, float]:
             rows = self._exchange(self._to_every_rank(block), float(value))
-            out = next(outs)
             np.concatenate([b for b, _ in rows], out=out)
             return out, sum(v for _, v in rows)  # rank order, as allreduce adds
 

@@ -40,7 +40,7 @@ _FIRST_SCAN = 1 << 16  # first read of that scan: a line is short, and a remote 
 _LINE_OK = re.compile(rb"^\s*-?\d+\s*,\s*-?\d+\s*$")
 _NUMBER = re.compile(rb"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
-_PARSE_BLOCK = 1 << 26  # bytes of CSV per parse task (and per chunk of the parsed columns)
+_PARSE_BLOCK = 1 << 23  # bytes of CSV per parsed block (its Arrow memory, freed before the next: ~3 MB of columns)
 
 
 @dataclass(frozen=True)
@@ -340,47 +340,71 @@ def parse_edges(buf: bytes | pa.Buffer, info: InputInfo, offset: int) -> tuple[n
     """
     if len(buf) == 0:
         return np.empty(0, np.int32), np.empty(0, np.int32)
+    lines = count_lines(buf)
     for dtype in (pa.int32(), pa.int64()):
         try:
-            table = _read_csv(buf, dtype)
-            break
+            return _parse_into(buf, dtype, lines)
         except pa.ArrowInvalid as exc:
             why = _first_line(exc)
-    else:
-        raise bad_line_error(info, bytes(buf), offset, why) from None
-    if table.column(0).null_count or table.column(1).null_count:
-        raise bad_line_error(info, bytes(buf), offset, "empty field")
-    cols = [owned_array(table.column(i)) for i in (0, 1)]
-    del table
-    pa.default_memory_pool().release_unused()
-    return cols[0], cols[1]
+        except _EmptyField:
+            why = "empty field"
+            break
+    raise bad_line_error(info, bytes(buf), offset, why) from None
 
 
-def owned_array(column: pa.ChunkedArray) -> np.ndarray:
-    """A parsed column as one array in numpy's own memory.
+class _EmptyField(Exception):
+    """A line with a field left empty (Arrow reads it as a null)."""
 
-    A rank keeps its edges for its whole run; columns left in Arrow's memory (``to_numpy`` views, or
-    its concatenation of the chunks) kept the parse's pages with them, ~0.5 GiB per rank on ``data_1``
-    (~16 B per edge).  With the columns copied out, the caller drops the table and hands the parse's
-    memory back to the system."""
-    out = np.empty(len(column), dtype=column.type.to_pandas_dtype())
+
+def count_lines(buf: bytes | pa.Buffer) -> int:
+    """At most how many lines ``buf`` holds (its newlines, plus a last line without one), counted a
+    slice at a time (a comparison of the whole range would be as large as the range)."""
+    view = np.frombuffer(buf, np.uint8)
+    step = 1 << 20
+    newline = np.empty(step, dtype=bool)
+    count = 1
+    for i in range(0, len(view), step):
+        part = view[i:i + step]
+        count += int(np.count_nonzero(np.equal(part, 10, out=newline[:len(part)])))
+    return count
+
+
+def _parse_into(buf: bytes | pa.Buffer, dtype: pa.DataType, lines: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two columns, parsed one block at a time (:func:`_read_csv`) into arrays of numpy's own
+    memory sized from the line count, each block's Arrow memory freed before the next.  Parsed whole
+    and then copied out, a rank held its edges twice (~16 B per edge: 3.1 GiB per rank on ``data``)."""
+    out = [np.empty(lines, dtype=dtype.to_pandas_dtype()) for _ in range(2)]
     at = 0
-    for chunk in column.chunks:
-        out[at:at + len(chunk)] = chunk.to_numpy()
-        at += len(chunk)
-    return out
+    for batch in _read_csv(buf, dtype):
+        k = batch.num_rows
+        for col, into in zip(batch.columns, out, strict=True):
+            if col.null_count:
+                raise _EmptyField
+            into[at:at + k] = col.to_numpy()
+        at += k
+        del batch
+    pa.default_memory_pool().release_unused()
+    return truncate(out[0], at), truncate(out[1], at)
 
 
-def _read_csv(buf: bytes | pa.Buffer, dtype: pa.DataType) -> pa.Table:
-    """The parse, in the calling thread.  A rank has one CPU (Ray sets OMP_NUM_THREADS=1 in a 1-CPU
-    actor, spawn_torch in its ranks, and Arrow sizes its thread pool by it), so Arrow's threads
-    bought nothing but a handoff, and the memory they parsed into stayed with them: Arrow's pool
-    (mimalloc here) gives a thread's freed pages back when that thread releases, or every thread's
-    from the main thread, and a Ray rank runs in an actor thread, where half of data_1 left
-    0.8-1.3 GiB resident after its load against 0.31 GiB (its two columns and the interpreter).
-    A process that parses the whole file alone loses Arrow's second thread (half of data_1: 1.3 s
-    against 0.8 s at best)."""
-    return pacsv.read_csv(
+def truncate(a: np.ndarray, n: int) -> np.ndarray:
+    """``a[:n]``; when ``a`` owns its memory it is shrunk in place (realloc gives the tail's pages back
+    to the system), so no caller may keep a view of it."""
+    if a.base is None and a.flags.owndata:
+        a.resize(n, refcheck=False)
+        return a
+    return a[:n]
+
+
+def _read_csv(buf: bytes | pa.Buffer, dtype: pa.DataType) -> pacsv.CSVStreamingReader:
+    """The parse, in the calling thread, a block of :data:`_PARSE_BLOCK` bytes at a time.  A rank has
+    one CPU (Ray sets OMP_NUM_THREADS=1 in a 1-CPU actor, spawn_torch in its ranks, and Arrow sizes its
+    thread pool by it), so Arrow's threads bought nothing but a handoff, and the memory they parsed
+    into stayed with them: Arrow's pool (mimalloc here) gives a thread's freed pages back when that
+    thread releases, or every thread's from the main thread, and a Ray rank runs in an actor thread,
+    where half of data_1 left 0.8-1.3 GiB resident after its load against 0.31 GiB (its two columns
+    and the interpreter)."""
+    return pacsv.open_csv(
         pa.BufferReader(buf),
         read_options=pacsv.ReadOptions(column_names=["node1", "node2"], block_size=_PARSE_BLOCK, use_threads=False),
         parse_options=pacsv.ParseOptions(),

@@ -49,7 +49,8 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +58,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from workloads import _dist
-from workloads.graphio import InputInfo, block_ranges, read_range, split_ranges
+from workloads.graphio import InputInfo, block_ranges, read_range, split_ranges, truncate
 from workloads.record import UserError, run_main, timer
 
 DENSE_ID_LIMIT = 1 << 28  # ids below this may be relabelled through a bitmap of the id space ...
@@ -211,7 +212,8 @@ def split_edges(src: np.ndarray, dst: np.ndarray, bounds: np.ndarray, directed: 
 SPMV_CHUNK_ARCS = 1 << 20  # arcs per csr_matvec call: the 1.0s it reads are one shared buffer (8 MB)
 KEY_CHUNK_ARCS = 1 << 24  # arcs per slice while a block's rows are counted and its sort key made in place
 ROUND_EDGES = 1 << 22  # edges a worker sends per exchange round (undirected: <= 64 MB of arcs in flight)
-BUILD_PARTS = 8  # a worker's rows are built as this many row blocks of equal arcs, one at a time
+BUILD_PARTS = 16  # a worker's rows are built as this many row blocks of equal arcs, one at a time ...
+RUN_ROWS = 1 << 16  # ... each received as runs of at most this many rows (a row within its run: uint16)
 HUB_ARCS = 16  # rows with at least this many arcs are multiplied one column segment at a time ...
 COLUMN_SEGMENTS = 8  # ... in this many segments of equal arc counts (:class:`RowBlock`)
 
@@ -237,11 +239,12 @@ class RowBlock:
     block costs 4 B per arc (its column) instead of 12.
     """
 
-    def __init__(self, rows: int, arcs: list[np.ndarray], n: int, cuts: np.ndarray | None = None) -> None:
+    def __init__(self, rows: int, arcs: list[np.ndarray], n: int, cuts: np.ndarray | None = None,
+                 expect: np.ndarray | None = None) -> None:
         """``arcs`` is ``[to, frm]``, taken out of the list and over (int32 ``to`` is overwritten with the
         sort key): the block's arrays replace them in memory
         (at most ~13 B per arc while it is built: the sort key, made in place of ``to``, the sources, the
-        block's columns and one byte of scratch)."""
+        block's columns and one byte of scratch).  ``expect``: every row's arc count, checked."""
         from scipy.sparse._sparsetools import coo_tocsr
 
         to, frm = (a.astype(np.int32, copy=False) for a in arcs)
@@ -252,6 +255,9 @@ class RowBlock:
         counts = np.zeros(rows, dtype=np.int64)
         for lo in range(0, self.nnz, KEY_CHUNK_ARCS):  # bincount copies its input as int64: a slice at a time
             counts += np.bincount(to[lo:lo + KEY_CHUNK_ARCS], minlength=rows)
+        if expect is not None and not np.array_equal(counts, expect):
+            r = int(np.flatnonzero(counts != expect)[0])
+            raise ValueError(f"row {r} of a block has {int(counts[r])} arcs, its degree says {int(expect[r])}")
         short = np.flatnonzero(counts < HUB_ARCS)
         del counts
         self.hubs = int(short[0]) if len(short) else rows
@@ -342,13 +348,19 @@ def csr_pattern(rows: int, to: np.ndarray, frm: np.ndarray, n: int, cuts: np.nda
     return RowBlock(rows, [np.array(to, dtype=np.int32), np.array(frm, dtype=np.int32)], n, cuts)
 
 
-def truncate(a: np.ndarray, n: int) -> np.ndarray:
-    """``a[:n]``; when ``a`` owns its memory it is shrunk in place (realloc gives the tail's pages back
-    to the system), so no caller may keep a view of it."""
-    if a.base is None and a.flags.owndata:
-        a.resize(n, refcheck=False)
-        return a
-    return a[:n]
+@contextmanager
+def small_pages() -> Iterator[None]:
+    """Arrays allocated here get 4 kB pages: numpy asks for transparent huge pages on large arrays,
+    and an array filled at many places at once (:meth:`PageRankPart.inbox`) would hold a 2 MB page
+    per place, mostly empty.  (numpy's switch is private: without it, this does nothing.)"""
+    switch = getattr(getattr(np, "_core", None), "multiarray", None)
+    switch = getattr(switch, "_set_madvise_hugepage", None)
+    before = switch(False) if switch else None
+    try:
+        yield
+    finally:
+        if switch:
+            switch(before)
 
 
 def inverse_degree(outdeg: np.ndarray) -> np.ndarray:
@@ -376,19 +388,22 @@ def spmv(block: RowBlock, v: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def pagerank_step(blocks: list[tuple[int, RowBlock]], x: np.ndarray, inv_out: np.ndarray, dangling: np.ndarray,
-                  damping: float, lo: int, out: np.ndarray, scaled: np.ndarray) -> tuple[np.ndarray, float]:
+                  damping: float, lo: int, out: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, float]:
     """One power-iteration step for the worker's rows [lo, lo+len(out)) given the full previous ``x``.
 
-    ``blocks`` are the rows' pattern (:func:`spmv_blocks`); returns (the rows' new values, written into ``out``; their L1 change).
-    ``scaled`` (as long as ``x``) is scratch: no per-iteration allocation of vectors (here every large
+    ``blocks`` are the rows' pattern (:func:`spmv_blocks`); returns (the rows' new values, written into
+    ``out``; their L1 change).  ``x`` is scaled by ``inv_out`` in place (the SpMV's input: an n-long
+    vector less on every rank) and is scratch afterwards; ``prev`` (as long as ``out``) keeps the rows'
+    previous values for the change.  No per-iteration allocation of vectors (here every large
     allocation is fresh pages to fault in).
     """
     n = len(x)
     base = (damping * x[dangling].sum() + (1.0 - damping)) / n
-    spmv_blocks(blocks, np.multiply(x, inv_out, out=scaled), out)
+    np.copyto(prev, x[lo:lo + len(out)])
+    spmv_blocks(blocks, np.multiply(x, inv_out, out=x), out)
     out *= damping
     out += base
-    diff = np.subtract(out, x[lo:lo + len(out)], out=scaled[:len(out)])
+    diff = np.subtract(out, prev, out=prev)
     return out, float(np.abs(diff, out=diff).sum())
 
 
@@ -596,31 +611,42 @@ class PageRankPart:
             return presence_mask(self.src, self.dst, max_id)
         return local_unique(self.src, self.dst)
 
-    def degrees(self, node_set: np.ndarray) -> np.ndarray:
-        """Relabel to dense ids; return local [outdeg] (undirected: the degree) or [outdeg, indeg]."""
+    def degrees(self, node_set: np.ndarray, dtype: type = np.int64) -> np.ndarray:
+        """Relabel to dense ids; return local [outdeg] (undirected: the degree) or [outdeg, indeg] as
+        ``dtype`` (int32 where the run's edge count bounds every sum: half the bytes to reduce)."""
         lookup = BitRank(node_set) if self.dense else node_set
         n = lookup.n if self.dense else len(node_set)
         s, d = relabel(self.src, lookup, self.dense), relabel(self.dst, lookup, self.dense)
         del lookup
         self.src, self.dst = s, d
-        out = np.bincount(s, minlength=n)
+        out = np.bincount(s, minlength=n).astype(dtype)
         if not self.directed:  # arcs both ways, a self-loop once: no copy of the non-loop ends
-            out += np.bincount(d, minlength=n)
+            out += np.bincount(d, minlength=n).astype(dtype)
             np.subtract.at(out, s[s == d], 1)
             return out
-        return np.concatenate([out, np.bincount(d, minlength=n)])
+        return np.concatenate([out, np.bincount(d, minlength=n).astype(dtype)])
 
     def inbox(self, bounds: np.ndarray, row_arcs: np.ndarray) -> int:
-        """Make room for the arcs of this worker's rows: :data:`BUILD_PARTS` row blocks of about equal
-        arcs, each a (to, from) pair of the length the reduced degrees give (``row_arcs``, the arcs of
-        every row in the degree numbering; pages are touched only as arcs land).  Returns the number
-        of rounds this worker needs to send its edges."""
+        """Make room for the arcs of this worker's rows, which arrive in any order: its rows are cut
+        into :data:`BUILD_PARTS` parts of about equal arcs (built one at a time) and each part into
+        runs of at most :data:`RUN_ROWS` rows; a run's slots (as many as the reduced degrees give its
+        rows: ``row_arcs``, every row's arcs in the degree numbering) are filled in arrival order with
+        each arc's column (int32) and its row within the run (uint16): 6 B per arc, the runs one after
+        another in two arrays whose pages are touched only as arcs land.  Returns the number of rounds
+        this worker needs to send its edges."""
         self.lo, self.hi = int(bounds[self.rank]), int(bounds[self.rank + 1])
-        mine = row_arcs[self.lo:self.hi]
-        self.cuts = row_bounds(mine, BUILD_PARTS)  # in this worker's row numbering
-        sizes = [int(mine[a:b].sum()) for a, b in zip(self.cuts[:-1], self.cuts[1:], strict=True)]
-        self.boxes: list[list[np.ndarray] | None] = [[np.empty(c, np.int32), np.empty(c, np.int32)] for c in sizes]
-        self.filled = [0] * len(sizes)
+        self.row_arcs = row_arcs[self.lo:self.hi].copy()
+        rows = len(self.row_arcs)
+        self.cuts = row_bounds(self.row_arcs, BUILD_PARTS)  # in this worker's row numbering
+        self.run_rows = np.unique(np.concatenate([self.cuts, np.arange(0, rows, RUN_ROWS)]))  # each run's first row
+        run_of_row = np.repeat(np.arange(len(self.run_rows) - 1), np.diff(self.run_rows))
+        self.run_of_row = run_of_row.astype(np.int16 if len(self.run_rows) <= 2**15 else np.int32)
+        starts = np.concatenate([[0], np.cumsum(self.row_arcs, dtype=np.int64)])[self.run_rows]
+        self.run_arcs = starts  # each run's first slot; its end is the next run's first
+        self.fill = starts[:-1].copy()  # each run's next free slot
+        with small_pages():  # a run's front would touch a whole 2 MB huge page: ~0.9 GB over data's runs
+            self.cols = np.empty(int(starts[-1]), np.int32)
+            self.within = np.empty(int(starts[-1]), np.uint16)
         return -(-len(self.src) // ROUND_EDGES)
 
     def send_round(self, rank: np.ndarray, bounds: np.ndarray) -> list[np.ndarray]:
@@ -633,33 +659,55 @@ class PageRankPart:
         return split_edges(src, dst, bounds, self.directed)
 
     def receive(self, pieces: list[np.ndarray]) -> None:
-        """Copy the arcs of one round (``[to..., from...]`` from each worker, emptied) into the row
-        blocks of their rows, ``to`` in the block's numbering."""
+        """Put the arcs of one round (``[to..., from...]`` from each worker, emptied) after what their
+        runs hold: a counting sort by run (scipy's ``coo_tocsr``, a few hundred runs) and one scatter
+        per array."""
+        from scipy.sparse._sparsetools import coo_tocsr
+
+        runs = len(self.run_rows) - 1
         while pieces:
             piece = pieces.pop(0)
             c = len(piece) // 2
             to, frm = piece[:c], piece[c:]
-            for j, (a, b) in enumerate(zip(self.cuts[:-1], self.cuts[1:], strict=True)):
-                sel = (to >= a) & (to < b)
-                k, at = int(np.count_nonzero(sel)), self.filled[j]
-                box_to, box_frm = self.boxes[j]
-                np.compress(sel, to, out=box_to[at:at + k])
-                box_to[at:at + k] -= a
-                np.compress(sel, frm, out=box_frm[at:at + k])
-                self.filled[j] = at + k
+            run = self.run_of_row[to].astype(np.int32)
+            within = (to - self.run_rows[run]).astype(np.uint16)
+            del to
+            ptr, cols, rows = np.empty(runs + 1, np.int32), np.empty(c, np.int32), np.empty(c, np.uint16)
+            coo_tocsr(runs, 1, c, run, frm, within, ptr, cols, rows)
+            del run, frm, within, piece
+            got = np.diff(ptr)
+            dest = np.repeat(self.fill - ptr[:-1], got)  # a run's next slot, less the index of its first arc here
+            dest += np.arange(c)
+            self.cols[dest] = cols  # (a run given more arcs than its degrees: an IndexError or build's check)
+            self.within[dest] = rows
+            self.fill += got
 
     def build(self, outdeg: np.ndarray) -> int:
-        """The CSR pattern of this worker's rows, one row block at a time (:class:`RowBlock` takes the
-        block's arcs over: only one block's scratch exists at a time); ``outdeg`` renumbered."""
+        """The CSR pattern of this worker's rows, one part at a time from the last (:class:`RowBlock`
+        takes the part's arcs over and the arrays they came from shrink: only one part's scratch
+        exists at a time); ``outdeg`` renumbered."""
         n = len(outdeg)
         col_cuts = column_cuts(outdeg, COLUMN_SEGMENTS)
-        self.blocks: list[tuple[int, RowBlock]] = []
-        for j, (a, b) in enumerate(zip(self.cuts[:-1], self.cuts[1:], strict=True)):
-            arcs, self.boxes[j] = self.boxes[j], None
-            if self.filled[j] != len(arcs[0]):
-                raise RuntimeError(f"rank {self.rank}: rows {self.lo + a}..{self.lo + b} received "
-                                   f"{self.filled[j]} arcs, their degrees say {len(arcs[0])}")
-            self.blocks.append((int(a), RowBlock(int(b - a), arcs, n, col_cuts)))
+        if not np.array_equal(self.fill, self.run_arcs[1:]):
+            r = int(np.flatnonzero(self.fill != self.run_arcs[1:])[0])
+            raise RuntimeError(f"rank {self.rank}: rows {self.lo + self.run_rows[r]}..{self.lo + self.run_rows[r + 1]} "
+                               f"received {int(self.fill[r] - self.run_arcs[r])} arcs, their degrees say "
+                               f"{int(self.run_arcs[r + 1] - self.run_arcs[r])}")
+        del self.fill, self.run_of_row
+        blocks = []
+        for a, b in reversed(list(zip(self.cuts[:-1], self.cuts[1:], strict=True))):
+            first, last = np.searchsorted(self.run_rows, [a, b])
+            lo, hi = int(self.run_arcs[first]), int(self.run_arcs[last])
+            to = self.within[lo:hi].astype(np.int32)
+            self.within = truncate(self.within, lo)
+            for r in range(first, last):  # rows within their run -> rows of the part
+                to[self.run_arcs[r] - lo:self.run_arcs[r + 1] - lo] += self.run_rows[r] - a
+            arcs = [to, self.cols[lo:hi]]
+            del to
+            blocks.append((int(a), RowBlock(int(b - a), arcs, n, col_cuts, self.row_arcs[a:b])))
+            self.cols = truncate(self.cols, lo)  # (the block took its view of these over)
+        self.blocks: list[tuple[int, RowBlock]] = blocks[::-1]
+        del self.cols, self.within, self.row_arcs, self.run_rows, self.run_arcs
         ones = max((blk.ones for _, blk in self.blocks), key=len, default=np.ones(1))
         for _, blk in self.blocks:
             blk.share_ones(ones)
@@ -669,14 +717,14 @@ class PageRankPart:
         self.inv_out = inverse_degree(outdeg)
         self.dangling = np.flatnonzero(outdeg == 0)
         self.out = np.empty(self.hi - self.lo)
-        self.scaled = np.empty(n)
+        self.prev = np.empty(self.hi - self.lo)
         self.spmv_s = 0.0
         return sum(blk.nnz for _, blk in self.blocks)
 
     def step(self, x: np.ndarray) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
         out = pagerank_step(self.blocks, x, self.inv_out, self.dangling, self.damping, self.lo, self.out,
-                             self.scaled)
+                             self.prev)
         self.spmv_s += time.perf_counter() - t0
         return out
 
@@ -821,8 +869,9 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) 
             else:
                 node_set = np.unique(np.concatenate(comm.allgather(local)))
             del local
-        with timer(steps, "degrees"):  # (the reduced counts, n or 2n int64s, are not kept)
-            rank, outdeg, row_arcs, bounds = plan_rows(comm.allreduce(comm.guard(part.degrees, node_set)),
+        with timer(steps, "degrees"):  # (the reduced counts, n or 2n of them, are not kept)
+            counts = np.int32 if 2 * n_edges < 2**31 else np.int64  # a node's arcs are at most 2 per edge
+            rank, outdeg, row_arcs, bounds = plan_rows(comm.allreduce(comm.guard(part.degrees, node_set, counts)),
                                                        args.directed, w)
         with timer(steps, "exchange"):
             rounds = comm.guard(part.inbox, bounds, row_arcs)

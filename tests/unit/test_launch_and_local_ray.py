@@ -72,15 +72,16 @@ class TwoRanks(_dist.Comm):
         return [a, next(self.peer)]
 
 
-def test_comm_reduces_in_rank_order_and_gathers_blocks_into_alternating_vectors():
+def test_comm_reduces_in_rank_order_and_gathers_blocks_into_one_vector():
     import numpy as np
 
     comm = TwoRanks([np.array([5, 1]), np.array([2.0]), np.array([0.5]), np.array([3.0]), np.array([0.25])])
     assert comm.allreduce(np.array([1, 4]), "max").tolist() == [5, 4]
     gather = comm.block_gatherer([1, 1], np.float64)
     first, s1 = gather(np.array([1.0]), 0.125)
+    assert first.tolist() == [1.0, 2.0]
     second, s2 = gather(np.array([4.0]), 1.0)
-    assert first.tolist() == [1.0, 2.0] and second.tolist() == [4.0, 3.0]  # the first is still valid
+    assert second is first and second.tolist() == [4.0, 3.0]  # one n-long vector, refilled
     assert (s1, s2) == (0.625, 1.25)
 
 
@@ -104,17 +105,18 @@ def alltoall_on_this_rank(comm) -> int:
 
 def gather_blocks_on_this_rank(comm) -> int:
     """Blocks of unequal sizes (one empty, one above RayComm.INLINE_BYTES: Ray sends it through the
-    object store, the others inside its calls) land in rank order with the sum of the ranks' values;
-    the previous vector stays valid."""
+    object store, the others inside its calls) land in rank order with the sum of the ranks' values,
+    each call into the same vector."""
     import numpy as np
 
     sizes = [2, 0, _dist.RayComm.INLINE_BYTES // 8 + 1000][:comm.world]
     mine = sum(sizes[:comm.rank])
     gather = comm.block_gatherer(sizes, np.float64)
-    first, s1 = gather(np.arange(mine, mine + sizes[comm.rank], dtype=np.float64), 2.0 ** comm.rank)
-    second, s2 = gather(-np.arange(mine, mine + sizes[comm.rank], dtype=np.float64), 0.5)
     n = sum(sizes)
+    first, s1 = gather(np.arange(mine, mine + sizes[comm.rank], dtype=np.float64), 2.0 ** comm.rank)
     assert first.tolist() == list(range(n)), f"rank {comm.rank}: {first[:5].tolist()}"
+    second, s2 = gather(-np.arange(mine, mine + sizes[comm.rank], dtype=np.float64), 0.5)
+    assert second is first, f"rank {comm.rank}: a second n-long vector"
     assert second.tolist() == [-float(i) for i in range(n)], f"rank {comm.rank}: {second[:5].tolist()}"
     assert (s1, s2) == (2.0 ** comm.world - 1, 0.5 * comm.world), f"rank {comm.rank}: {s1}, {s2}"
     return 0
