@@ -28,9 +28,11 @@ How the work is split (:func:`run`, the same code in every runtime; only ``comm`
    random gathers 1.2-1.6x faster (perf-notes §4b); rows (destinations) are cut into contiguous
    blocks with equal arc counts and every worker sends each arc to the block's owner, in rounds of
    :data:`ROUND_EDGES` edges that leave the sender's memory as they go (:meth:`PageRankPart.send_round`);
-   the receiver, which knows from the degrees how many arcs each of its rows gets, copies them into
-   :data:`BUILD_PARTS` row blocks made to measure;
-4. each worker builds the CSR pattern of its rows one row block at a time (parallel arcs repeated;
+   the receiver, which knows from the degrees how many arcs each of its rows gets, appends each arc
+   to the run of at most :data:`RUN_ROWS` rows it belongs to, as its column and its row within the run
+   (6 B: :meth:`PageRankPart.inbox`), so the edges still to send and the arcs received stay about one
+   copy of the arcs;
+4. each worker builds the CSR pattern of its rows one of :data:`BUILD_PARTS` row blocks at a time (parallel arcs repeated;
    the long rows stored per column segment so their gathers stay in cache, :class:`RowBlock`), so the
    build's scratch is a fraction of the rank's arcs, not all of them; an iteration is
    ``x'[rows] = d * P[rows] @ (x / outdeg) + (d*dangling + 1-d)/n`` -- the same products as
