@@ -96,14 +96,16 @@ def bench(argv: list[str] | None = None) -> int:
                              f"{free / 2**30:.0f} GiB free: free space or pick a smaller --dataset")
         console.print(f"generating {args.dataset} ({spec.edges:,} edges) into {args.data_dir} (once)")
         data.generate(args.dataset, args.data_dir)
+    digest = _cluster.sha256_file(path)
     if on_lab:  # the lab's disks are this machine's too
-        free, need = shutil.disk_usage(args.data_dir).free, path.stat().st_size * len(cluster.nodes)
+        lacking = [n for n in cluster.nodes if not _cluster.has_copy(cluster, n, path, digest)]
+        free, need = shutil.disk_usage(args.data_dir).free, path.stat().st_size * len(lacking)
         if free < 1.1 * need:
-            raise SystemExit(f"error: a copy of {args.dataset} on each of the lab's {len(cluster.nodes)} hosts "
-                             f"needs ~{need / 2**30:.0f} GiB on this machine, {free / 2**30:.0f} GiB free: "
+            raise SystemExit(f"error: a copy of {args.dataset} on each of the {len(lacking)} lab hosts without "
+                             f"one needs ~{need / 2**30:.0f} GiB on this machine, {free / 2**30:.0f} GiB free: "
                              "pick a smaller --dataset")
     console.print(f"copying {args.dataset} to every node (skipped where it is already there)")
-    _cluster.put_local(cluster, path, console.print)
+    _cluster.put_local(cluster, path, console.print, digest)
     rows, results = [], REPO / "results"
     for workload, extra in JOBS.items():
         paths = runner.run_experiment(cluster, workload, args.nodes, "both", args.dataset, 1, extra,

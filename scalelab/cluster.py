@@ -339,15 +339,25 @@ def _stream(node: Node, src: Path, command: str, timeout: float) -> subprocess.C
     return proc
 
 
-def put_local(cluster: Cluster, src: Path, say: Callable[[str], None]) -> dict[str, str]:
-    """Copy src to <scalelab_data_dir>/<name> on every node (skipped where the same file is there)."""
-    digest = sha256_file(src)
-    dest = f"{node_var(cluster, 'scalelab_data_dir')}/{src.name}"
+def _data_dest(cluster: Cluster, src: Path) -> str:
+    return f"{node_var(cluster, 'scalelab_data_dir')}/{src.name}"
+
+
+def has_copy(cluster: Cluster, n: Node, src: Path, digest: str) -> bool:
+    """Whether node ``n`` holds this very file (the digest :func:`put_local` wrote beside it)."""
+    q = shlex.quote(_data_dest(cluster, src))
+    return cluster.ssh(n, f"cat {q}.sha256 2>/dev/null", timeout=30, check=False).stdout.strip() == digest
+
+
+def put_local(cluster: Cluster, src: Path, say: Callable[[str], None], digest: str | None = None) -> dict[str, str]:
+    """Copy src to <scalelab_data_dir>/<name> on every node (skipped where the same file is there);
+    ``digest``: src's sha256, when the caller has it."""
+    digest = digest or sha256_file(src)
+    dest = _data_dest(cluster, src)
     q = shlex.quote(dest)
 
     def one(n: Node) -> str:
-        have = cluster.ssh(n, f"cat {q}.sha256 2>/dev/null", timeout=30, check=False).stdout.strip()
-        if have == digest:
+        if has_copy(cluster, n, src, digest):
             return "unchanged"
         cmd = (require_dir(str(Path(dest).parent)) + f"cat > {q}.part && "
                f"echo {digest} > {q}.sha256.part && mv {q}.part {q} && mv {q}.sha256.part {q}.sha256")
