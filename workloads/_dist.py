@@ -572,13 +572,25 @@ class RayComm(Comm):
         return [r for r, _ in self._exchange(self._to_every_rank(a))]
 
     def block_gatherer(self, sizes: Sequence[int], dtype: Any) -> Gatherer:
-        """As :meth:`Comm.block_gatherer`, in one round: the value travels beside the block."""
+        """As :meth:`Comm.block_gatherer`: the blocks cross in parts of at most :data:`PART_BYTES`, a
+        round per part (the value beside the first), each copied into its place as it lands, so the
+        object store holds one round's parts at a time.  Whole, the blocks of `data`'s three ranks held
+        ~330 MB of every node's store each iteration, and a store's pages stay resident after a run."""
         out = self.vector(sizes, dtype)
+        starts = np.concatenate([[0], np.cumsum([int(v) for v in sizes])]).astype(int)
+        step = max(self.PART_BYTES // np.dtype(dtype).itemsize, 1)
+        rounds = max(-(-max((int(v) for v in sizes), default=0) // step), 1)
 
         def gather(block: np.ndarray, value: float) -> tuple[np.ndarray, float]:
-            rows = self._exchange(self._to_every_rank(block), float(value))
-            np.concatenate([b for b, _ in rows], out=out)
-            return out, sum(v for _, v in rows)  # rank order, as allreduce adds
+            values: list[float] = []
+            for k in range(rounds):
+                lo = k * step
+                rows = self._exchange(self._to_every_rank(block[lo:lo + step]), float(value))
+                for r, (part, _) in enumerate(rows):
+                    out[starts[r] + lo:starts[r] + lo + len(part)] = part
+                values = values or [v for _, v in rows]
+                del rows  # this round's parts leave the object store
+            return out, sum(values)  # rank order, as allreduce adds
 
         return gather
 

@@ -115,8 +115,10 @@ class BitRank:
         np.cumsum(counts[:-1], out=self.prefix[1:])
         self.n = int(self.prefix[-1]) + int(counts[-1]) if len(counts) else 0
 
-    def __call__(self, ids: np.ndarray) -> np.ndarray:
-        out = np.empty(len(ids), dtype=np.int32)
+    def __call__(self, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Dense ids (int32) of ``ids``, into ``out`` if given (``ids`` itself when int32: a slice of
+        ``ids`` is read whole before its slice of ``out`` is written)."""
+        out = np.empty(len(ids), dtype=np.int32) if out is None else out
         one = np.uint64(1)
         step = max(1, min(self.CHUNK, len(ids)))
         word, below, hit = np.empty(step, np.int64), np.empty(step, np.uint64), np.empty(step, np.uint64)
@@ -132,10 +134,17 @@ class BitRank:
 
 
 def relabel(arr: np.ndarray, node_set: BitRank | np.ndarray, dense: bool) -> np.ndarray:
-    """Original ids -> dense int32 ids.  ``node_set`` is a :class:`BitRank` (dense) or sorted ids."""
+    """Original ids -> dense int32 ids.  ``node_set`` is a :class:`BitRank` (dense) or sorted ids.
+
+    int32 ids are overwritten in place (a rank's edges are not held twice: 1.6 GB per rank on
+    ``data``); int64 ids are read into a new int32 array."""
+    out = arr if arr.dtype == np.int32 else np.empty(len(arr), dtype=np.int32)
     if dense:
-        return node_set(arr)
-    return np.searchsorted(node_set, arr).astype(np.int32)
+        return node_set(arr, out)
+    step = BitRank.CHUNK
+    for s in range(0, len(arr), step):  # searchsorted's int64 positions a slice at a time
+        out[s:s + step] = np.searchsorted(node_set, arr[s:s + step])
+    return out
 
 
 def node_ids(node_set: np.ndarray, dense: bool) -> np.ndarray:

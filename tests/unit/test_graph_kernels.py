@@ -362,6 +362,12 @@ def test_bit_rank_relabel_equals_a_cumulative_sum_across_words_and_chunks(monkey
     index = pagerank.BitRank(bits)
     assert index.n == 300
     assert np.array_equal(pagerank.relabel(ids, index, True), expect[ids])
+    narrow = ids.astype(np.int32)  # int32 ids (a rank's parsed edges): relabelled in place, chunk by chunk
+    got = pagerank.relabel(narrow, index, True)
+    assert got is narrow and np.array_equal(got, expect[ids])
+    narrow = ids.astype(np.int32)
+    got = pagerank.relabel(narrow, np.unique(ids), False)
+    assert got is narrow and np.array_equal(got, expect[ids])
 
 
 def test_degree_rank_puts_hubs_first_and_keeps_id_order_on_ties():

@@ -104,12 +104,12 @@ def alltoall_on_this_rank(comm) -> int:
 
 
 def gather_blocks_on_this_rank(comm) -> int:
-    """Blocks of unequal sizes (one empty, one above RayComm.INLINE_BYTES: Ray sends it through the
-    object store, the others inside its calls) land in rank order with the sum of the ranks' values,
-    each call into the same vector."""
+    """Blocks of unequal sizes (one empty, one above RayComm.PART_BYTES: Ray sends it in two parts, the
+    first through the object store, the rest inside its calls) land in rank order with the sum of the
+    ranks' values, each call into the same vector."""
     import numpy as np
 
-    sizes = [2, 0, _dist.RayComm.INLINE_BYTES // 8 + 1000][:comm.world]
+    sizes = [2, 0, _dist.RayComm.PART_BYTES // 8 + 1000][:comm.world]
     mine = sum(sizes[:comm.rank])
     gather = comm.block_gatherer(sizes, np.float64)
     n = sum(sizes)
