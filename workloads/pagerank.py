@@ -222,7 +222,7 @@ def split_edges(src: np.ndarray, dst: np.ndarray, bounds: np.ndarray, directed: 
 
 SPMV_CHUNK_ARCS = 1 << 20  # arcs per csr_matvec call: the 1.0s it reads are one shared buffer (8 MB)
 KEY_CHUNK_ARCS = 1 << 24  # arcs per slice while a block's rows are counted and its sort key made in place
-ROUND_EDGES = 1 << 22  # edges a worker sends per exchange round (undirected: <= 64 MB of arcs in flight)
+ROUND_EDGES = 1 << 21  # edges a worker sends per exchange round (undirected: <= 32 MB of arcs in flight)
 BUILD_PARTS = 16  # a worker's rows are built as this many row blocks of equal arcs, one at a time ...
 RUN_ROWS = 1 << 16  # ... each received as runs of at most this many rows (a row within its run: uint16)
 HUB_ARCS = 16  # rows with at least this many arcs are multiplied one column segment at a time ...
@@ -232,6 +232,14 @@ COLUMN_SEGMENTS = 8  # ... in this many segments of equal arc counts (:class:`Ro
 def column_cuts(col_weight: np.ndarray, segments: int) -> np.ndarray:
     """Inner cuts (length segments-1) of columns 0..n into segments of about equal weight (arcs)."""
     return row_bounds(col_weight, segments)[1:-1]
+
+
+def column_segments(cuts: np.ndarray, n: int) -> np.ndarray:
+    """The segment of every column 0..n (a byte each where that holds them: a table that stays in cache)."""
+    seg = np.zeros(n, dtype=np.uint8 if len(cuts) < 255 else np.int32)
+    for c in cuts:
+        seg[c:] += 1
+    return seg
 
 
 class RowBlock:
@@ -251,11 +259,12 @@ class RowBlock:
     """
 
     def __init__(self, rows: int, arcs: list[np.ndarray], n: int, cuts: np.ndarray | None = None,
-                 expect: np.ndarray | None = None) -> None:
+                 expect: np.ndarray | None = None, segment: np.ndarray | None = None) -> None:
         """``arcs`` is ``[to, frm]``, taken out of the list and over (int32 ``to`` is overwritten with the
         sort key): the block's arrays replace them in memory
         (at most ~13 B per arc while it is built: the sort key, made in place of ``to``, the sources, the
-        block's columns and one byte of scratch).  ``expect``: every row's arc count, checked."""
+        block's columns and one byte of scratch).  ``expect``: every row's arc count, checked;
+        ``segment``: :func:`column_segments` of ``cuts``, when the caller keeps it for several blocks."""
         from scipy.sparse._sparsetools import coo_tocsr
 
         to, frm = (a.astype(np.int32, copy=False) for a in arcs)
@@ -275,13 +284,11 @@ class RowBlock:
         if self.segments == 1 or self.hubs == 0 or self.segments * rows >= 2**31:
             self.segments, self.hubs = 1, 0
         else:
-            seg = np.zeros(n, dtype=np.int32)
-            for c in cuts:  # the segment of every column, a table of n entries that stays in cache
-                seg[c:] += self.hubs
+            seg = column_segments(cuts, n) if segment is None else segment
             short_rows = np.int32((self.segments - 1) * self.hubs)
             for lo in range(0, self.nnz, KEY_CHUNK_ARCS):  # the sort key in place of `to`, a slice at a time
                 t = to[lo:lo + KEY_CHUNK_ARCS]
-                t += np.where(t < self.hubs, seg[frm[lo:lo + KEY_CHUNK_ARCS]], short_rows)
+                t += np.where(t < self.hubs, seg[frm[lo:lo + KEY_CHUNK_ARCS]].astype(np.int32) * self.hubs, short_rows)
         key = to
         del to
         key_rows = self.segments * self.hubs + rows - self.hubs
@@ -699,6 +706,7 @@ class PageRankPart:
         exists at a time); ``outdeg`` renumbered."""
         n = len(outdeg)
         col_cuts = column_cuts(outdeg, COLUMN_SEGMENTS)
+        segment = column_segments(col_cuts, n)  # one table for every block
         if not np.array_equal(self.fill, self.run_arcs[1:]):
             r = int(np.flatnonzero(self.fill != self.run_arcs[1:])[0])
             raise RuntimeError(f"rank {self.rank}: rows {self.lo + self.run_rows[r]}..{self.lo + self.run_rows[r + 1]} "
@@ -715,10 +723,10 @@ class PageRankPart:
                 to[self.run_arcs[r] - lo:self.run_arcs[r + 1] - lo] += self.run_rows[r] - a
             arcs = [to, self.cols[lo:hi]]
             del to
-            blocks.append((int(a), RowBlock(int(b - a), arcs, n, col_cuts, self.row_arcs[a:b])))
+            blocks.append((int(a), RowBlock(int(b - a), arcs, n, col_cuts, self.row_arcs[a:b], segment)))
             self.cols = truncate(self.cols, lo)  # (the block took its view of these over)
         self.blocks: list[tuple[int, RowBlock]] = blocks[::-1]
-        del self.cols, self.within, self.row_arcs, self.run_rows, self.run_arcs
+        del self.cols, self.within, self.row_arcs, self.run_rows, self.run_arcs, segment
         ones = max((blk.ones for _, blk in self.blocks), key=len, default=np.ones(1))
         for _, blk in self.blocks:
             blk.share_ones(ones)
