@@ -18,7 +18,6 @@ a collective when another fails (:meth:`Comm.guard`), and ``--timeout`` stops a 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
 import json
 import multiprocessing as mp
@@ -200,22 +199,6 @@ def summary_line(rec: dict) -> str:
 def since_launch(args: argparse.Namespace) -> float:
     """Seconds since the run was launched (:func:`workloads.record.launch_time`)."""
     return time.time() - args.launch_t
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-RANK_MMAP_THRESHOLD = 1 << 20
-
-
-def hand_back_freed_memory() -> None:
-    """Make glibc give every block of :data:`RANK_MMAP_THRESHOLD` bytes and more its own mapping, handed
-    back to the system when freed.  By default the threshold follows the largest block freed (up to
-    32 MiB), and a rank's temporaries below it (a round of the graph's exchange) came from the heap,
-    which kept them: ~0.13 GiB per rank through data_1's iterations on 2 ranks.  Elsewhere than glibc,
-    nothing."""
-    try:
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, RANK_MMAP_THRESHOLD)
-    except (OSError, AttributeError):
-        pass
 
 
 def mark_startup(args: argparse.Namespace, rec: dict) -> None:
@@ -678,7 +661,6 @@ class RayRank:
     actor, so that its peers' deliveries land while :meth:`run` is busy."""
 
     def __init__(self, rank: int, world: int) -> None:
-        hand_back_freed_memory()
         self.comm = RayComm(rank, world)
 
     def deliver(self, rnd: int, sender: int, array: Any, value: float) -> None:
@@ -783,7 +765,6 @@ def torch_rank(target: Callable[..., int], args: tuple[Any, ...]) -> int:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    hand_back_freed_memory()
     init_torch()
     try:
         return int(target(TorchComm(), *args) or 0)

@@ -219,37 +219,3 @@ def test_the_torch_rendezvous_store_listens_on_the_master_address_only():
     mine = [addr for addr in listening if int(addr.split(":")[1], 16) == port]
     assert mine == [f"0100007F:{port:04X}"], listening  # 127.0.0.1 in /proc's little-endian hex
 
-
-_FREED = """
-import sys
-
-import numpy as np
-
-from workloads import _dist
-
-def anon():
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith("RssAnon")).split()[1]) << 10
-
-if sys.argv[1] == "rank":
-    _dist.hand_back_freed_memory()
-base = anon()
-for _ in range(3):  # glibc's default: the first 16 MB block is mapped, the next ones come from the heap
-    block = np.ones(2 << 20)
-    del block
-print(anon() - base)
-"""
-
-
-@pytest.mark.parametrize("mode", ["rank", "default"])
-def test_a_rank_hands_freed_blocks_back(mode):
-    """A rank's temporaries of a round go back to the system when freed (hand_back_freed_memory, which
-    both runtimes' ranks call); glibc's default keeps them in the heap once one has been freed."""
-    run = subprocess.run([sys.executable, "-c", _FREED, mode], capture_output=True, text=True, timeout=60,
-                         cwd=_dist.REPO_ROOT, env={**os.environ, "PYTHONPATH": _dist.REPO_ROOT})
-    assert run.returncode == 0, run.stderr[-2000:]
-    kept = int(run.stdout)
-    if mode == "rank":
-        assert kept < 2 << 20, f"{kept >> 20} MiB of freed blocks kept"
-    else:  # the case the call is for (if glibc changes its default, this says so)
-        assert kept >= 8 << 20, f"glibc's default kept {kept >> 20} MiB"
