@@ -29,18 +29,18 @@ from workloads import data
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_S, TARGET_MEM_GIB = 300.0, 6.0
-# What one rank holds at its peak (measured 2026-12-05, docs/graph-performance.md): PageRank's build,
-# ~8.5 B per arc in a unit test and more with the runtimes' round buffers (two arcs per undirected edge),
-# beside the degree order and the out-degrees (int32 each); its iterations, the block's 4 B per arc beside
-# the vectors x (two), x/outdeg, 1/outdeg and the degree order; k-means' grid sort, ~17 B per point (an
-# edge is a point); and the interpreter with numpy and torch or Ray.  On the lab, `data` (3 ranks, 620 M
-# edges, 41.5 M nodes) ran in all four runs, twice: PageRank's hosts peaked 3.6-5.3 GiB above what they
-# hold idle (1.6 GiB a worker, 2.9 GiB the master: Hadoop, Ray, its object store), k-means' 3.2-3.8; this
-# machine's used memory peaked at 19.1 and 18.4 GiB.  data_2's hosts: 1.2-1.5.
-PAGERANK_BUILD_B_PER_EDGE, PAGERANK_BUILD_B_PER_NODE = 20, 8
-PAGERANK_ITER_B_PER_EDGE, PAGERANK_ITER_B_PER_NODE = 8, 36
+# What one rank holds at its peak (measured 2026-12-05, docs/graph-performance.md): its parse, 8 B per edge
+# (two int32 ids; parsed a block at a time); PageRank's exchange and build, ~6.9 B per arc in a unit test
+# (two arcs per undirected edge) beside the degree order, the out-degrees and the degree counts (int32
+# each); its iterations, the blocks' ~4.5 B per arc beside x, 1/outdeg, the degree order and torch's
+# send buffer (n long each) and the rank's rows twice; k-means' grid sort, ~17 B per point (an edge is a
+# point); and 1.2 GiB for the interpreter with numpy and torch or Ray, the runtime's buffers and the
+# pages its object store keeps.  On the lab, `data` (3 ranks, 620 M edges, 41.5 M nodes) peaked
+# 3.0-4.4 GiB above what the hosts hold idle (0.6 GiB a worker, 2.0 GiB the master: Hadoop, Ray's head).
+PAGERANK_BUILD_B_PER_EDGE, PAGERANK_BUILD_B_PER_NODE = 14, 12
+PAGERANK_ITER_B_PER_EDGE, PAGERANK_ITER_B_PER_NODE = 10, 32
 KMEANS_B_PER_EDGE = 17
-RANK_BASE_BYTES = int(0.35 * 2**30)
+RANK_BASE_BYTES = int(1.2 * 2**30)
 LAB_HOST_SERVICES_BYTES = 2 * 2**30
 JOBS = {"pagerank": ["--tol", "0", "--max-iter", "20"],
         "kmeans": ["--method", "global", "--k", "16", "--max-iter", "20"]}

@@ -63,6 +63,7 @@ from workloads import _dist
 from workloads.graphio import InputInfo, block_ranges, read_range, split_ranges, truncate
 from workloads.record import UserError, run_main, timer
 
+DEGREE_CHUNK = 1 << 20  # nodes per slice of degree_rank's counting sort
 DENSE_ID_LIMIT = 1 << 28  # ids below this may be relabelled through a bitmap of the id space ...
 BITMAP_IDS_PER_EDGE = 8  # ... when max_id is at most this many times the edge count
 
@@ -157,12 +158,27 @@ def node_ids(node_set: np.ndarray, dense: bool) -> np.ndarray:
 def degree_rank(degree: np.ndarray) -> np.ndarray:
     """New dense id of every node: by degree, highest first, ties in id order (int32).
 
-    A stable sort of 16-bit keys (numpy's radix sort); degrees above 65535 tie, still deterministic.
+    A stable counting sort of 16-bit keys (degrees above 65535 tie, still deterministic), a slice of
+    nodes at a time: each key's next id, and within a slice numpy's radix sort.  Sorted whole, its
+    int64 order and scratch held ~0.9 GiB at once on `data` (41.5 M nodes), beside the rank's edges.
     """
     top = np.iinfo(np.uint16).max
+    n = len(degree)
     key = (top - np.minimum(degree, top)).astype(np.uint16)
-    rank = np.empty(len(degree), dtype=np.int32)
-    rank[np.argsort(key, kind="stable")] = np.arange(len(degree), dtype=np.int32)
+    counts = np.zeros(top + 1, dtype=np.int64)
+    for a in range(0, n, DEGREE_CHUNK):
+        counts += np.bincount(key[a:a + DEGREE_CHUNK], minlength=top + 1)
+    nxt = np.zeros(top + 1, dtype=np.int64)  # each key's next id
+    np.cumsum(counts[:-1], out=nxt[1:])
+    rank = np.empty(n, dtype=np.int32)
+    for a in range(0, n, DEGREE_CHUNK):
+        k = key[a:a + DEGREE_CHUNK]
+        order = np.argsort(k, kind="stable")
+        ks = k[order]
+        starts = np.flatnonzero(np.concatenate([[True], ks[1:] != ks[:-1]]))  # each run of one key
+        within = np.arange(len(ks)) - np.repeat(starts, np.diff(np.append(starts, len(ks))))
+        rank[a + order] = nxt[ks] + within
+        nxt += np.bincount(k, minlength=top + 1)
     return rank
 
 
@@ -661,7 +677,7 @@ class PageRankPart:
         self.src, self.dst = s, d
         out = np.bincount(s, minlength=n).astype(dtype)
         if not self.directed:  # arcs both ways, a self-loop once: no copy of the non-loop ends
-            out += np.bincount(d, minlength=n).astype(dtype)
+            out += np.bincount(d, minlength=n)  # (cast as it is added: no second copy)
             np.subtract.at(out, s[s == d], 1)
             return out
         return np.concatenate([out, np.bincount(d, minlength=n).astype(dtype)])

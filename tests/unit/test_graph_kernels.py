@@ -737,3 +737,19 @@ def test_row_bounds_cut_a_slice_at_a_time_where_one_running_sum_cuts(monkeypatch
     assert pagerank.row_bounds(arcs, parts).tolist() == whole(arcs, parts).tolist()
     assert pagerank.row_bounds(arcs, parts, pagerank.row_cost).tolist() == whole(pagerank.row_cost(arcs), parts).tolist()
     assert pagerank.row_bounds(np.zeros(0, np.int32), parts).tolist() == [0] * (parts + 1)
+
+
+def test_degree_rank_a_slice_at_a_time_is_the_stable_sort_of_every_node(monkeypatch):
+    """The counting sort made a slice of nodes at a time (its int64 order and scratch for every node held
+    0.92 GiB at `data`'s 41.5 M nodes; 0.31 now) numbers nodes as one stable sort by degree would:
+    highest first, ties (and degrees above 65535) in id order."""
+    monkeypatch.setattr(pagerank, "DEGREE_CHUNK", 7)
+    rng = np.random.default_rng(4)
+    degree = (rng.pareto(1.2, 1000) * 5).astype(np.int32)
+    degree[[3, 500, 999]] = [70_000, 65_535, 90_000]  # tie at the top of the 16-bit key
+    key = np.iinfo(np.uint16).max - np.minimum(degree, np.iinfo(np.uint16).max)
+    want = np.empty(len(degree), dtype=np.int64)
+    want[np.argsort(key, kind="stable")] = np.arange(len(degree))
+    got = pagerank.degree_rank(degree)
+    assert got.dtype == np.int32 and got.tolist() == want.tolist()
+    assert pagerank.degree_rank(np.zeros(0, np.int32)).tolist() == []
