@@ -753,3 +753,23 @@ def test_degree_rank_a_slice_at_a_time_is_the_stable_sort_of_every_node(monkeypa
     got = pagerank.degree_rank(degree)
     assert got.dtype == np.int32 and got.tolist() == want.tolist()
     assert pagerank.degree_rank(np.zeros(0, np.int32)).tolist() == []
+
+
+def test_ids_are_counted_a_slice_at_a_time(monkeypatch):
+    """Degrees are counted a slice of edge ends at a time (bincount's int64 copy of a whole rank's ends
+    was 1.66 GB on `data`), into the run's count type, self-loops once."""
+    monkeypatch.setattr(pagerank, "COUNT_CHUNK", 7)
+    rng = np.random.default_rng(6)
+    ids = rng.integers(0, 50, 300).astype(np.int32)
+    got = pagerank.count_ids(ids, 60, np.zeros(60, np.int32))
+    assert got.dtype == np.int32 and got.tolist() == np.bincount(ids, minlength=60).tolist()
+    part = pagerank.PageRankPart(0, 1, None, False, 0.85)
+    src, dst = rng.integers(0, 40, 200).astype(np.int32), rng.integers(0, 40, 200).astype(np.int32)
+    src[:9] = dst[:9]  # self-loops: one arc each
+    part.src, part.dst = src.copy(), dst.copy()
+    mask = pagerank.presence_mask(src, dst, 39)
+    degree = part.degrees(mask, np.int32)
+    ids, inv = np.unique(np.concatenate([src, dst]), return_inverse=True)
+    s, d = inv[:200], inv[200:]
+    want = np.bincount(s, minlength=len(ids)) + np.bincount(d[s != d], minlength=len(ids))
+    assert degree.dtype == np.int32 and degree.tolist() == want.tolist()
