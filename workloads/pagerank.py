@@ -801,6 +801,11 @@ class PageRankPart:
     def spmv_time(self) -> float:
         return self.spmv_s
 
+    def release(self) -> None:
+        """Drop the row blocks and the iteration's vectors (the largest arrays a rank holds) once done."""
+        self.blocks = []
+        self.inv_out = self.dangling = self.out = self.prev = None
+
 
 # ------------------------------------------------------------------------------------ drivers
 def plan_rows(counts: np.ndarray, directed: bool, workers: int
@@ -955,11 +960,11 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) 
     label = f"pagerank ({args.framework})"
     with timer(t, "compute"), _dist.maybe(comm.rank == 0, _dist.progress(label, args.max_iter)) as adv:
         x, iters, stopped_by, change = iterate(part, comm, bounds, n, args, adv)
-    x = x[rank]  # back to id order (x, one of the gather's two buffers, goes with this line)
+    part.release()  # the rank's rows and vectors go before rank 0 makes the results (n-long arrays of its own)
+    x = x[rank]  # back to id order (x, the gather's vector, goes with this line)
     spmv = float(comm.allreduce(np.array([part.spmv_time()]), "max")[0])
     seed = None
     if args.method == "seed":
-        del part.blocks
         with timer(t, "seed"):
             seed = gather_batches(comm, comm.guard(part.seed_batches, args.block_mb << 20))
     if comm.rank == 0:
