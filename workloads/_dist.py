@@ -568,23 +568,52 @@ class RayComm(Comm):
         got[self.rank] = (items[self.rank], value)
         return [got[r] for r in range(self.world)]
 
+    def _cross(self, sends: list[np.ndarray], into: list[np.ndarray], step: int, rounds: int,
+               value: float = 0.0, first: int = 0, release: bool = False) -> list[float]:
+        """Rounds ``first`` to ``rounds - 1``: in round k, ``sends[p][k*step:(k+1)*step]`` goes to each
+        rank p (put in the object store once however many ranks it goes to) and the part rank s sent
+        here is copied into ``into[s]`` at the same offset as it lands, so the store holds one round's
+        parts at a time.  With ``release`` an array sent in full leaves ``sends`` (its memory with it).
+        Returns the values of the first round, in rank order."""
+        values: list[float] = []
+        for k in range(first, rounds):
+            lo, hi = k * step, (k + 1) * step
+            refs: dict[int, Any] = {}  # one put per array, however many ranks it goes to
+            items = []
+            for p, a in enumerate(sends):
+                if p != self.rank and id(a) not in refs:
+                    refs[id(a)] = self._send(a[lo:hi])
+                items.append(a[lo:hi] if p == self.rank else refs[id(a)])
+            if release:
+                sends[:] = [a if p == self.rank or hi < len(a) else a[:0].copy() for p, a in enumerate(sends)]
+            landed = self._exchange(items, value)
+            self._place(landed, into, sends, lo)
+            values = values or [v for _, v in landed]
+            del refs, items, landed  # this round's parts leave the object store
+        return values
+
+    def _place(self, landed: list[tuple[Any, float]], into: list[np.ndarray], sends: list[np.ndarray],
+               lo: int) -> None:
+        """Each rank's landed part into its place (this rank's own only where it is not already there)."""
+        for s, (part, _) in enumerate(landed):
+            if s != self.rank or into[s] is not sends[s]:
+                into[s][lo:lo + len(part)] = part
+
     def allgather(self, a: np.ndarray) -> list[np.ndarray]:
-        """Every rank's array, crossing in parts of at most :data:`PART_BYTES` (a round each, the
-        lengths beside the first), so the object store holds one round's parts at a time: whole, the
-        degree counts of `data` (166 MB a rank) took ~500 MB of every node's store, whose pages stay
-        resident after the run.  An array that fits one part comes back as it arrived."""
+        """Every rank's array, crossing in parts of at most :data:`PART_BYTES` (:meth:`_cross`; the
+        lengths beside the first): whole, the degree counts of `data` (166 MB a rank) took ~500 MB of
+        every node's store, whose pages stay resident after the run.  An array that fits one part
+        comes back as it arrived."""
         step = max(self.PART_BYTES // max(a.dtype.itemsize, 1), 1)
         first = self._exchange(self._to_every_rank(a[:step]), float(len(a)))
         lengths = [int(v) for _, v in first]
         if max(lengths) <= step:
             return [part for part, _ in first]
         out = [a if r == self.rank else np.empty(n, a.dtype) for r, n in enumerate(lengths)]
-        for k in range(-(-max(lengths) // step)):
-            rows = first if k == 0 else self._exchange(self._to_every_rank(a[k * step:(k + 1) * step]))
-            for r, (part, _) in enumerate(rows):
-                if r != self.rank:
-                    out[r][k * step:k * step + len(part)] = part
-            first = rows = None  # this round's parts leave the object store
+        sends = [a] * self.world
+        self._place(first, out, sends, 0)
+        del first
+        self._cross(sends, out, step, -(-max(lengths) // step), first=1)
         return out
 
     def allreduce(self, a: np.ndarray, op: str = "sum") -> np.ndarray:
@@ -605,53 +634,35 @@ class RayComm(Comm):
         return out.reshape(np.shape(a))
 
     def block_gatherer(self, sizes: Sequence[int], dtype: Any) -> Gatherer:
-        """As :meth:`Comm.block_gatherer`: the blocks cross in parts of at most :data:`PART_BYTES`, a
-        round per part (the value beside the first), each copied into its place as it lands, so the
-        object store holds one round's parts at a time.  Whole, the blocks of `data`'s three ranks held
+        """As :meth:`Comm.block_gatherer`: the blocks cross in parts of at most :data:`PART_BYTES`
+        (:meth:`_cross`, the value beside the first).  Whole, the blocks of `data`'s three ranks held
         ~330 MB of every node's store each iteration, and a store's pages stay resident after a run."""
         out = self.vector(sizes, dtype)
         starts = np.concatenate([[0], np.cumsum([int(v) for v in sizes])]).astype(int)
+        into = [out[starts[r]:starts[r + 1]] for r in range(self.world)]
         step = max(self.PART_BYTES // np.dtype(dtype).itemsize, 1)
         rounds = max(-(-max((int(v) for v in sizes), default=0) // step), 1)
 
         def gather(block: np.ndarray, value: float) -> tuple[np.ndarray, float]:
-            values: list[float] = []
-            for k in range(rounds):
-                lo = k * step
-                rows = self._exchange(self._to_every_rank(block[lo:lo + step]), float(value))
-                for r, (part, _) in enumerate(rows):
-                    out[starts[r] + lo:starts[r] + lo + len(part)] = part
-                values = values or [v for _, v in rows]
-                del rows  # this round's parts leave the object store
+            values = self._cross([block] * self.world, into, step, rounds, float(value))
             return out, sum(values)  # rank order, as allreduce adds
 
         return gather
 
     def alltoall(self, pieces: list[np.ndarray]) -> list[np.ndarray]:
-        """The pieces (of one dtype) cross in parts of at most :data:`PART_BYTES`, a round per part, and
-        each part is copied into its place in the receiver's piece as it lands: the object store holds
-        one round's parts at a time.  Sent whole, a graph's arcs (~0.6 GB per rank on ``data_2``) filled
-        the lab's 1 GiB stores, which spilled to disk and kept every page they had touched resident."""
+        """The pieces (of one dtype) cross in parts of at most :data:`PART_BYTES` (:meth:`_cross`), each
+        leaving this rank's memory once sent in full.  Sent whole, a graph's arcs (~0.6 GB per rank on
+        ``data_2``) filled the lab's 1 GiB stores, which spilled to disk and kept every page they had
+        touched resident."""
         sends = pieces[:]
         pieces.clear()
         dtype = sends[self.rank].dtype
         lengths = np.stack(self.allgather(np.array([len(p) for p in sends], dtype=np.int64)))  # [from, to]
         step = max(self.PART_BYTES // dtype.itemsize, 1)
         longest = int(lengths[~np.eye(self.world, dtype=bool)].max(initial=0))  # between two ranks
-        rounds = -(-longest // step)
         got = [sends[s] if s == self.rank else np.empty(int(lengths[s, self.rank]), dtype)
                for s in range(self.world)]
-        for k in range(rounds):
-            lo, hi = k * step, (k + 1) * step
-            items = [sends[p][lo:hi] if p == self.rank else self._send(sends[p][lo:hi]) for p in range(self.world)]
-            for p in range(self.world):
-                if p != self.rank and hi >= len(sends[p]):
-                    sends[p] = np.empty(0, dtype)  # sent in full: its memory goes with this round
-            landed = self._exchange(items)
-            for s in range(self.world):
-                if s != self.rank:
-                    got[s][lo:lo + len(landed[s][0])] = landed[s][0]
-            del items, landed  # this round's parts leave the object store
+        self._cross(sends, got, step, -(-longest // step), release=True)
         return got
 
 
