@@ -149,22 +149,29 @@ def parse_status_output(text: str) -> dict[str, Any]:
     return {"ray": (sections["ray"] or [""])[-1], "units": units, "web": web}
 
 
-def ray_summary(line: str, expected: dict[str, str]) -> dict[str, Any]:
-    """Ray's node list (ray.nodes() as JSON) against the nodes the inventory expects ({private address:
-    name}): how many are alive, which are missing, CPUs of the live nodes."""
+def live_ray_nodes(line: str) -> dict[str, float] | None:
+    """{private address: CPUs} of the live nodes in Ray's node list (``ray.nodes()`` as one JSON line, dead
+    nodes included), or None where the line is not that list (Ray's error)."""
     try:
         nodes = json.loads(line)
     except json.JSONDecodeError:
-        nodes = None
-    if not isinstance(nodes, list):
+        return None
+    if not isinstance(nodes, list) or not all(isinstance(n, dict) for n in nodes):
+        return None
+    return {str(n.get("NodeManagerAddress")): float((n.get("Resources") or {}).get("CPU", 0))
+            for n in nodes if n.get("Alive")}
+
+
+def ray_summary(line: str, expected: dict[str, str]) -> dict[str, Any]:
+    """Ray's node list (ray.nodes() as JSON) against the nodes the inventory expects ({private address:
+    name}): how many are alive, which are missing, CPUs of the live nodes."""
+    alive = live_ray_nodes(line)
+    if alive is None:
         return {"ok": False, "alive": 0, "expected": len(expected), "cpus": 0.0, "missing": list(expected.values()),
                 "error": line.strip()[:200] or "no output"}
-    alive = [n for n in nodes if n.get("Alive")]
-    ips = {n.get("NodeManagerAddress") for n in alive}
-    missing = [name for ip, name in expected.items() if ip not in ips]
-    return {"ok": not missing, "alive": len(set(expected) & ips), "expected": len(expected),
-            "cpus": sum(float((n.get("Resources") or {}).get("CPU", 0)) for n in alive), "missing": missing,
-            "error": None}
+    missing = [name for ip, name in expected.items() if ip not in alive]
+    return {"ok": not missing, "alive": len(set(expected) & set(alive)), "expected": len(expected),
+            "cpus": sum(alive.values()), "missing": missing, "error": None}
 
 
 def _bean(item: dict | None) -> dict[str, Any] | None:
@@ -246,6 +253,17 @@ def service_states(cluster: Cluster, out: dict[str, Any]) -> dict[str, dict[str,
             svc["line"] = (f"{name}: the {what} on {m} does not answer ({svc['error'][:120]}): see "
                            f"`journalctl -u {unit}` there, then `fab provision --tags hadoop`")
     return {"ray": ray, "hdfs": hdfs, "yarn": yarn}
+
+
+def ray_live_nodes(cluster: Cluster) -> dict[str, float] | None:
+    """{private address: CPUs} of the live Ray nodes as the GCS has them (a driver's ``ray.nodes()`` on the
+    master, 1.5-4 s), or None where Ray does not answer.  The authority where the dashboard's faster view
+    (:data:`scalelab.provenance.RAY_NODES`) lacks a node or does not answer: after a restart of the head
+    that view missed both workers of the lab for over 4 minutes, while the GCS had them."""
+    py = shlex.quote(f"{node_var(cluster, 'scalelab_venv')}/bin/python")
+    proc = cluster.ssh(cluster.master, f"{ray_env(cluster)}{py} -c {shlex.quote(RAY_NODES_JSON)} 2>&1 | tail -n 1",
+                       timeout=90, check=False, root=True)
+    return live_ray_nodes(proc.stdout.strip())
 
 
 def services(cluster: Cluster) -> dict[str, dict[str, Any]]:

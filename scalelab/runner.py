@@ -31,7 +31,7 @@ from typing import Any
 
 from scalelab import provenance as _prov
 from scalelab import results as _results
-from scalelab.cluster import missing_dir
+from scalelab.cluster import missing_dir, ray_live_nodes
 from scalelab.errors import UserError
 from scalelab.inventory import Cluster, Node, node_var, parallel
 from scalelab.provenance import BUSY
@@ -121,7 +121,13 @@ def preflight(cluster: Cluster, wl: Workload, fws: Sequence[str], chosen: Sequen
                         "(or `fab provision`) to ship them")
     cpus = min(int(p[h]["cpus"]) for h in names)
     if ray:
-        alive = _ray_nodes(cluster, str(p[cluster.master.name].get("ray") or ""))
+        line = str(p[cluster.master.name].get("ray") or "")
+        alive = _ray_nodes(line)
+        if alive is None or any(n.private_ip not in alive for n in chosen):  # the dashboard's view may lag
+            alive = ray_live_nodes(cluster) or alive
+        if alive is None:
+            raise UserError(f"Ray is not answering on {cluster.master.name} ({line.strip()[:200] or 'no output'}): "
+                            "check `fab status`")
         missing = [n.name for n in chosen if n.private_ip not in alive]
         if missing:
             raise UserError(f"Ray has {len(alive)} live node(s); {', '.join(missing)} not among them: "
@@ -136,13 +142,13 @@ def preflight(cluster: Cluster, wl: Workload, fws: Sequence[str], chosen: Sequen
     return cpus, {h: _prov.node_facts(p[h]) for h in names}
 
 
-def _ray_nodes(cluster: Cluster, line: str) -> dict[str, float]:
-    """{private address: CPUs} of the live Ray nodes, from the probe's last line on the master."""
+def _ray_nodes(line: str) -> dict[str, float] | None:
+    """{private address: CPUs} of the live Ray nodes from the probe's last line on the master (the head
+    dashboard's view), or None where it did not answer."""
     try:
         return {ip: float(cpu) for ip, cpu in json.loads(line)}
     except (json.JSONDecodeError, TypeError, ValueError):
-        raise UserError(f"Ray is not answering on {cluster.master.name} ({line.strip()[:200] or 'no output'}): "
-                        "check `fab status`") from None
+        return None
 
 
 # --- one run: a transient systemd unit per node ---------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from scalelab import cluster
+from scalelab.errors import UserError
 from scalelab.inventory import Cluster, Node
 
 FIXTURES = Path(__file__).parent / "fixtures" / "status"
@@ -112,3 +113,50 @@ def test_status_command_queries_the_private_address_on_the_master(tmp_path) -> N
     assert "http://10.111.1.1:9870/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState" in cmd
     assert "http://10.111.1.1:8088/ws/v1/cluster/metrics" in cmd
     assert "set -a; . /etc/scalelab/ray.env" in cmd and "ray.nodes()" in cmd
+
+
+# ---------------------------------------------------------------- a run's check of Ray's live nodes
+def test_the_gcs_list_of_live_nodes_leaves_the_dead_out() -> None:
+    line = cluster.parse_status_output((FIXTURES / "worker2-power-cut.txt").read_text())["ray"]
+    assert cluster.live_ray_nodes(line) == {"10.111.1.1": 2.0, "10.111.1.2": 2.0}
+    assert cluster.live_ray_nodes("ConnectionError: could not find any running Ray instance") is None
+    assert cluster.live_ray_nodes('{"not": "a list"}') is None
+
+
+def _preflight(monkeypatch, tmp_path, dashboard: str, gcs_fixture: str | None):
+    """A Ray run's preflight on the 3-host lab whose every other check passes; the head dashboard's view
+    (the probe's line) is ``dashboard``, the GCS's is a captured `fab status` answer (None: no answer)."""
+    from scalelab import provenance, runner
+
+    cl = lab(tmp_path)
+    facts = {"lock": "0", "units": "", "code": provenance.code_hash(), "cpus": "2", "dataset": "1", "ray": dashboard}
+    monkeypatch.setattr(runner._prov, "probe", lambda c, nodes, **kw: {n.name: dict(facts) for n in nodes})
+    gcs = None if gcs_fixture is None else cluster.parse_status_output((FIXTURES / gcs_fixture).read_text())["ray"]
+    asked = []
+    monkeypatch.setattr(runner, "ray_live_nodes", lambda c: asked.append(c) or (gcs and cluster.live_ray_nodes(gcs)))
+    return lambda: runner.preflight(cl, runner.workload("pagerank"), ["ray"], cl.nodes, "tiny"), asked
+
+
+def test_a_run_asks_the_gcs_where_the_dashboard_has_not_seen_a_node(monkeypatch, tmp_path) -> None:
+    """After a restart of Ray's head the dashboard's node list missed both workers for minutes while the
+    GCS had them (the lab, 2026-12-05): the run goes on by the GCS's list."""
+    head_only = json.dumps([["10.111.1.1", 2.0]])
+    check, asked = _preflight(monkeypatch, tmp_path, head_only, "healthy.txt")
+    assert check()[0] == 2 and len(asked) == 1
+    # a worker the GCS has not got either is refused, named
+    check, _ = _preflight(monkeypatch, tmp_path, head_only, "worker2-power-cut.txt")
+    with pytest.raises(UserError, match=r"Ray has 2 live node\(s\); worker2 not among them"):
+        check()
+
+
+def test_a_run_asks_the_gcs_only_where_the_dashboard_lacks_a_node(monkeypatch, tmp_path) -> None:
+    every = json.dumps([["10.111.1.1", 2.0], ["10.111.1.2", 2.0], ["10.111.1.3", 2.0]])
+    check, asked = _preflight(monkeypatch, tmp_path, every, None)
+    assert check()[0] == 2 and asked == []
+
+
+def test_ray_not_answering_at_all_is_one_line(monkeypatch, tmp_path) -> None:
+    check, asked = _preflight(monkeypatch, tmp_path, "urllib.error.URLError: <urlopen error [Errno 111]>", None)
+    with pytest.raises(UserError, match=r"^Ray is not answering on master \(urllib.error.URLError"):
+        check()
+    assert len(asked) == 1
