@@ -549,10 +549,14 @@ class RayComm(Comm):
             return a
         return ray.put(np.ascontiguousarray(a))
 
-    def _to_every_rank(self, a: np.ndarray) -> list[Any]:
-        """The items that send ``a`` to every peer (put in the object store once if it is large)."""
-        sent = self._send(a)
-        return [a if p == self.rank else sent for p in range(self.world)]
+    def _items(self, sends: list[np.ndarray], lo: int, hi: int) -> list[Any]:
+        """What a round sends to each rank p: ``sends[p][lo:hi]``, put in the object store (if large) once
+        per array however many ranks it goes to; this rank's own part as it is."""
+        refs: dict[int, Any] = {}
+        for p, a in enumerate(sends):
+            if p != self.rank and id(a) not in refs:
+                refs[id(a)] = self._send(a[lo:hi])
+        return [a[lo:hi] if p == self.rank else refs[id(a)] for p, a in enumerate(sends)]
 
     def _exchange(self, items: list[Any], value: float = 0.0) -> list[tuple[Any, float]]:
         """``items[p]`` (an array or a ref of one) with ``value`` to each peer p; returns what
@@ -578,18 +582,13 @@ class RayComm(Comm):
         values: list[float] = []
         for k in range(first, rounds):
             lo, hi = k * step, (k + 1) * step
-            refs: dict[int, Any] = {}  # one put per array, however many ranks it goes to
-            items = []
-            for p, a in enumerate(sends):
-                if p != self.rank and id(a) not in refs:
-                    refs[id(a)] = self._send(a[lo:hi])
-                items.append(a[lo:hi] if p == self.rank else refs[id(a)])
+            items = self._items(sends, lo, hi)
             if release:
                 sends[:] = [a if p == self.rank or hi < len(a) else a[:0].copy() for p, a in enumerate(sends)]
             landed = self._exchange(items, value)
             self._place(landed, into, sends, lo)
             values = values or [v for _, v in landed]
-            del refs, items, landed  # this round's parts leave the object store
+            del items, landed  # this round's parts leave the object store
         return values
 
     def _place(self, landed: list[tuple[Any, float]], into: list[np.ndarray], sends: list[np.ndarray],
@@ -605,12 +604,12 @@ class RayComm(Comm):
         every node's store, whose pages stay resident after the run.  An array that fits one part
         comes back as it arrived."""
         step = max(self.PART_BYTES // max(a.dtype.itemsize, 1), 1)
-        first = self._exchange(self._to_every_rank(a[:step]), float(len(a)))
+        sends = [a] * self.world
+        first = self._exchange(self._items(sends, 0, step), float(len(a)))
         lengths = [int(v) for _, v in first]
         if max(lengths) <= step:
             return [part for part, _ in first]
         out = [a if r == self.rank else np.empty(n, a.dtype) for r, n in enumerate(lengths)]
-        sends = [a] * self.world
         self._place(first, out, sends, 0)
         del first
         self._cross(sends, out, step, -(-max(lengths) // step), first=1)
