@@ -1,6 +1,7 @@
 """Fast tests of the graph workloads' pure functions: reader, relabelling, PageRank and k-means kernels, data."""
 from __future__ import annotations
 
+import gc
 import gzip
 import os
 
@@ -10,7 +11,7 @@ import pyarrow.fs as pafs
 import pytest
 from sklearn.metrics import calinski_harabasz_score
 
-from workloads import _dist, data, graphio, kmeans, pagerank
+from workloads import _dist, data, graphbuild, graphio, kmeans, pagerank
 from workloads.record import UserError
 
 
@@ -53,9 +54,15 @@ def test_parsed_edges_are_numpy_memory_and_leave_nothing_in_arrows_pool(tmp_path
         a, b = rng.integers(0, high, 3000), rng.integers(0, high, 3000)
         p = write(tmp_path, "".join(f"{x},{y}\n" for x, y in zip(a, b, strict=True)))
         info = graphio.inspect_input(str(p))
-        before = pool.bytes_allocated()
-        src, dst = graphio.read_range(info, info.data_start, info.size)
-        assert pool.bytes_allocated() == before  # the parse ran in this thread: nothing is freed later
+        gc.collect()  # Arrow objects of earlier tests, freed by a collection inside the window, would count
+        gc.disable()
+        try:
+            before = pool.bytes_allocated()
+            src, dst = graphio.read_range(info, info.data_start, info.size)
+            after = pool.bytes_allocated()
+        finally:
+            gc.enable()
+        assert after == before  # the parse ran in this thread: nothing is freed later
         for got, want in ((src, a), (dst, b)):
             assert got.dtype == dtype and got.flags.owndata and np.array_equal(got, want)
 
@@ -181,24 +188,24 @@ def test_relabel_dense_and_sparse_agree():
     ids = np.array([5, 10**10, 7, 5, 3], dtype=np.int64)
     expect = np.unique(ids, return_inverse=True)[1]
     small = ids[ids < 100]
-    mask = pagerank.presence_mask(small, small, int(small.max()))
-    assert np.array_equal(pagerank.relabel(small, pagerank.BitRank(mask), True),
+    mask = graphbuild.presence_mask(small, small, int(small.max()))
+    assert np.array_equal(graphbuild.relabel(small, graphbuild.BitRank(mask), True),
                           np.unique(small, return_inverse=True)[1])
-    assert np.array_equal(pagerank.node_ids(mask, True), np.unique(small))
-    assert np.array_equal(pagerank.relabel(ids, np.unique(ids), False), expect)
+    assert np.array_equal(graphbuild.node_ids(mask, True), np.unique(small))
+    assert np.array_equal(graphbuild.relabel(ids, np.unique(ids), False), expect)
 
 
 def test_undirected_arcs_count_a_self_loop_once():
-    frm, to = pagerank.make_arcs(np.array([0, 1]), np.array([1, 1]), directed=False)
+    frm, to = graphbuild.make_arcs(np.array([0, 1]), np.array([1, 1]), directed=False)
     assert sorted(zip(frm.tolist(), to.tolist(), strict=True)) == [(0, 1), (1, 0), (1, 1)]
 
 
 def test_row_bounds_balance_weight():
     w = np.array([100, 1, 1, 1, 1, 100, 1, 1])
-    b = pagerank.row_bounds(w, 2)
+    b = graphbuild.row_bounds(w, 2)
     assert b[0] == 0 and b[-1] == 8 and list(b) == sorted(b)
     assert w[:b[1]].sum() == w[b[1]:].sum() == 103
-    assert list(pagerank.row_bounds(np.ones(3, dtype=int), 5)) == sorted(pagerank.row_bounds(np.ones(3, dtype=int), 5))
+    assert list(graphbuild.row_bounds(np.ones(3, dtype=int), 5)) == sorted(graphbuild.row_bounds(np.ones(3, dtype=int), 5))
 
 
 def test_split_and_blocks_reassemble_the_matrix():
@@ -207,14 +214,14 @@ def test_split_and_blocks_reassemble_the_matrix():
     frm, to = rng.integers(0, n, 400), rng.integers(0, n, 400)
     outdeg = np.bincount(frm, minlength=n)
     inv = np.where(outdeg > 0, 1.0 / np.maximum(outdeg, 1), 0.0)
-    bounds = pagerank.row_bounds(np.bincount(to, minlength=n), 3)
+    bounds = graphbuild.row_bounds(np.bincount(to, minlength=n), 3)
     x = rng.random(n)
     got = []
-    for w, piece in enumerate(pagerank.split_edges(frm, to, bounds, directed=True)):
+    for w, piece in enumerate(graphbuild.split_edges(frm, to, bounds, directed=True)):
         t, f = piece.reshape(2, -1)
         lo, hi = int(bounds[w]), int(bounds[w + 1])
         assert t.min() >= 0 and t.max() < hi - lo  # rows in the owner's numbering
-        got.append(pagerank.spmv(pagerank.csr_pattern(hi - lo, t, f, n), x * inv, np.full(hi - lo, np.nan)))
+        got.append(graphbuild.spmv(graphbuild.csr_pattern(hi - lo, t, f, n), x * inv, np.full(hi - lo, np.nan)))
     full = np.zeros(n)
     np.add.at(full, to, inv[frm] * x[frm])
     assert np.allclose(np.concatenate(got), full)
@@ -230,9 +237,9 @@ def test_row_block_in_column_segments_is_the_matrix(monkeypatch, segments, chunk
     # int32, as a worker's arcs are: the block must leave the caller's arrays as they were (used below)
     to = np.minimum(rng.geometric(0.15, 700) - 1, rows - 1).astype(np.int32)  # long rows first, as in degree order
     frm = rng.integers(0, n, 700, dtype=np.int32)
-    monkeypatch.setattr(pagerank, "HUB_ARCS", 20)
-    monkeypatch.setattr(pagerank, "SPMV_CHUNK_ARCS", chunk)
-    block = pagerank.csr_pattern(rows, to, frm, n, pagerank.column_cuts(np.bincount(frm, minlength=n), segments))
+    monkeypatch.setattr(graphbuild, "HUB_ARCS", 20)
+    monkeypatch.setattr(graphbuild, "SPMV_CHUNK_ARCS", chunk)
+    block = graphbuild.csr_pattern(rows, to, frm, n, graphbuild.column_cuts(np.bincount(frm, minlength=n), segments))
     assert (block.hubs > 0 and block.segments == segments) or segments == 1
     assert len(block.ones) <= max(chunk, np.bincount(to).max()) and sum(len(c.columns) for c in block.chunks) == 700
     assert (len(block.chunks) > segments + 1) == (chunk < 700 // (segments + 1))
@@ -240,7 +247,7 @@ def test_row_block_in_column_segments_is_the_matrix(monkeypatch, segments, chunk
     np.add.at(dense, (to, frm), 1.0)
     assert np.array_equal(block.todense(), dense)
     v = rng.random(n)
-    assert np.allclose(pagerank.spmv(block, v, np.full(rows, np.nan)), dense @ v, rtol=1e-14)
+    assert np.allclose(graphbuild.spmv(block, v, np.full(rows, np.nan)), dense @ v, rtol=1e-14)
 
 
 _STATUS = """
@@ -268,10 +275,10 @@ def resident_peak(script: str) -> dict:
 
 
 _EXCHANGE_AND_BUILD = """
-from workloads import _dist, pagerank
+from workloads import _dist, graphbuild, pagerank
 
-pagerank.ROUND_EDGES = 1 << 16
-pagerank.KEY_CHUNK_ARCS = pagerank.SPMV_CHUNK_ARCS = 1 << 16  # their scratch, small beside 414 M arcs
+graphbuild.ROUND_EDGES = 1 << 16
+graphbuild.KEY_CHUNK_ARCS = graphbuild.SPMV_CHUNK_ARCS = 1 << 16  # their scratch, small beside 414 M arcs
 rng = np.random.default_rng(5)
 n, edges = 300_000, 4_000_000
 src = (n * rng.random(edges) ** 3).astype(np.int32)  # hubs, as in a power-law graph
@@ -279,8 +286,8 @@ dst = rng.integers(0, n, edges, dtype=np.int32)
 src[:1000] = dst[:1000]  # self-loops: one arc each
 counts = np.bincount(src, minlength=n) + np.bincount(dst, minlength=n)
 np.subtract.at(counts, src[src == dst], 1)
-rank, outdeg, row_arcs, bounds = pagerank.plan_rows(counts, False, 1)
-frm, to = pagerank.make_arcs(rank[src], rank[dst], directed=False)
+rank, outdeg, row_arcs, bounds = graphbuild.plan_rows(counts, False, 1)
+frm, to = graphbuild.make_arcs(rank[src], rank[dst], directed=False)
 v = rng.random(n)
 product = np.bincount(to, weights=v[frm], minlength=n)
 arcs, local = len(to), src.nbytes + dst.nbytes
@@ -298,7 +305,7 @@ for _ in range(rounds):
 nnz = part.build(outdeg)
 peak = status("VmHWM") - base + local
 kept = status("VmRSS") - base + local
-out = pagerank.spmv_blocks(part.blocks, v, np.full(n, np.nan))
+out = graphbuild.spmv_blocks(part.blocks, v, np.full(n, np.nan))
 print(json.dumps({"arcs": arcs, "nnz": nnz, "rounds": rounds, "blocks": len(part.blocks),
                   "peak": peak / arcs, "kept": kept / arcs, "close": bool(np.allclose(out, product, rtol=1e-12))}))
 """
@@ -315,7 +322,7 @@ def test_the_exchange_and_the_build_hold_about_one_copy_of_the_arcs():
     one block, at 19.5.  The blocks keep ~4 B per arc (their columns; 5.2 with this small graph's
     iteration vectors)."""
     got = resident_peak(_EXCHANGE_AND_BUILD)
-    assert got["close"] and got["nnz"] == got["arcs"] and got["rounds"] == 62 and got["blocks"] == pagerank.BUILD_PARTS
+    assert got["close"] and got["nnz"] == got["arcs"] and got["rounds"] == 62 and got["blocks"] == graphbuild.BUILD_PARTS
     assert got["peak"] <= 7.5, f"{got['peak']:.1f} B per arc at the peak"
     assert got["kept"] <= 5.5, f"the blocks keep {got['kept']:.1f} B per arc"
 
@@ -326,9 +333,9 @@ def test_split_edges_gives_each_owner_the_undirected_arcs_of_its_rows(parts):
     n = 40
     src, dst = rng.integers(0, n, 300), rng.integers(0, n, 300)
     src[:5] = dst[:5]  # self-loops: one arc each
-    frm, to = pagerank.make_arcs(src, dst, directed=False)
-    bounds = pagerank.row_bounds(np.bincount(to, minlength=n), parts)
-    pieces = pagerank.split_edges(src, dst, bounds, directed=False)
+    frm, to = graphbuild.make_arcs(src, dst, directed=False)
+    bounds = graphbuild.row_bounds(np.bincount(to, minlength=n), parts)
+    pieces = graphbuild.split_edges(src, dst, bounds, directed=False)
     assert len(pieces) == parts and sum(len(p) for p in pieces) == 2 * len(frm)
     for w, piece in enumerate(pieces):
         lo, hi = int(bounds[w]), int(bounds[w + 1])
@@ -339,43 +346,43 @@ def test_split_edges_gives_each_owner_the_undirected_arcs_of_its_rows(parts):
 
 
 def test_bitmap_relabel_only_where_ids_are_dense_enough():
-    assert pagerank.use_bitmap(10_000_000, 66_000_000)
-    assert not pagerank.use_bitmap(123_000_000, 667_000)  # SNAP's sparse ids on a 10 MB cut
-    assert not pagerank.use_bitmap(pagerank.DENSE_ID_LIMIT, 10**12)
-    a = pagerank.presence_mask(np.array([3, 9]), np.array([9, 9]), 20)
-    b = pagerank.presence_mask(np.array([0]), np.array([20]), 20)
+    assert graphbuild.use_bitmap(10_000_000, 66_000_000)
+    assert not graphbuild.use_bitmap(123_000_000, 667_000)  # SNAP's sparse ids on a 10 MB cut
+    assert not graphbuild.use_bitmap(graphbuild.DENSE_ID_LIMIT, 10**12)
+    a = graphbuild.presence_mask(np.array([3, 9]), np.array([9, 9]), 20)
+    b = graphbuild.presence_mask(np.array([0]), np.array([20]), 20)
     assert len(a) == 3  # 21 ids in 3 bytes
-    assert pagerank.node_ids(a | b, True).tolist() == [0, 3, 9, 20]
-    index = pagerank.BitRank(a | b)
-    assert index.n == 4 and pagerank.relabel(np.array([20, 0, 9, 3, 9]), index, True).tolist() == [3, 0, 2, 1, 2]
+    assert graphbuild.node_ids(a | b, True).tolist() == [0, 3, 9, 20]
+    index = graphbuild.BitRank(a | b)
+    assert index.n == 4 and graphbuild.relabel(np.array([20, 0, 9, 3, 9]), index, True).tolist() == [3, 0, 2, 1, 2]
 
 
 def test_bit_rank_relabel_equals_a_cumulative_sum_across_words_and_chunks(monkeypatch):
-    monkeypatch.setattr(pagerank.BitRank, "CHUNK", 7)  # several chunks, a partial last one
+    monkeypatch.setattr(graphbuild.BitRank, "CHUNK", 7)  # several chunks, a partial last one
     rng = np.random.default_rng(2)
     ids = rng.choice(1000, 300, replace=False)
     ids[:2] = [0, 999]  # both ends of the id space, 999 in the last, padded word
-    bits = pagerank.presence_mask(ids, ids, 999)
+    bits = graphbuild.presence_mask(ids, ids, 999)
     mask = np.zeros(1000, np.int64)
     mask[ids] = 1
     expect = np.cumsum(mask) - 1
-    index = pagerank.BitRank(bits)
+    index = graphbuild.BitRank(bits)
     assert index.n == 300
-    assert np.array_equal(pagerank.relabel(ids, index, True), expect[ids])
+    assert np.array_equal(graphbuild.relabel(ids, index, True), expect[ids])
     narrow = ids.astype(np.int32)  # int32 ids (a rank's parsed edges): relabelled in place, chunk by chunk
-    got = pagerank.relabel(narrow, index, True)
+    got = graphbuild.relabel(narrow, index, True)
     assert got is narrow and np.array_equal(got, expect[ids])
     narrow = ids.astype(np.int32)
-    got = pagerank.relabel(narrow, np.unique(ids), False)
+    got = graphbuild.relabel(narrow, np.unique(ids), False)
     assert got is narrow and np.array_equal(got, expect[ids])
 
 
 def test_degree_rank_puts_hubs_first_and_keeps_id_order_on_ties():
     deg = np.array([1, 5, 1, 70_000, 5, 0, 80_000])
-    rank = pagerank.degree_rank(deg)
+    rank = graphbuild.degree_rank(deg)
     assert sorted(rank.tolist()) == list(range(7))
     assert [int(i) for i in np.argsort(rank)] == [3, 6, 1, 4, 0, 2, 5]  # > 65535 ties, then by id
-    assert np.array_equal(pagerank.renumber(deg, rank)[rank], deg)
+    assert np.array_equal(graphbuild.renumber(deg, rank)[rank], deg)
 
 
 def test_top_k_orders_ties_by_id():
@@ -468,6 +475,8 @@ def test_stop_rule_stops_at_the_rounding_floor_only_below_its_ceiling():
 def test_reference_does_not_use_the_kernel_relabelling(monkeypatch):
     """The verifier builds its matrix from the edge list with np.unique and scipy alone."""
     for name in ("BitRank", "presence_mask", "relabel", "node_ids", "make_arcs", "csr_pattern", "split_edges"):
+        monkeypatch.setattr(graphbuild, name, None)
+    for name in ("node_ids", "GraphPart", "RowBlock", "spmv_blocks"):  # the builder's names pagerank uses
         monkeypatch.setattr(pagerank, name, None)
     src, dst = np.array([5, 9, 9, 7]), np.array([9, 7, 7, 7])
     ids, mat, dangling = pagerank.reference_matrix(src, dst, directed=False)
@@ -730,44 +739,44 @@ def test_row_bounds_cut_a_slice_at_a_time_where_one_running_sum_cuts(monkeypatch
         cuts = np.searchsorted(cum, total * np.arange(1, parts) / parts, side="left") + 1
         return np.maximum.accumulate(np.concatenate([[0], np.minimum(cuts, len(weight)), [len(weight)]]))
 
-    monkeypatch.setattr(pagerank, "WEIGHT_CHUNK", 7)
+    monkeypatch.setattr(graphbuild, "WEIGHT_CHUNK", 7)
     rng = np.random.default_rng(parts)
     arcs = (200 * rng.random(500) ** 4).astype(np.int32)  # hubs first would not matter: any order
     arcs[100:140] = 0  # empty rows: cuts may fall among them
-    assert pagerank.row_bounds(arcs, parts).tolist() == whole(arcs, parts).tolist()
-    assert pagerank.row_bounds(arcs, parts, pagerank.row_cost).tolist() == whole(pagerank.row_cost(arcs), parts).tolist()
-    assert pagerank.row_bounds(np.zeros(0, np.int32), parts).tolist() == [0] * (parts + 1)
+    assert graphbuild.row_bounds(arcs, parts).tolist() == whole(arcs, parts).tolist()
+    assert graphbuild.row_bounds(arcs, parts, graphbuild.row_cost).tolist() == whole(graphbuild.row_cost(arcs), parts).tolist()
+    assert graphbuild.row_bounds(np.zeros(0, np.int32), parts).tolist() == [0] * (parts + 1)
 
 
 def test_degree_rank_a_slice_at_a_time_is_the_stable_sort_of_every_node(monkeypatch):
     """The counting sort made a slice of nodes at a time (its int64 order and scratch for every node held
     0.92 GiB at `data`'s 41.5 M nodes; 0.31 now) numbers nodes as one stable sort by degree would:
     highest first, ties (and degrees above 65535) in id order."""
-    monkeypatch.setattr(pagerank, "DEGREE_CHUNK", 7)
+    monkeypatch.setattr(graphbuild, "DEGREE_CHUNK", 7)
     rng = np.random.default_rng(4)
     degree = (rng.pareto(1.2, 1000) * 5).astype(np.int32)
     degree[[3, 500, 999]] = [70_000, 65_535, 90_000]  # tie at the top of the 16-bit key
     key = np.iinfo(np.uint16).max - np.minimum(degree, np.iinfo(np.uint16).max)
     want = np.empty(len(degree), dtype=np.int64)
     want[np.argsort(key, kind="stable")] = np.arange(len(degree))
-    got = pagerank.degree_rank(degree)
+    got = graphbuild.degree_rank(degree)
     assert got.dtype == np.int32 and got.tolist() == want.tolist()
-    assert pagerank.degree_rank(np.zeros(0, np.int32)).tolist() == []
+    assert graphbuild.degree_rank(np.zeros(0, np.int32)).tolist() == []
 
 
 def test_ids_are_counted_a_slice_at_a_time(monkeypatch):
     """Degrees are counted a slice of edge ends at a time (bincount's int64 copy of a whole rank's ends
     was 1.66 GB on `data`), into the run's count type, self-loops once."""
-    monkeypatch.setattr(pagerank, "COUNT_CHUNK", 7)
+    monkeypatch.setattr(graphbuild, "COUNT_CHUNK", 7)
     rng = np.random.default_rng(6)
     ids = rng.integers(0, 50, 300).astype(np.int32)
-    got = pagerank.count_ids(ids, 60, np.zeros(60, np.int32))
+    got = graphbuild.count_ids(ids, 60, np.zeros(60, np.int32))
     assert got.dtype == np.int32 and got.tolist() == np.bincount(ids, minlength=60).tolist()
     part = pagerank.PageRankPart(0, 1, None, False, 0.85)
     src, dst = rng.integers(0, 40, 200).astype(np.int32), rng.integers(0, 40, 200).astype(np.int32)
     src[:9] = dst[:9]  # self-loops: one arc each
     part.src, part.dst = src.copy(), dst.copy()
-    mask = pagerank.presence_mask(src, dst, 39)
+    mask = graphbuild.presence_mask(src, dst, 39)
     degree = part.degrees(mask, np.int32)
     ids, inv = np.unique(np.concatenate([src, dst]), return_inverse=True)
     s, d = inv[:200], inv[200:]
