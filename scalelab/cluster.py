@@ -118,13 +118,18 @@ def service_urls(cluster: Cluster) -> dict[str, str]:
             "yarn": f"http://{ip}:{node_var(cluster, 'hadoop_rm_webapp_port')}/ws/v1/cluster/metrics"}
 
 
+def ray_nodes_command(cluster: Cluster) -> str:
+    """A root shell command on the master printing Ray's node list (:data:`RAY_NODES_JSON`) as its last line."""
+    py = shlex.quote(f"{node_var(cluster, 'scalelab_venv')}/bin/python")
+    return f"({ray_env(cluster)}{py} -c {shlex.quote(RAY_NODES_JSON)} 2>&1 | tail -n 1)"
+
+
 def status_command(cluster: Cluster) -> str:
     """One command on the master: Ray's node list, the Hadoop master units' states, then the NameNode's
     and ResourceManager's JSON; each section after its '@name' line."""
     q = shlex.quote
-    py = q(f"{node_var(cluster, 'scalelab_venv')}/bin/python")
     urls = " ".join(q(u) for u in service_urls(cluster).values())
-    return (f"echo @ray; ({ray_env(cluster)}{py} -c {q(RAY_NODES_JSON)} 2>&1 | tail -n 1); "
+    return (f"echo @ray; {ray_nodes_command(cluster)}; "
             "echo @units; for u in hadoop-namenode hadoop-resourcemanager; do echo $u=$(systemctl is-active $u); "
             f"done; echo @web; python3 -c {q(FETCH_JSON)} {urls} 2>&1")
 
@@ -255,14 +260,12 @@ def service_states(cluster: Cluster, out: dict[str, Any]) -> dict[str, dict[str,
     return {"ray": ray, "hdfs": hdfs, "yarn": yarn}
 
 
-def ray_live_nodes(cluster: Cluster) -> dict[str, float] | None:
+def gcs_live_nodes(cluster: Cluster) -> dict[str, float] | None:
     """{private address: CPUs} of the live Ray nodes as the GCS has them (a driver's ``ray.nodes()`` on the
     master, 1.5-4 s), or None where Ray does not answer.  The authority where the dashboard's faster view
     (:data:`scalelab.provenance.RAY_NODES`) lacks a node or does not answer: after a restart of the head
     that view missed both workers of the lab for over 4 minutes, while the GCS had them."""
-    py = shlex.quote(f"{node_var(cluster, 'scalelab_venv')}/bin/python")
-    proc = cluster.ssh(cluster.master, f"{ray_env(cluster)}{py} -c {shlex.quote(RAY_NODES_JSON)} 2>&1 | tail -n 1",
-                       timeout=90, check=False, root=True)
+    proc = cluster.ssh(cluster.master, ray_nodes_command(cluster), timeout=90, check=False, root=True)
     return live_ray_nodes(proc.stdout.strip())
 
 

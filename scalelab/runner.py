@@ -31,7 +31,7 @@ from typing import Any
 
 from scalelab import provenance as _prov
 from scalelab import results as _results
-from scalelab.cluster import missing_dir, ray_live_nodes
+from scalelab.cluster import gcs_live_nodes, missing_dir
 from scalelab.errors import UserError
 from scalelab.inventory import Cluster, Node, node_var, parallel
 from scalelab.provenance import BUSY
@@ -124,7 +124,7 @@ def preflight(cluster: Cluster, wl: Workload, fws: Sequence[str], chosen: Sequen
         line = str(p[cluster.master.name].get("ray") or "")
         alive = _ray_nodes(line)
         if alive is None or any(n.private_ip not in alive for n in chosen):  # the dashboard's view may lag
-            alive = ray_live_nodes(cluster) or alive
+            alive = gcs_live_nodes(cluster) or alive
         if alive is None:
             raise UserError(f"Ray is not answering on {cluster.master.name} ({line.strip()[:200] or 'no output'}): "
                             "check `fab status`")

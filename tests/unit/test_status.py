@@ -133,7 +133,7 @@ def _preflight(monkeypatch, tmp_path, dashboard: str, gcs_fixture: str | None):
     monkeypatch.setattr(runner._prov, "probe", lambda c, nodes, **kw: {n.name: dict(facts) for n in nodes})
     gcs = None if gcs_fixture is None else cluster.parse_status_output((FIXTURES / gcs_fixture).read_text())["ray"]
     asked = []
-    monkeypatch.setattr(runner, "ray_live_nodes", lambda c: asked.append(c) or (gcs and cluster.live_ray_nodes(gcs)))
+    monkeypatch.setattr(runner, "gcs_live_nodes", lambda c: asked.append(c) or (gcs and cluster.live_ray_nodes(gcs)))
     return lambda: runner.preflight(cl, runner.workload("pagerank"), ["ray"], cl.nodes, "tiny"), asked
 
 
