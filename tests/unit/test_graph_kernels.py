@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pytest
 from sklearn.metrics import calinski_harabasz_score
 
-from workloads import _dist, data, graphbuild, graphio, kmeans, pagerank
+from workloads import _dist, data, graphbuild, graphio, kmeans, pagerank, pointgrid
 from workloads.record import UserError
 
 
@@ -506,7 +506,7 @@ def test_exact_sums_are_exact_beyond_float_precision():
     v = np.full(1000, 2.0**50)
     v[::2] += 1
     labels = np.zeros(1000, dtype=np.int32)
-    assert kmeans.exact_sums(labels, v, 1)[0] == 1000 * 2**50 + 500
+    assert pointgrid.exact_sums(labels, v, 1)[0] == 1000 * 2**50 + 500
 
 
 def test_ch_equals_sklearn():
@@ -523,7 +523,7 @@ def test_assign_picks_the_nearest_centre():
     x, y = rng.integers(0, 10**7, 20000).astype(float), rng.integers(0, 10**7, 20000).astype(float)
     c = rng.uniform(0, 10**7, (9, 2))
     brute = ((x[:, None] - c[:, 0]) ** 2 + (y[:, None] - c[:, 1]) ** 2).argmin(axis=1)
-    assert (kmeans.assign(x, y, c) == brute).all()
+    assert (pointgrid.assign(x, y, c) == brute).all()
 
 
 @pytest.mark.parametrize("case", ["random", "integer_centres_with_ties", "lattice"])
@@ -535,20 +535,20 @@ def test_grid_lloyd_gives_exact_nearest_labels_and_stats(case):
         c = np.round(c / 2) * 2
     elif case == "lattice":
         x, y, c = np.round(x, -3), np.round(y, -3), np.round(c, -3) + 500
-    grid = kmeans.PointGrid(x, y)
+    grid = pointgrid.PointGrid(x, y)
     assert grid.g > 1 and (grid.sure_owner(c) >= 0).any() and (grid.sure_owner(c) < 0).any()
     x, y = grid.x, grid.y  # the grid's order (by cell)
     brute = ((x[:, None] - c[:, 0]) ** 2 + (y[:, None] - c[:, 1]) ** 2).argmin(axis=1).astype(np.int32)
     stats, changed = grid.lloyd(c)
     assert changed == len(x)
     assert np.array_equal(grid.all_labels(), brute)
-    assert np.array_equal(stats, kmeans.cluster_stats(brute, x, y, 16))
+    assert np.array_equal(stats, pointgrid.cluster_stats(brute, x, y, 16))
 
 
 def test_grid_keeps_the_points_and_counts_changed_labels_exactly():
     rng = np.random.default_rng(7)
     x, y = rng.integers(0, 10**6, 40_000), rng.integers(0, 10**6, 40_000)  # as parsed: integer ids
-    grid = kmeans.PointGrid(x, y)
+    grid = pointgrid.PointGrid(x, y)
     assert sorted(zip(grid.x.tolist(), grid.y.tolist(), strict=True)) == sorted(
         zip(x.astype(float).tolist(), y.astype(float).tolist(), strict=True))
     c = rng.uniform(0, 10**6, (12, 2))
@@ -566,7 +566,7 @@ def test_the_grid_keeps_ids_that_int32_cannot_hold():
     rng = np.random.default_rng(11)
     x = rng.integers(2**31, 2**32 - 1, 5000).astype(np.uint32)
     y = rng.integers(0, 2**32 - 1, 5000).astype(np.uint32)
-    grid = kmeans.PointGrid(x, y)
+    grid = pointgrid.PointGrid(x, y)
     assert grid.x.dtype == np.int64
     assert sorted(zip(grid.x.tolist(), grid.y.tolist(), strict=True)) == sorted(zip(x.tolist(), y.tolist(), strict=True))
     assert grid.cell_stats[1].sum() == int(x.astype(np.int64).sum())
@@ -576,19 +576,19 @@ def test_grid_labels_do_not_depend_on_how_points_are_split():
     rng = np.random.default_rng(8)
     x, y = rng.integers(0, 10**8, 30_000).astype(float), rng.integers(0, 10**8, 30_000).astype(float)
     c = rng.uniform(0, 10**8, (9, 2))
-    def labelled(grid: kmeans.PointGrid) -> tuple[dict[tuple[float, float], int], np.ndarray]:
+    def labelled(grid: pointgrid.PointGrid) -> tuple[dict[tuple[float, float], int], np.ndarray]:
         stats = grid.lloyd(c)[0]
         return dict(zip(zip(grid.x.tolist(), grid.y.tolist(), strict=True), grid.all_labels().tolist(), strict=True)), stats
 
-    whole, stats = labelled(kmeans.PointGrid(x, y))
-    parts = [labelled(kmeans.PointGrid(x[a:b], y[a:b], g)) for (a, b), g in [((0, 7_000), 8), ((7_000, 30_000), 32)]]
+    whole, stats = labelled(pointgrid.PointGrid(x, y))
+    parts = [labelled(pointgrid.PointGrid(x[a:b], y[a:b], g)) for (a, b), g in [((0, 7_000), 8), ((7_000, 30_000), 32)]]
     assert {**parts[0][0], **parts[1][0]} == whole
     assert np.array_equal(parts[0][1] + parts[1][1], stats)
 
 
 _GRID_BUILD = """
 import scipy.sparse  # (the grid's sort imports it: its pages are not the grid's)
-from workloads import kmeans
+from workloads import kmeans, pointgrid
 
 rng = np.random.default_rng(9)
 n = 4_000_000
@@ -597,7 +597,7 @@ y = rng.integers(0, 125_000_000, n, dtype=np.int32)
 part = kmeans.KMeansPart(0, 1, None)
 part.x, part.y = x, y
 part.add_center(np.array([1e6, 2e6]))  # the k-means++ state: D^2, 8 B a point
-want = kmeans.cluster_stats(np.zeros(n, np.int32), x, y, 1)
+want = pointgrid.cluster_stats(np.zeros(n, np.int32), x, y, 1)
 del x, y
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")

@@ -19,7 +19,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import calinski_harabasz_score
 
-from workloads import _dist, data, kmeans, pagerank
+from workloads import _dist, data, kmeans, pagerank, pointgrid
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = [("ray", 1), ("ray", 2), ("ray", 3), ("torch", 1), ("torch", 2), ("torch", 3)]
@@ -292,7 +292,7 @@ def test_kmeans_verification_catches_a_wrong_grid(tmp_path, planted, monkeypatch
     args = ("--method", "global", "--k", "5", "--verify")
     rc, rec = run(kmeans, tmp_path, "reference", 1, inp, *args)
     assert rc == 0 and rec["verification"]["passed"], rec["verification"]
-    right = kmeans.PointGrid.sure_owner
+    right = pointgrid.PointGrid.sure_owner
 
     def wrong(self, centers):
         owner = right(self, centers)
@@ -300,7 +300,7 @@ def test_kmeans_verification_catches_a_wrong_grid(tmp_path, planted, monkeypatch
         owner[cell] = (owner[cell] + 1) % len(centers)
         return owner
 
-    monkeypatch.setattr(kmeans.PointGrid, "sure_owner", wrong)
+    monkeypatch.setattr(pointgrid.PointGrid, "sure_owner", wrong)
     rc, rec = run(kmeans, tmp_path, "reference", 1, inp, *args)
     assert rc != 0 and rec["status"] == "failed" and rec["verification"]["passed"] is False, rec["verification"]
 
@@ -309,7 +309,7 @@ def test_kmeans_ch_equals_sklearn_on_the_same_labels(planted):
     inp, _ = planted
     a = np.loadtxt(inp, delimiter=",", skiprows=1)
     res = kmeans.reference_kmeans(a[:, 0], a[:, 1], 5, 42, 100)
-    labels = kmeans.assign(a[:, 0], a[:, 1], res["centroids"])
+    labels = pointgrid.assign(a[:, 0], a[:, 1], res["centroids"])
     assert res["ch_score"] == pytest.approx(calinski_harabasz_score(a, labels), rel=1e-9)
 
 
