@@ -111,11 +111,13 @@ SECTIONS = ("ray", "units", "web")
 
 
 def service_urls(cluster: Cluster) -> dict[str, str]:
-    """The NameNode's JMX beans and the ResourceManager's cluster metrics, at the master's private address."""
+    """The NameNode's JMX beans, the ResourceManager's cluster metrics and its unhealthy NodeManagers (with
+    their health reports), at the master's private address."""
     ip = cluster.master.private_ip
     jmx = f"http://{ip}:{node_var(cluster, 'hadoop_namenode_http_port')}/jmx?qry=Hadoop:service=NameNode,name="
+    rm = f"http://{ip}:{node_var(cluster, 'hadoop_rm_webapp_port')}/ws/v1/cluster"
     return {"fsnamesystem": jmx + "FSNamesystemState", "namenodeinfo": jmx + "NameNodeInfo",
-            "yarn": f"http://{ip}:{node_var(cluster, 'hadoop_rm_webapp_port')}/ws/v1/cluster/metrics"}
+            "yarn": f"{rm}/metrics", "yarn_unhealthy": f"{rm}/nodes?states=UNHEALTHY"}
 
 
 def ray_nodes_command(cluster: Cluster) -> str:
@@ -206,15 +208,27 @@ def hdfs_summary(fsn: dict | None, info: dict | None, expected: dict[str, str]) 
             "error": None}
 
 
-def yarn_summary(metrics: dict | None, expected: int) -> dict[str, Any]:
-    """The ResourceManager's /ws/v1/cluster/metrics against the expected number of NodeManagers."""
+def unhealthy_reports(answer: dict | None, expected: dict[str, str]) -> dict[str, str]:
+    """{node name: its NodeManager's health report} from the ResourceManager's
+    /ws/v1/cluster/nodes?states=UNHEALTHY, by the host name or address YARN gives (a host the inventory does
+    not name by either keeps YARN's name).  Empty where there is no such answer."""
+    nodes = (((answer or {}).get("body") or {}).get("nodes") or {}).get("node") or []
+    names = {**{name: name for name in expected.values()}, **expected}
+    return {names.get(str(n.get("nodeHostName")), str(n.get("nodeHostName"))):
+            " ".join(str(n.get("healthReport") or "no report").split()) for n in nodes if isinstance(n, dict)}
+
+
+def yarn_summary(metrics: dict | None, expected: dict[str, str], unhealthy: dict | None = None) -> dict[str, Any]:
+    """The ResourceManager's /ws/v1/cluster/metrics against the expected NodeManagers ({private address:
+    name}), with the health report of each unhealthy one (:func:`unhealthy_reports`)."""
     cm = ((metrics or {}).get("body") or {}).get("clusterMetrics")
     if not cm:
-        return {"ok": False, "active": 0, "expected": expected,
+        return {"ok": False, "active": 0, "expected": len(expected),
                 "error": (metrics or {}).get("error") or "no clusterMetrics"}
     active = int(cm.get("activeNodes", 0))
-    return {"ok": active == expected, "active": active, "expected": expected,
+    return {"ok": active == len(expected), "active": active, "expected": len(expected),
             "lost": int(cm.get("lostNodes", 0)), "unhealthy": int(cm.get("unhealthyNodes", 0)),
+            "health_reports": unhealthy_reports(unhealthy, expected),
             "vcores": cm.get("totalVirtualCores"), "memory_mb": cm.get("totalMB"), "error": None}
 
 
@@ -237,11 +251,14 @@ def service_states(cluster: Cluster, out: dict[str, Any]) -> dict[str, dict[str,
                         f"{'ON' if hdfs['safemode'] else 'off'}"
                         + (f", capacity {cap / 1e9:.1f} GB" if isinstance(cap, int | float) else "")
                         + (f" ({', '.join(hdfs['missing'])} not live)" if hdfs["missing"] else ""))
-    yarn = yarn_summary(web.get(urls["yarn"]), len(cluster.nodes))
+    yarn = yarn_summary(web.get(urls["yarn"]), expected, web.get(urls["yarn_unhealthy"]))
     if not yarn["error"]:
+        reports = yarn["health_reports"]
         yarn["line"] = (f"yarn: {yarn['active']}/{yarn['expected']} NodeManagers active, {yarn['vcores']} vcores, "
                         f"{yarn['memory_mb']} MB" + (f", {yarn['lost']} lost" if yarn["lost"] else "")
-                        + (f", {yarn['unhealthy']} unhealthy" if yarn["unhealthy"] else ""))
+                        + (f", {yarn['unhealthy']} unhealthy" if yarn["unhealthy"] else "")
+                        + (f" ({'; '.join(f'{name}: {why}' for name, why in reports.items())}): fix what "
+                           "it says (a disk above the threshold: free space on it)" if reports else ""))
     enabled = bool(node_var(cluster, "hadoop_enabled"))
     for svc, name, unit, what in ((hdfs, "hdfs", "hadoop-namenode", "NameNode"),
                                   (yarn, "yarn", "hadoop-resourcemanager", "ResourceManager")):

@@ -86,6 +86,34 @@ def test_a_running_namenode_that_does_not_answer_is_a_failure(tmp_path) -> None:
     assert not st["hdfs"]["ok"] and "does not answer (URLError" in st["hdfs"]["line"]
 
 
+def test_an_unhealthy_nodemanager_is_named_with_its_health_report(tmp_path) -> None:
+    """worker1's NodeManager with a disk limit below its disk's use: YARN counts it unhealthy and its
+    report says why; `fab status` names the node and prints the report."""
+    st = states(tmp_path, "nodemanager-unhealthy.txt")
+    yarn = st["yarn"]
+    assert not yarn["ok"] and (yarn["active"], yarn["unhealthy"]) == (2, 1)
+    assert yarn["health_reports"] == {"worker1": (
+        "1/1 local-dirs usable space is below configured utilization percentage/no more usable space "
+        "[ /var/lib/hadoop/yarn/local : used space above threshold of 10.0% ] ; 1/1 log-dirs usable space is "
+        "below configured utilization percentage/no more usable space [ /var/log/hadoop/userlogs : used space "
+        "above threshold of 10.0% ]")}
+    assert yarn["line"].startswith("yarn: 2/3 NodeManagers active, 4 vcores, 16384 MB, 1 unhealthy (worker1: 1/1 "
+                                   "local-dirs usable space is below")
+    assert yarn["line"].endswith("threshold of 10.0% ]): fix what it says (a disk above the threshold: free space on it)")
+    assert st["ray"]["ok"] and st["hdfs"]["ok"]
+
+
+def test_health_reports_name_the_inventorys_hosts(tmp_path) -> None:
+    """YARN names a NodeManager by host name or by address; neither known: YARN's name is kept."""
+    expected = {n.private_ip: n.name for n in lab(tmp_path).nodes}
+    answer = {"body": {"nodes": {"node": [{"nodeHostName": "10.111.1.3", "healthReport": "disk\n full "},
+                                          {"nodeHostName": "snf-1234", "healthReport": ""}]}}}
+    assert cluster.unhealthy_reports(answer, expected) == {"worker2": "disk full", "snf-1234": "no report"}
+    # the ResourceManager's answer with no unhealthy NodeManager (captured on the lab), and none at all
+    assert cluster.unhealthy_reports({"body": {"nodes": {}}}, expected) == {}
+    assert cluster.unhealthy_reports(None, expected) == {}
+
+
 @pytest.mark.parametrize("text", ["", "@ray\nTraceback (most recent call last):\nConnectionError: boom\n"])
 def test_no_answer_from_ray_is_a_failure(tmp_path, text) -> None:
     st = cluster.service_states(lab(tmp_path), cluster.parse_status_output(text))
@@ -112,6 +140,7 @@ def test_status_command_queries_the_private_address_on_the_master(tmp_path) -> N
     cmd = cluster.status_command(c)
     assert "http://10.111.1.1:9870/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState" in cmd
     assert "http://10.111.1.1:8088/ws/v1/cluster/metrics" in cmd
+    assert "http://10.111.1.1:8088/ws/v1/cluster/nodes?states=UNHEALTHY" in cmd
     assert "set -a; . /etc/scalelab/ray.env" in cmd and "ray.nodes()" in cmd
 
 
