@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from workloads import _dist
+from workloads.comm import Comm, RayComm
 
 SIZES_KB = (8, 64, 640, 4000, 45000)  # up to data_1's blocks for 2 ranks (11.2 M nodes / 2, float64)
 WARM_ROUNDS = 3
 
 
-def time_rounds(comm: _dist.Comm, sizes_kb: tuple[int, ...], rounds: int) -> dict[str, float]:
+def time_rounds(comm: Comm, sizes_kb: tuple[int, ...], rounds: int) -> dict[str, float]:
     """Milliseconds per block-gather round of the slowest rank, for blocks of each size (every rank
     gets them); checks what arrived."""
     out = {}
@@ -53,11 +54,11 @@ def time_rounds(comm: _dist.Comm, sizes_kb: tuple[int, ...], rounds: int) -> dic
     return dict(zip(out, slowest.tolist(), strict=True))
 
 
-def ray_body(args: argparse.Namespace, info: object, rec: dict, comm: _dist.Comm) -> None:
+def ray_body(args: argparse.Namespace, info: object, rec: dict, comm: Comm) -> None:
     rec["ms_per_round"] = time_rounds(comm, args.sizes, args.rounds)
 
 
-def torch_target(comm: _dist.Comm, sizes: tuple[int, ...], rounds: int, out: str) -> int:
+def torch_target(comm: Comm, sizes: tuple[int, ...], rounds: int, out: str) -> int:
     times = time_rounds(comm, sizes, rounds)
     if comm.rank == 0:
         Path(out).write_text(json.dumps(times))
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
              "torch": "this machine"}
     print(f"\nms per block-gather round (slowest rank), {args.workers} ranks; "
           + "; ".join(f"{fw} on {where[fw]}" for fw in frameworks)
-          + f"; Ray sends arrays up to {_dist.RayComm.INLINE_BYTES >> 20} MiB inside its calls")
+          + f"; Ray sends arrays up to {RayComm.INLINE_BYTES >> 20} MiB inside its calls")
     print(f"{'block (KB)':>12}" + "".join(f"{fw:>10}" for fw in frameworks)
           + ("     ray/torch" if len(frameworks) == 2 else ""))
     for kb in args.sizes:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workloads import _dist
+from workloads.comm import Comm
 from workloads.graphio import InputInfo, read_range, split_ranges, truncate
 from workloads.record import UserError, timer
 
@@ -586,7 +586,7 @@ class Rows:
     dense: bool
 
 
-def distribute(part: GraphPart, comm: _dist.Comm, n_edges: int, max_id: int, steps: dict[str, float]) -> Rows:
+def distribute(part: GraphPart, comm: Comm, n_edges: int, max_id: int, steps: dict[str, float]) -> Rows:
     """Steps 2-3 of the module docstring on every rank, each timed into ``steps``: the node set, the
     degrees and the degree order, the row split, the arcs' exchange into ``part``'s runs."""
     with timer(steps, "node_set"):

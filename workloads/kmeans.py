@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from workloads import _dist
+from workloads.comm import Comm
 from workloads.graphio import InputInfo, block_ranges, read_range, split_ranges
 from workloads.pointgrid import CHUNK, PointGrid, assign, cluster_stats, within_sse
 from workloads.record import UserError, run_main, timer
@@ -306,7 +307,7 @@ def _record(args: argparse.Namespace, info: InputInfo, rec: dict, metrics: dict[
             rec["verification"] = verify(args, info, metrics)
 
 
-def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) -> None:
+def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> None:
     """One rank of k-means (every runtime, and one process for ``--framework reference``)."""
     t = rec["timings_s"]
     _dist.mark_startup(args, rec)

@@ -44,6 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from workloads import _dist, graphbuild
+from workloads.comm import Comm
 from workloads.graphbuild import GraphPart, RowBlock, check_ids, node_ids, spmv_blocks
 from workloads.graphio import InputInfo, block_ranges, read_range
 from workloads.record import run_main, timer
@@ -386,7 +387,7 @@ def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: An
     rec["metrics"]["spmv_s_per_iter"] = t["compute"] / max(iters, 1)
 
 
-def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) -> None:
+def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> None:
     """One rank of the distributed PageRank (every runtime): load, build, iterate; rank 0 records."""
     t = rec["timings_s"]
     _dist.mark_startup(args, rec)
@@ -422,7 +423,7 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: _dist.Comm) 
         rec["metrics"]["build_steps_s"] = steps
 
 
-def iterate(part: PageRankPart, comm: _dist.Comm, bounds: np.ndarray, n: int, args: argparse.Namespace,
+def iterate(part: PageRankPart, comm: Comm, bounds: np.ndarray, n: int, args: argparse.Namespace,
             advance: Callable[[int], None] | None) -> tuple[np.ndarray, int, str, float]:
     """:func:`power_iterate` over every rank's row block; the gather's buffers live only here."""
     gather = comm.block_gatherer(np.diff(bounds), np.float64)
@@ -433,7 +434,7 @@ def iterate(part: PageRankPart, comm: _dist.Comm, bounds: np.ndarray, n: int, ar
     return power_iterate(step_all, n, args.tol, args.max_iter, advance)
 
 
-def gather_batches(comm: _dist.Comm, mine: list[tuple[int, np.ndarray, np.ndarray]]
+def gather_batches(comm: Comm, mine: list[tuple[int, np.ndarray, np.ndarray]]
                    ) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """Every rank's seed batches (block index, ids, scores) as three all-gathers of arrays."""
     heads = comm.allgather(np.array([[b, len(i)] for b, i, _ in mine], dtype=np.int64).reshape(-1))

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from workloads import _dist, record
+from workloads.comm import Comm, LocalComm, RayComm
 
 
 def test_process_start_time_is_this_process_start():
@@ -60,7 +61,7 @@ def test_local_ray_env_keeps_what_the_user_set(monkeypatch):
 
 
 # ------------------------------------------------------------------ the harness's communication
-class TwoRanks(_dist.Comm):
+class TwoRanks(Comm):
     """The generic collectives over a fixed peer: rank 0 of two, the other rank's arrays given."""
 
     world = 2
@@ -92,7 +93,7 @@ def alltoall_on_this_rank(comm) -> int:
 
     # Ray: the pieces for rank 0 cross in three parts of at most RayComm.PART_BYTES, two through the object
     # store and the last inside the calls; the others in one part inside the calls
-    part = _dist.RayComm.PART_BYTES // 8
+    part = RayComm.PART_BYTES // 8
     n = [2 * part + 3 if dest == 0 else 1000 for dest in range(comm.world)]
     pieces = [np.arange(n[dest], dtype=np.int64) * 100 + comm.rank * 10 + dest for dest in range(comm.world)]
     got = comm.alltoall(pieces)
@@ -109,7 +110,7 @@ def gather_blocks_on_this_rank(comm) -> int:
     ranks' values, each call into the same vector; arrays above a part are all-gathered and reduced."""
     import numpy as np
 
-    sizes = [2, 0, _dist.RayComm.PART_BYTES // 8 + 1000][:comm.world]
+    sizes = [2, 0, RayComm.PART_BYTES // 8 + 1000][:comm.world]
     mine = sum(sizes[:comm.rank])
     gather = comm.block_gatherer(sizes, np.float64)
     n = sum(sizes)
@@ -120,7 +121,7 @@ def gather_blocks_on_this_rank(comm) -> int:
     assert second.tolist() == [-float(i) for i in range(n)], f"rank {comm.rank}: {second[:5].tolist()}"
     assert (s1, s2) == (2.0 ** comm.world - 1, 0.5 * comm.world), f"rank {comm.rank}: {s1}, {s2}"
     # arrays above a part (Ray: in several rounds) gathered and reduced whole, in rank order
-    big = _dist.RayComm.PART_BYTES // 8 + 1000
+    big = RayComm.PART_BYTES // 8 + 1000
     lengths = [big, 3, 2 * big + 7][:comm.world]
     got = comm.allgather(np.arange(lengths[comm.rank], dtype=np.int64) + 10 * comm.rank)
     for r, g in enumerate(got):
@@ -193,7 +194,7 @@ def test_guard_raises_a_peers_user_error_on_every_rank_sent_as_text_not_a_pickle
     with pytest.raises(record.UserError, match="^bad line 7$"):
         TwoRanks([peer]).guard(lambda: 1)
     assert TwoRanks([np.empty(0, np.uint8)]).guard(lambda: 41 + 1) == 42
-    assert _dist.LocalComm().hosts() == [os.uname().nodename]
+    assert LocalComm().hosts() == [os.uname().nodename]
 
 
 def test_a_hung_local_launch_times_out_and_its_ranks_are_stopped():
