@@ -218,7 +218,7 @@ def unhealthy_reports(answer: dict | None, expected: dict[str, str]) -> dict[str
             " ".join(str(n.get("healthReport") or "no report").split()) for n in nodes if isinstance(n, dict)}
 
 
-def yarn_summary(metrics: dict | None, expected: dict[str, str], unhealthy: dict | None = None) -> dict[str, Any]:
+def yarn_summary(metrics: dict | None, expected: dict[str, str], unhealthy: dict | None) -> dict[str, Any]:
     """The ResourceManager's /ws/v1/cluster/metrics against the expected NodeManagers ({private address:
     name}), with the health report of each unhealthy one (:func:`unhealthy_reports`)."""
     cm = ((metrics or {}).get("body") or {}).get("clusterMetrics")
