@@ -4,7 +4,10 @@
     .venv/bin/python -m bench.graph_bench --quick    # test_data size (0.67 M edges), a smoke run
 
 Each run is a fresh ``python -m workloads.<name>`` process (as a user runs it), with fixed iteration
-counts (``--tol 0``), so the runtimes do the same work.  Prints the per-step timings side by side and the
+counts (``--tol 0``), so the runtimes do the same work.  Ray and torch run ``--repeat`` times each (3),
+alternately, so both meet the same phases of a machine whose speed drifts; the table shows each
+runtime's median run and the ratios compare medians (one run each gave Ray/torch 1.13x and 1.40x for
+the same k-means within the hour).  Prints the per-step timings side by side and the
 ratios the DESIGN.md targets are about: our end-to-end ``total`` against a plain scipy PageRank pipeline and
 scikit-learn's ``KMeans`` from the same start (:mod:`bench.baselines`, same iterations), and Ray against
 torch.  Writes everything to ``results/bench/``.
@@ -24,7 +27,6 @@ from typing import Any
 from workloads import data
 
 REPO = Path(__file__).resolve().parent.parent
-FRAMEWORKS = ("ray", "torch", "reference")
 STEPS = ("startup", "load", "build", "compute", "total")
 
 
@@ -54,6 +56,17 @@ def run_workload(module: str, framework: str, inp: Path, out: Path, workers: int
     rec = json.loads(out.read_text())
     rec["wall_s"] = wall
     return rec
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose end-to-end ``total`` is the median (the lower of the middle two for an even count)."""
+    return sorted(runs, key=lambda r: r["timings_s"]["total"])[(len(runs) - 1) // 2]
+
+
+def spread(runs: list[dict[str, Any]]) -> str:
+    """Every run's total, in run order, and the median: the noise a single run would hide."""
+    totals = [r["timings_s"]["total"] for r in runs]
+    return " ".join(f"{t:.2f}" for t in totals) + f" (median {median_run(runs)['timings_s']['total']:.2f})"
 
 
 def run_baseline(module: str, inp: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -137,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--skip", choices=("pagerank", "kmeans"), action="append", default=[])
+    p.add_argument("--repeat", type=int, default=3, help="runs of each runtime (the table shows the median)")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     name = args.dataset or ("test_data" if args.quick else "data_1")
     inp = Path(args.data_dir) / f"{name}.csv"
     if not inp.exists():
@@ -147,9 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     spec = data.DATASETS[name]
     report: dict[str, Any] = {"dataset": name, "bytes": inp.stat().st_size, "edges": spec.edges,
-                              "workers": args.workers, "iterations": args.iters, "cpus": os.cpu_count()}
+                              "workers": args.workers, "iterations": args.iters, "repeat": args.repeat,
+                              "cpus": os.cpu_count()}
     lines = [f"dataset {name}: {inp} ({inp.stat().st_size / 1e9:.2f} GB, {spec.edges:,} edges), "
-             f"{args.workers} workers, {args.iters} iterations, {os.cpu_count()} CPUs, "
+             f"{args.workers} workers, {args.iters} iterations, Ray and torch {args.repeat}x each (median shown), "
+             f"{os.cpu_count()} CPUs, "
              f"load average at start {os.getloadavg()[0]:.1f} (other work on the machine skews every time)"]
     jobs = {"pagerank": ["--tol", "0", "--max-iter", str(args.iters)],
             "kmeans": ["--method", "global", "--k", str(args.k), "--max-iter", str(args.iters)]}
@@ -161,14 +179,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warming up with {module} torch ...", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             run_workload(module, "torch", inp, Path(tmp) / "warm-up.json", args.workers, extra)
-        recs = {}
-        for fw in FRAMEWORKS:
-            print(f"running {module} {fw} ...", flush=True)
-            recs[fw] = run_workload(module, fw, inp, outdir / f"{module}-{fw}.json", args.workers, extra)
+        runs: dict[str, list[dict[str, Any]]] = {"ray": [], "torch": []}
+        for i in range(1, args.repeat + 1):
+            for fw, done in runs.items():
+                print(f"running {module} {fw} ({i}/{args.repeat}) ...", flush=True)
+                done.append(run_workload(module, fw, inp, outdir / f"{module}-{fw}-{i}.json", args.workers, extra))
+        recs = {fw: median_run(done) for fw, done in runs.items()}
+        print(f"running {module} reference ...", flush=True)
+        recs["reference"] = run_workload(module, "reference", inp, outdir / f"{module}-reference.json",
+                                         args.workers, extra)
         iters = recs["reference"]["metrics"]["iterations"]
         key = "spmv_s_per_iter" if module == "pagerank" else None
         lines += ["", *table(f"{module} ({'global, k=' + str(args.k) if module == 'kmeans' else 'undirected'})",
                              recs, iters, key)]
+        lines += [f"  total, each run: {fw} {spread(done)}" for fw, done in runs.items()]
         r = ratios(recs, iters, key)
         lines += [f"  {k}: {v:.2f}x" for k, v in r.items()]
         print(f"running {module} baseline ...", flush=True)
@@ -178,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         report[module] = {"ratios": r, "records": {fw: rec["run_id"] for fw, rec in recs.items()},
                           "timings_s": {fw: rec["timings_s"] for fw, rec in recs.items()},
                           "wall_s": {fw: rec["wall_s"] for fw, rec in recs.items()},
+                          "runs": {fw: [{"run_id": rec["run_id"], "timings_s": rec["timings_s"],
+                                         "wall_s": rec["wall_s"]} for rec in done] for fw, done in runs.items()},
                           "baseline": base}
     (outdir / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
     (outdir / "summary.txt").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,29 @@
+"""`make bench` compares each runtime's median run, not whichever single run the machine's phase favoured."""
+from __future__ import annotations
+
+from bench import graph_bench
+
+
+def run(total: float, run_id: str) -> dict:
+    return {"run_id": run_id, "timings_s": {"startup": 1.0, "load": 1.0, "build": 1.0, "compute": total - 3.0,
+                                            "total": total}, "wall_s": total + 0.5, "metrics": {}}
+
+
+def test_the_median_run_is_the_middle_total_not_the_first_or_the_fastest() -> None:
+    runs = [run(14.4, "a"), run(10.4, "b"), run(11.3, "c")]
+    assert graph_bench.median_run(runs)["run_id"] == "c"
+    assert graph_bench.spread(runs) == "14.40 10.40 11.30 (median 11.30)"
+
+
+def test_an_even_count_takes_the_lower_middle_run_and_one_run_is_its_own_median() -> None:
+    assert graph_bench.median_run([run(9.0, "a"), run(8.0, "b"), run(12.0, "c"), run(11.0, "d")])["run_id"] == "a"
+    assert graph_bench.median_run([run(9.0, "only")])["run_id"] == "only"
+
+
+def test_the_ratios_compare_the_runtimes_medians() -> None:
+    ray = graph_bench.median_run([run(14.4, "r1"), run(10.4, "r2"), run(11.3, "r3")])
+    torch = graph_bench.median_run([run(8.0, "t1"), run(9.2, "t2"), run(8.9, "t3")])
+    recs = {"ray": ray, "torch": torch, "reference": run(11.2, "ref")}
+    assert round(graph_bench.ratios(recs, 20, None)["ray/torch total"], 4) == round(11.3 / 8.9, 4)
+    lines = graph_bench.against_baseline("kmeans", recs, {"timings_s": {"compute": 20.6}, "wall_s": 34.7}, "data_1")
+    assert lines[-1] == "  slower/faster runtime: 1.27x  [target <= 1.15x: NOT met]"
