@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from workloads.comm import LocalComm, RayComm, TorchComm
 from workloads.graphio import InputInfo, inspect_input
 from workloads.record import (
@@ -46,6 +48,7 @@ from workloads.record import (
     finish_record,
     launch_time,
     new_record,
+    phase_peak,
     write_json,
     write_record,
 )
@@ -185,7 +188,7 @@ def _report_failure(rec: dict, args: argparse.Namespace, leader: bool, message: 
 
 def summary_line(rec: dict) -> str:
     m = rec["metrics"]
-    keep = {k: v for k, v in m.items() if k not in ("top", "centroids")}
+    keep = {k: v for k, v in m.items() if k not in ("top", "centroids", "peak_rss_gib")}  # (in the record)
     if "top" in m:
         keep["top"] = m["top"][:3]
     t = {k: round(v, 3) for k, v in rec["timings_s"].items() if isinstance(v, float)}
@@ -203,6 +206,27 @@ def mark_startup(args: argparse.Namespace, rec: dict) -> None:
     """``startup`` = launch until the workers are ready: interpreter start and imports, then Ray's
     start-up and actors, or torch's spawn (or torchrun) and rendezvous.  The same span in every runtime."""
     rec["timings_s"]["startup"] = since_launch(args)
+
+
+def rank_peaks(comm: Any, peaks: dict[str, int]) -> dict[str, list[float | None]]:
+    """Every rank's ``peaks`` (phase -> its largest resident size in that phase, :func:`workloads.record.timer`)
+    in GiB, a list in rank order per phase (None: not measurable there), for the record's
+    ``peak_rss_gib``: where each rank peaked, and how far apart the ranks are.  A collective: every rank
+    calls it, with the same phases (``comm`` None: this process alone)."""
+    mine = np.array(list(peaks.values()), dtype=np.int64)
+    marks = [mine] if comm is None else comm.allgather(mine)
+    return {phase: [round(int(m[i]) / 2**30, 3) if m[i] >= 0 else None for m in marks]
+            for i, phase in enumerate(peaks)}
+
+
+@contextmanager
+def results_phase(rec: dict, peaks_gib: dict[str, list[float | None]]) -> Iterator[None]:
+    """Rank 0 making the results (ids, top-k, the record, ``--verify``): its peak there is ``results``,
+    set with the ranks' ``peaks_gib`` (:func:`rank_peaks`) as the record's ``peak_rss_gib``."""
+    last: dict[str, int] = {}
+    with phase_peak(last, "results"):
+        yield
+    rec["metrics"]["peak_rss_gib"] = {**peaks_gib, **rank_peaks(None, last)}
 
 
 # ------------------------------------------------------------------------------------------ Ray

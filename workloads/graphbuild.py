@@ -586,19 +586,21 @@ class Rows:
     dense: bool
 
 
-def distribute(part: GraphPart, comm: Comm, n_edges: int, max_id: int, steps: dict[str, float]) -> Rows:
-    """Steps 2-3 of the module docstring on every rank, each timed into ``steps``: the node set, the
-    degrees and the degree order, the row split, the arcs' exchange into ``part``'s runs."""
-    with timer(steps, "node_set"):
+def distribute(part: GraphPart, comm: Comm, n_edges: int, max_id: int, steps: dict[str, float],
+               peaks: dict[str, int] | None = None) -> Rows:
+    """Steps 2-3 of the module docstring on every rank, each timed into ``steps`` (and its memory
+    high-water mark into ``peaks``): the node set, the degrees and the degree order, the row split, the
+    arcs' exchange into ``part``'s runs."""
+    with timer(steps, "node_set", peaks):
         dense = use_bitmap(max_id, n_edges)
         local = comm.guard(part.node_set, max_id, dense)
         node_set = comm.allreduce(local, "bor") if dense else np.unique(np.concatenate(comm.allgather(local)))
         del local
-    with timer(steps, "degrees"):  # (the reduced counts, n or 2n of them, are not kept)
+    with timer(steps, "degrees", peaks):  # (the reduced counts, n or 2n of them, are not kept)
         counts = np.int32 if 2 * n_edges < 2**31 else np.int64  # a node's arcs are at most 2 per edge
         rank, outdeg, row_arcs, bounds = plan_rows(comm.allreduce(comm.guard(part.degrees, node_set, counts)),
                                                    part.directed, comm.world)
-    with timer(steps, "exchange"):
+    with timer(steps, "exchange", peaks):
         rounds = comm.guard(part.inbox, bounds, row_arcs)
         del row_arcs
         for _ in range(int(comm.allreduce(np.array([rounds], dtype=np.int64), "max")[0])):

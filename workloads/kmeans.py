@@ -299,12 +299,16 @@ def _check_points(total: int, k: int, uri: str) -> None:
         raise UserError(f"k-means with --k {k} needs more than {k} points; {uri} has {total}")
 
 
-def _record(args: argparse.Namespace, info: InputInfo, rec: dict, metrics: dict[str, Any]) -> None:
+def _record(args: argparse.Namespace, info: InputInfo, rec: dict, metrics: dict[str, Any],
+            peaks_gib: dict[str, list[float | None]]) -> None:
+    """Rank 0's record: the metrics, the verification (``--verify``) and every rank's phase peaks, then
+    its own while it made these (``results``)."""
     rec["metrics"] = metrics
-    rec["dataset"]["records"] = metrics["points"]
-    if args.verify:
-        with timer(rec["timings_s"], "verify"):
-            rec["verification"] = verify(args, info, metrics)
+    with _dist.results_phase(rec, peaks_gib):
+        rec["dataset"]["records"] = metrics["points"]
+        if args.verify:
+            with timer(rec["timings_s"], "verify"):
+                rec["verification"] = verify(args, info, metrics)
 
 
 def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> None:
@@ -314,16 +318,18 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
     rec["nodes"] = len(comm.hosts())
     part = KMeansPart(comm.rank, comm.world, info)
     lead = comm.rank == 0
+    peaks: dict[str, int] = {}
     if args.method == "blockwise":
-        with timer(t, "compute"):
+        with timer(t, "compute", peaks):
             mine = comm.guard(part.blocks, args.block_mb << 20, args.k, args.seed)
             rows = np.concatenate(comm.allgather(np.array(mine, dtype=np.float64).reshape(-1))).reshape(-1, 4)
             res = [(int(b), float(ch), float(sse), int(n)) for b, ch, sse, n in rows]
         metrics = comm.guard(_blockwise_metrics, args, res, len(block_ranges(info, args.block_mb << 20)))
+        peaks_gib = _dist.rank_peaks(comm, peaks)
         if lead:
-            _record(args, info, rec, metrics)
+            _record(args, info, rec, metrics, peaks_gib)
         return
-    with timer(t, "load"):
+    with timer(t, "load", peaks):
         counts = [int(c[0]) for c in comm.allgather(np.array([comm.guard(part.load)], dtype=np.int64))]
     comm.guard(_check_points, sum(counts), args.k, info.uri)
 
@@ -340,9 +346,9 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
 
     steps: dict[str, float] = {}
     with timer(t, "build"):
-        with timer(steps, "init"):
+        with timer(steps, "init", peaks):
             init = kmeans_pp(args.k, args.seed, counts, point_at, add_center, pick)
-        with timer(steps, "grid"):
+        with timer(steps, "grid", peaks):
             comm.guard(part.index)
 
     def step(c: np.ndarray) -> tuple[np.ndarray, int]:
@@ -351,11 +357,12 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
         return red[:-1].reshape(3, -1), int(red[-1])
 
     label = f"k-means ({args.framework})"
-    with timer(t, "compute"), _dist.maybe(lead, _dist.progress(label, args.max_iter)) as adv:
+    with timer(t, "compute", peaks), _dist.maybe(lead, _dist.progress(label, args.max_iter)) as adv:
         stats, centers, iters, done = lloyd_loop(init, args.max_iter, step, adv)
         sse = comm.allreduce(part.sse(centers))
+    peaks_gib = _dist.rank_peaks(comm, peaks)
     if lead:
-        _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters, done))
+        _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters, done), peaks_gib)
         rec["metrics"]["build_steps_s"] = steps
 
 

@@ -368,12 +368,13 @@ def verify(args: argparse.Namespace, info: InputInfo, ids: np.ndarray, x: np.nda
 def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
     t = rec["timings_s"]
     _dist.mark_startup(args, rec)
-    with timer(t, "load"):
+    peaks: dict[str, int] = {}
+    with timer(t, "load", peaks):
         src, dst = read_range(info, info.data_start, info.size)
     check_ids(int(min(src.min(), dst.min())) if len(src) else 0, len(src), info.uri)
-    with timer(t, "build"):
+    with timer(t, "build", peaks):
         ids, m, dangling = reference_matrix(src, dst, args.directed)
-    with timer(t, "compute"):
+    with timer(t, "compute", peaks):
         x, iters, stopped_by, change = reference_iterate(m, dangling, damping=args.damping, tol=args.tol,
                                                          max_iter=args.max_iter)
     rec["nodes"] = 1
@@ -381,9 +382,10 @@ def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: An
     del m, src, dst
     seed = None
     if args.method == "seed":
-        with timer(t, "seed"):
+        with timer(t, "seed", peaks):
             seed = PageRankPart(0, 1, info, args.directed, args.damping).seed_batches(args.block_mb << 20)
-    _finish(args, info, rec, ids, x, iters, stopped_by, change, n_edges, nnz, seed)
+    with _dist.results_phase(rec, _dist.rank_peaks(None, peaks)):
+        _finish(args, info, rec, ids, x, iters, stopped_by, change, n_edges, nnz, seed)
     rec["metrics"]["spmv_s_per_iter"] = t["compute"] / max(iters, 1)
 
 
@@ -394,7 +396,8 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
     w = comm.world
     part = PageRankPart(comm.rank, w, info, args.directed, args.damping, args.inject_fault)
     rec["nodes"] = len(comm.hosts())
-    with timer(t, "load"):
+    peaks: dict[str, int] = {}
+    with timer(t, "load", peaks):
         m, lo_id, hi_id = comm.guard(part.load)
         n_edges = int(comm.allreduce(np.array([m], dtype=np.int64))[0])
         neg_min, max_id = comm.allreduce(np.array([-lo_id if m else -(2**62), hi_id], dtype=np.int64), "max")
@@ -402,23 +405,26 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
     max_id = int(max_id)
     steps: dict[str, float] = {}
     with timer(t, "build"):
-        g = graphbuild.distribute(part, comm, n_edges, max_id, steps)
-        with timer(steps, "csr"):
+        g = graphbuild.distribute(part, comm, n_edges, max_id, steps, peaks)
+        with timer(steps, "csr", peaks):
             nnz = int(comm.allreduce(np.array([comm.guard(part.build, g.outdeg)]))[0])
     n, rank, bounds = len(g.outdeg), g.rank, g.bounds
     g.outdeg = None  # the part keeps what the iterations need; every n-long vector is memory on every rank
     label = f"pagerank ({args.framework})"
-    with timer(t, "compute"), _dist.maybe(comm.rank == 0, _dist.progress(label, args.max_iter)) as adv:
+    with timer(t, "compute", peaks), _dist.maybe(comm.rank == 0, _dist.progress(label, args.max_iter)) as adv:
         x, iters, stopped_by, change = iterate(part, comm, bounds, n, args, adv)
     part.release()  # the rank's rows and vectors go before rank 0 makes the results (n-long arrays of its own)
     x = x[rank]  # back to id order (x, the gather's vector, goes with this line)
     spmv = float(comm.allreduce(np.array([part.spmv_time()]), "max")[0])
     seed = None
     if args.method == "seed":
-        with timer(t, "seed"):
+        with timer(t, "seed", peaks):
             seed = gather_batches(comm, comm.guard(part.seed_batches, args.block_mb << 20))
+    peaks_gib = _dist.rank_peaks(comm, peaks)
     if comm.rank == 0:
-        _finish(args, info, rec, node_ids(g.node_set, g.dense), x, iters, stopped_by, change, n_edges, nnz, seed)
+        with _dist.results_phase(rec, peaks_gib):
+            _finish(args, info, rec, node_ids(g.node_set, g.dense), x, iters, stopped_by, change, n_edges, nnz,
+                    seed)
         rec["metrics"]["spmv_s_per_iter"] = spmv / max(iters, 1)
         rec["metrics"]["build_steps_s"] = steps
 

@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -224,12 +224,50 @@ def launch_time() -> float:
 
 
 @contextmanager
-def timer(timings: dict[str, float], key: str) -> Iterator[None]:
+def timer(timings: dict[str, float], key: str, peaks: dict[str, int] | None = None) -> Iterator[None]:
+    """Add the block's seconds to ``timings[key]``; with ``peaks``, also the block's :func:`phase_peak`."""
     t0 = time.perf_counter()
+    try:
+        with phase_peak(peaks, key) if peaks is not None else nullcontext():
+            yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0)
+
+
+@contextmanager
+def phase_peak(peaks: dict[str, int], key: str) -> Iterator[None]:
+    """``peaks[key]`` = this process's largest resident size during the block, in bytes (-1 where the
+    mark cannot be restarted).  Such blocks do not nest: each restarts the mark."""
+    fresh = reset_peak_rss()
     try:
         yield
     finally:
-        timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0)
+        peaks[key] = peak_rss() if fresh else -1
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's resident high-water mark (Linux's VmHWM) again from its present size (Linux
+    4.0+: ``5`` into its own ``clear_refs``); False where that cannot be done."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss() -> int:
+    """This process's resident high-water mark (VmHWM) in bytes, since its start or the last
+    :func:`reset_peak_rss`: resident pages of every kind, a memory-mapped input's included.  -1 if
+    unknown."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) << 10  # kB
+    except OSError:
+        pass
+    return -1
 
 
 class UserError(Exception):

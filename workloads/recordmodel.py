@@ -123,6 +123,11 @@ Timings = dict[str, NonNegativeFloat | None]
 
 
 # --------------------------------------------------------------------------------- metrics
+PhasePeaks = Annotated[dict[str, list[NonNegativeFloat | None]], Field(
+    description="each phase's largest resident size (GiB), one per rank in rank order (\"results\": "
+                "rank 0's alone; null where it could not be measured)")]
+
+
 class PageRankMetrics(_Open):
     iterations: int = Field(ge=0)
     converged: bool
@@ -134,6 +139,7 @@ class PageRankMetrics(_Open):
     edges: int | None = None
     arcs: int | None = None
     top: list[tuple[int, float]] | None = Field(None, description="[[node id, score], ...], best first")
+    peak_rss_gib: PhasePeaks | None = None
 
 
 class PageRankVerification(Verification):
@@ -153,6 +159,7 @@ class KMeansMetrics(_Open):
     converged: bool | None = None
     stopped_by: str | None = None
     points: int | None = None
+    peak_rss_gib: PhasePeaks | None = None
 
 
 class ClassifierMetrics(_Open):

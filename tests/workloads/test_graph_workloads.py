@@ -67,6 +67,14 @@ def run(module, tmp_path: Path, framework: str, workers: int, inp: Path, *extra:
     return rc, json.loads(out.read_text())
 
 
+def assert_rank_peaks(peaks: dict[str, list[float]], workers: int, phases: list[str]) -> None:
+    """The record's ``peak_rss_gib``: the phases in order, then rank 0's "results", one peak per rank,
+    each a process's size (an interpreter with numpy: 0.05-8 GiB)."""
+    assert list(peaks) == [*phases, "results"]
+    assert all(len(peaks[p]) == workers for p in phases) and len(peaks["results"]) == 1
+    assert all(0.05 < gib < 8 for p in peaks for gib in peaks[p]), peaks
+
+
 # ----------------------------------------------------------------------------------- graphs
 def mixed_shapes() -> list[tuple[int, int]]:
     """Several shapes as components of one graph: a 30-leaf star, a triangle, a path, a 2-clique,
@@ -145,6 +153,7 @@ def test_pagerank_fixed_iterations_agree_everywhere_and_say_not_converged(tmp_pa
     fixed = ("--tol", "0", "--max-iter", "20", "--top", "1000", "--verify")
     rc, base = run(pagerank, tmp_path, "reference", 1, inp, *fixed)
     assert rc == 0
+    assert_rank_peaks(base["metrics"]["peak_rss_gib"], 1, ["load", "build", "compute"])
     want = dict(map(tuple, base["metrics"]["top"]))
     for framework, workers in RUNS:
         rc, rec = run(pagerank, tmp_path, framework, workers, inp, *fixed)
@@ -155,6 +164,7 @@ def test_pagerank_fixed_iterations_agree_everywhere_and_say_not_converged(tmp_pa
         assert v["reference_iterations"] == 20
         got = dict(map(tuple, m["top"]))
         assert got.keys() == want.keys() and max(abs(got[k] - want[k]) for k in want) <= 1e-12
+        assert_rank_peaks(m["peak_rss_gib"], workers, ["load", "node_set", "degrees", "exchange", "csr", "compute"])
         if framework == "ray":
             assert "NOT CONVERGED" in capsys.readouterr().out
 
@@ -269,6 +279,7 @@ def test_kmeans_global_same_centroids_everywhere_and_recovers_clusters(tmp_path,
             recs["reference", 1]["metrics"]["iterations"], True, "no label changed"), key
         assert np.abs(np.array(rec["metrics"]["centroids"]) - base).max() <= 1e-9 * np.abs(base).max(), key
         assert rec["metrics"]["ch_score"] == pytest.approx(recs["reference", 1]["metrics"]["ch_score"], rel=1e-9)
+        assert_rank_peaks(m["peak_rss_gib"], key[1], ["load", "init", "grid", "compute"])
     found = base[np.argsort(base[:, 0] * 10 + base[:, 1])]
     want = centres[np.argsort(centres[:, 0] * 10 + centres[:, 1])]
     assert np.abs(found - want).max() < 1e6  # within half a blob sd of every planted centre
