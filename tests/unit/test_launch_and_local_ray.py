@@ -39,13 +39,18 @@ def test_a_workload_run_as_a_program_counts_its_interpreter_start():
     assert 0.0 < float(out[0]) < 5.0 and out[1] == "0"  # the start was before the script's first line
 
 
+CONNECT_RETRY = ("RAY_raylet_client_connect_timeout_milliseconds", "RAY_raylet_client_num_connect_attempts")
+
+
 def test_local_ray_env_turns_token_auth_on_with_a_fresh_token(monkeypatch):
-    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_worker_niceness"):
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_worker_niceness", *CONNECT_RETRY):
         monkeypatch.delenv(var, raising=False)
     _dist.local_ray_env()
     first = os.environ["RAY_AUTH_TOKEN"]
     assert os.environ["RAY_AUTH_MODE"] == "token" and len(first) == 64
     assert os.environ["RAY_worker_niceness"] == "0"
+    # a socket not listening yet is tried again after 0.1 s, not Ray's 1 s, as long in all (10 s)
+    assert [os.environ[v] for v in CONNECT_RETRY] == ["100", "100"]
     monkeypatch.delenv("RAY_AUTH_MODE")
     _dist.local_ray_env()
     assert os.environ["RAY_AUTH_TOKEN"] != first
@@ -55,9 +60,12 @@ def test_local_ray_env_keeps_what_the_user_set(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("RAY_worker_niceness", "15")
+    for var in CONNECT_RETRY:
+        monkeypatch.setenv(var, "7")
     _dist.local_ray_env()
     assert os.environ["RAY_AUTH_MODE"] == "disabled" and "RAY_AUTH_TOKEN" not in os.environ
     assert os.environ["RAY_worker_niceness"] == "15"
+    assert [os.environ[v] for v in CONNECT_RETRY] == ["7", "7"]
 
 
 # ------------------------------------------------------------------ the harness's communication

@@ -39,8 +39,14 @@ def local_ray():
 
 def test_local_ray_is_on_loopback_with_a_token_and_workers_at_nice_0():
     """A local Ray is private: its address is 127.0.0.1, a client without its token is refused, and
-    its workers run at the priority torch's ranks run at."""
+    its workers run at the priority torch's ranks run at.  Its raylet retries a connection after 0.1 s
+    (its object store's socket, where that store is not listening yet), not Ray's 1 s."""
     import ray
+    from ray._private import ray_constants, worker
+
+    raylet = worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    environ = Path(f"/proc/{raylet}/environ").read_bytes().split(b"\0")
+    assert b"RAY_raylet_client_connect_timeout_milliseconds=100" in environ, "the raylet waits 1 s per retry"
 
     addr = ray.get_runtime_context().gcs_address
     assert addr.startswith("127.0.0.1:"), addr
