@@ -111,11 +111,10 @@ out = io.BytesIO()
 pacsv.write_csv(pa.table({"a": a, "b": b}), out, pacsv.WriteOptions(include_header=False))
 buf = out.getvalue()
 del out
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # VmHWM from here
+assert reset_peak_rss()  # VmHWM from here
 base = status("VmRSS")
 src, dst = graphio.parse_edges(buf, None, 0)
-print(json.dumps({"n": n, "peak": status("VmHWM") - base, "kept": status("VmRSS") - base,
+print(json.dumps({"n": n, "peak": peak_rss() - base, "kept": status("VmRSS") - base,
                   "same": bool(np.array_equal(src, a) and np.array_equal(dst, b)), "dtype": str(src.dtype)}))
 """
 
@@ -253,6 +252,7 @@ def test_row_block_in_column_segments_is_the_matrix(monkeypatch, segments, chunk
 _STATUS = """
 import json
 import numpy as np
+from workloads.record import peak_rss, reset_peak_rss
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -296,15 +296,14 @@ part = pagerank.PageRankPart(0, 1, None, False, 0.85)
 part.src, part.dst = src, dst
 del src, dst, frm, to, counts
 comm = LocalComm()
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # VmHWM from here
+assert reset_peak_rss()  # VmHWM from here
 base = status("VmRSS")
 rounds = part.inbox(bounds, row_arcs)
 del row_arcs
 for _ in range(rounds):
     part.receive(comm.alltoall(part.send_round(rank, bounds)))
 nnz = part.build(outdeg)
-peak = status("VmHWM") - base + local
+peak = peak_rss() - base + local
 kept = status("VmRSS") - base + local
 out = graphbuild.spmv_blocks(part.blocks, v, np.full(n, np.nan))
 print(json.dumps({"arcs": arcs, "nnz": nnz, "rounds": rounds, "blocks": len(part.blocks),
@@ -600,11 +599,10 @@ part.x, part.y = x, y
 part.add_center(np.array([1e6, 2e6]))  # the k-means++ state: D^2, 8 B a point
 want = pointgrid.cluster_stats(np.zeros(n, np.int32), x, y, 1)
 del x, y
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
+assert reset_peak_rss()  # VmHWM from here
 base, held = status("VmRSS"), 16 * n  # the ids and D^2
 part.index()
-peak, kept = status("VmHWM") - base + held, status("VmRSS") - base + held
+peak, kept = peak_rss() - base + held, status("VmRSS") - base + held
 stats = part.grid.cell_stats.sum(axis=1)
 print(json.dumps({"peak": peak / n, "kept": kept / n, "dtype": str(part.grid.x.dtype),
                   "same": bool(np.array_equal(stats, want[:, 0]))}))
@@ -773,11 +771,10 @@ n = 2_000_000
 ids = rng.integers(0, n, 8_000_000).astype(np.int32)
 out = np.zeros(n, np.int32)
 out[:] = 0
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
+assert reset_peak_rss()  # VmHWM from here
 base = status("VmRSS")
 graphbuild.count_ids(ids, out)
-print(json.dumps({"above": status("VmHWM") - base, "same": bool(np.array_equal(out, np.bincount(ids, minlength=n)))}))
+print(json.dumps({"above": peak_rss() - base, "same": bool(np.array_equal(out, np.bincount(ids, minlength=n)))}))
 """
 
 

@@ -25,12 +25,17 @@ print(json.dumps({"gib": _dist.rank_peaks(None, peaks), "timed": sorted(timings)
 """
 
 
+def run_phases() -> subprocess.CompletedProcess:
+    """:data:`_PHASES` in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-c", _PHASES], capture_output=True, text=True, timeout=120,
+                          cwd=_dist.REPO_ROOT, env={"PYTHONPATH": _dist.REPO_ROOT, "PATH": "/usr/bin:/bin"})
+
+
 def test_each_phase_has_its_own_peak() -> None:
     """384 MiB touched and freed in "large": that phase's peak is about that above the others' (a mark
     in KiB read as bytes, one taken before the phase ran, or one not restarted, so that "after" kept
     "large"'s, would not pass)."""
-    run = subprocess.run([sys.executable, "-c", _PHASES], capture_output=True, text=True, timeout=120,
-                         cwd=_dist.REPO_ROOT, env={"PYTHONPATH": _dist.REPO_ROOT, "PATH": "/usr/bin:/bin"})
+    run = run_phases()
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout)
     gib = out["gib"]
@@ -46,8 +51,7 @@ def test_a_child_s_peak_is_its_own_not_its_parent_s() -> None:
     import numpy as np
 
     big = np.ones(64 << 20)  # 512 MiB resident in this process
-    run = subprocess.run([sys.executable, "-c", _PHASES], capture_output=True, text=True, timeout=120,
-                         cwd=_dist.REPO_ROOT, env={"PYTHONPATH": _dist.REPO_ROOT, "PATH": "/usr/bin:/bin"})
+    run = run_phases()
     del big
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout)["gib"]["small"][0] < 0.3
