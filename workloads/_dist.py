@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from workloads.comm import LocalComm, RayComm, TorchComm
+from workloads.comm import COLLECTIVE_TIMEOUT_S, LocalComm, RayComm, TorchComm
 from workloads.graphio import InputInfo, inspect_input
 from workloads.record import (
     UserError,
@@ -122,7 +122,8 @@ def run_recorded(workload: str, args: argparse.Namespace, params: dict[str, Any]
         rec["timings_s"].setdefault("total", since_launch(args))  # a Ray driver sets it before Ray's teardown
         ver = rec.get("verification")
         if ver is not None and not ver["passed"]:
-            raise UserError(f"verification against {ver['reference']} failed: error {ver['error']:.3g}")
+            why = ver.get("reason") or f"error {ver['error']:.3g}"
+            raise UserError(f"verification against {ver['reference']} failed: {why}")
 
     return conclude(rec, args, leader, work, summary_line)
 
@@ -448,7 +449,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-RENDEZVOUS_TIMEOUT = dt.timedelta(minutes=10)
+RENDEZVOUS_TIMEOUT = dt.timedelta(seconds=COLLECTIVE_TIMEOUT_S)  # the rendezvous and every gloo collective
 
 
 def init_torch(backend: str = "gloo") -> None:

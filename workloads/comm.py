@@ -19,6 +19,7 @@ from workloads.record import UserError
 Gatherer = Callable[[np.ndarray, float], tuple[np.ndarray, float]]  # Comm.block_gatherer's gather
 
 OPS = {"sum": np.add, "max": np.maximum, "min": np.minimum, "bor": np.bitwise_or}
+COLLECTIVE_TIMEOUT_S = 600  # a collective whose peer sends nothing this long fails (gloo's timeout, RayComm's wait)
 
 
 class Comm:
@@ -189,6 +190,7 @@ class RayComm(Comm):
 
     INLINE_BYTES = 4 << 20
     PART_BYTES = 32 << 20  # alltoall's pieces cross in parts of at most this (:meth:`alltoall`)
+    timeout_s: float = COLLECTIVE_TIMEOUT_S  # a round waits this long for its peers, then fails
 
     def __init__(self, rank: int, world: int) -> None:
         self.rank, self.world = rank, world
@@ -228,7 +230,10 @@ class RayComm(Comm):
             if p != self.rank:
                 peer.deliver.remote(rnd, self.rank, items[p], value)
         with self.arrived:
-            self.arrived.wait_for(lambda: len(self.box.get(rnd, ())) == self.world - 1)
+            if not self.arrived.wait_for(lambda: len(self.box.get(rnd, ())) == self.world - 1, self.timeout_s):
+                silent = sorted(set(range(self.world)) - {self.rank} - set(self.box.get(rnd, ())))
+                raise RuntimeError(f"rank {self.rank}: nothing from rank(s) {silent} in collective round {rnd} "
+                                   f"within {self.timeout_s:.0f} s (a peer stopped or hangs)")
             got = self.box.pop(rnd, {})  # none in a world of one
         got[self.rank] = (items[self.rank], value)
         return [got[r] for r in range(self.world)]

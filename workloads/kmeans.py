@@ -122,10 +122,13 @@ class KMeansPart:
         self.rank, self.world, self.info = rank, world, info
         self.x = self.y = self.d2 = self.chunk_mass = self.grid = None
 
-    def load(self) -> int:
+    def load(self) -> tuple[int, int]:
+        """Parse this rank's byte range: (points, the largest |coordinate|)."""
         lo, hi = split_ranges(self.info, self.world)[self.rank]
         self.x, self.y = exact_ids(*read_range(self.info, lo, hi))
-        return len(self.x)
+        if len(self.x) == 0:
+            return 0, 0
+        return len(self.x), max(-int(min(self.x.min(), self.y.min())), int(max(self.x.max(), self.y.max())))
 
     def blocks(self, block_bytes: int, k: int, seed: int) -> list[tuple[int, float, float, int]]:
         """Run the seed's KMeans on this worker's contiguous share of the fixed blocks."""
@@ -292,11 +295,15 @@ def verify(args: argparse.Namespace, info: InputInfo, metrics: dict[str, Any]) -
             "reference_converged": ref["converged"], "passed": bool(err <= 1e-9 and same_stop)}
 
 
-def _check_points(total: int, k: int, uri: str) -> None:
+def _check_points(total: int, extent: int, k: int, uri: str) -> None:
+    """``extent``: the largest |coordinate| of any point (a cluster's exact int64 sums must fit)."""
     if total == 0:
         raise UserError(f"input file has no edges: {uri}")
     if total <= k:
         raise UserError(f"k-means with --k {k} needs more than {k} points; {uri} has {total}")
+    if total * extent >= 2**63:
+        raise UserError(f"k-means sums coordinates exactly in int64: {total} points with ids up to {extent} "
+                        f"could overflow it; renumber the ids below {(2**63 - 1) // total}")
 
 
 def _record(args: argparse.Namespace, info: InputInfo, rec: dict, metrics: dict[str, Any],
@@ -330,8 +337,9 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
             _record(args, info, rec, metrics, peaks_gib)
         return
     with timer(t, "load", peaks):
-        counts = [int(c[0]) for c in comm.allgather(np.array([comm.guard(part.load)], dtype=np.int64))]
-    comm.guard(_check_points, sum(counts), args.k, info.uri)
+        loaded = np.stack(comm.allgather(np.array(comm.guard(part.load), dtype=np.int64)))  # [rank, (points, extent)]
+        counts = [int(c) for c in loaded[:, 0]]
+    comm.guard(_check_points, sum(counts), int(loaded[:, 1].max()), args.k, info.uri)
 
     def point_at(w: int, i: int) -> np.ndarray:
         mine = part.point(i) if comm.rank == w else np.zeros(2)
@@ -379,6 +387,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.k < 2 or args.max_iter < 1 or args.block_mb < 1:
         p.error("--k >= 2, --max-iter >= 1 and --block-mb >= 1 please")
+    if args.verify and args.framework == "reference" and args.method == "blockwise":
+        p.error("--verify repeats a blockwise run in one process, which --framework reference already is: "
+                "drop --verify, or run --framework ray or torch")
     return args
 
 

@@ -404,8 +404,12 @@ def test_reference_matches_networkx(directed):
 
 def test_stopping_rule_is_an_absolute_l1_change_whatever_the_size():
     """networkx's sum|x'-x| < n*tol holds for any change (at most 2) once n > 2/tol: with tol 1e-6 a
-    3 M-node graph stops after one step.  Ours compares the change with tol alone."""
-    assert 2.0 < 3_000_000 * 1e-6
+    3 M-node graph stops after one step.  Ours compares the change with tol alone: the same steps at
+    any size (a change 2 * 0.85^(k-1) at step k reaches 1e-6 at step 91)."""
+    for n in (10, 3_000_000):
+        ks = iter(range(1000))
+        _, iters, why, change = pagerank.power_iterate(lambda x, ks=ks: (x, 2.0 * 0.85 ** next(ks)), n, 1e-6, 1000)
+        assert (iters, why) == (91, "tol") and change < 1e-6, n
     assert not pagerank.converged(1e-3, pagerank.DEFAULT_TOL)
     assert pagerank.converged(1e-16, 1e-15) and not pagerank.converged(1e-15, 1e-15)
     assert pagerank.error_bound(1e-15, 0.85) == pytest.approx(0.85 / 0.15 * 1e-15)
@@ -468,6 +472,8 @@ def test_stop_rule_stops_at_the_rounding_floor_only_below_its_ceiling():
     assert floor(2.1e-15) == "floor"
     high = pagerank.StopRule(1e-15)
     assert all(high(1e-9) is None for _ in range(50))
+    stuck = pagerank.StopRule(1e-15)  # a floor above the ceiling is not rounding: --max-iter ends it
+    assert all(stuck(5e-13) is None for _ in range(50))
     assert pagerank.StopRule(1e-15)(1e-16) == "tol"
     assert all(pagerank.StopRule(0.0)(0.0) is None for _ in range(3))
 

@@ -193,6 +193,26 @@ def test_ray_alltoall_delivers_every_piece_and_empties_the_senders_list():
     assert 0 < rec["timings_s"]["total"] < ended
 
 
+def silent_peer_body(args, info, rec, comm) -> None:
+    """Rank 0 waits (2 s at most) in a collective that rank 1 never joins."""
+    import numpy as np
+
+    if comm.rank == 0:
+        comm.timeout_s = 2
+        comm.allgather(np.arange(3))
+    else:
+        time.sleep(240)
+
+
+@pytest.mark.slow
+def test_a_ray_collective_whose_peer_sends_nothing_fails_instead_of_waiting_forever():
+    import ray
+
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"rank 0: nothing from rank\(s\) \[1\] in collective "
+                                                          r"round 1 within 2 s"):
+        run_ray_ranks(silent_peer_body, 2)
+
+
 def test_guard_raises_a_peers_user_error_on_every_rank_sent_as_text_not_a_pickle():
     import json
 

@@ -19,13 +19,13 @@ run() {  # NAME MODULE ARGS...: the record of one local run (a failed run writes
   [ "$only" = "  " ] || [[ "$only" == *" $name "* ]] || return 0
   $py -m "$@" --output "$out/$name.json" >"$tmp/$name.log" 2>&1 || echo "$name: exit $? (a failed record is expected only for *-failed)"
 }
-run pagerank-reference workloads.pagerank --framework reference --workers 1 --input "$in" --dataset tiny --verify
+run pagerank-reference workloads.pagerank --framework reference --workers 1 --input "$in" --dataset tiny
 run pagerank-torch workloads.pagerank --framework torch --workers 2 --input "$in" --dataset tiny --verify
 run pagerank-torch-maxiter5 workloads.pagerank --framework torch --workers 2 --input "$in" --dataset tiny --verify --max-iter 5
 run pagerank-ray workloads.pagerank --framework ray --workers 2 --input "$in" --dataset tiny --verify
 run pagerank-failed workloads.pagerank --framework torch --workers 2 --input "$tmp/missing.csv" --dataset tiny
 run kmeans-global-torch workloads.kmeans --framework torch --workers 2 --input "$in" --dataset tiny --verify
-run kmeans-blockwise-reference workloads.kmeans --framework reference --workers 1 --input "$in" --dataset tiny --verify --method blockwise
+run kmeans-blockwise-reference workloads.kmeans --framework reference --workers 1 --input "$in" --dataset tiny --method blockwise
 run xgboost-reference workloads.xgboost --framework reference --threads 1
 run xgboost-ray workloads.xgboost --framework ray --workers 2 --threads 1 --storage "$tmp/ray"
 run pneumonia-torch workloads.pneumonia --framework torch --workers 2 --threads 1 --image-size 64 --epochs 1 --seed 0
