@@ -413,6 +413,8 @@ def test_stopping_rule_is_an_absolute_l1_change_whatever_the_size():
     assert not pagerank.converged(1e-3, pagerank.DEFAULT_TOL)
     assert pagerank.converged(1e-16, 1e-15) and not pagerank.converged(1e-15, 1e-15)
     assert pagerank.error_bound(1e-15, 0.85) == pytest.approx(0.85 / 0.15 * 1e-15)
+    # what the default is for: top scores above 6e-6 (the top 10 up to ~1e8 nodes) within 1e-9 relative
+    assert pagerank.error_bound(pagerank.DEFAULT_TOL, 0.85) / 6e-6 < pagerank.TOP_REL_TARGET
 
 
 @pytest.mark.parametrize("damping", [0.5, 0.85, 0.95])
