@@ -37,17 +37,21 @@ from workloads.record import UserError, run_main, timer
 
 
 # ------------------------------------------------------------------------------ pure functions
-def exact_ids(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The parsed integer ids, checked to be exact as float64 coordinates (within +-2**53)."""
-    # min/max, not np.abs: abs(INT64_MIN) overflows to INT64_MIN and would pass
-    if len(a) and (min(a.min(), b.min()) <= -2**53 or max(a.max(), b.max()) >= 2**53):
+def id_extent(a: np.ndarray, b: np.ndarray) -> int:
+    """The largest |id| in the two columns (0 for none), checked to keep float64 coordinates exact
+    (below 2**53)."""
+    if len(a) == 0:
+        return 0
+    # min/max as Python ints, not np.abs: abs(INT64_MIN) overflows to INT64_MIN and would pass
+    extent = max(-int(min(a.min(), b.min())), int(max(a.max(), b.max())))
+    if extent >= 2**53:
         raise UserError("k-means needs every node id within +-2**53 to keep coordinates exact; renumber the ids")
-    return a, b
+    return extent
 
 
 def as_points(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int64 ids -> float64 coordinates (exact below 2**53)."""
-    a, b = exact_ids(a, b)
+    """int64 ids -> float64 coordinates (exact below 2**53: :func:`id_extent` checks)."""
+    id_extent(a, b)
     return a.astype(np.float64), b.astype(np.float64)
 
 
@@ -125,10 +129,8 @@ class KMeansPart:
     def load(self) -> tuple[int, int]:
         """Parse this rank's byte range: (points, the largest |coordinate|)."""
         lo, hi = split_ranges(self.info, self.world)[self.rank]
-        self.x, self.y = exact_ids(*read_range(self.info, lo, hi))
-        if len(self.x) == 0:
-            return 0, 0
-        return len(self.x), max(-int(min(self.x.min(), self.y.min())), int(max(self.x.max(), self.y.max())))
+        self.x, self.y = read_range(self.info, lo, hi)
+        return len(self.x), id_extent(self.x, self.y)
 
     def blocks(self, block_bytes: int, k: int, seed: int) -> list[tuple[int, float, float, int]]:
         """Run the seed's KMeans on this worker's contiguous share of the fixed blocks."""

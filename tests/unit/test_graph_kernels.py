@@ -734,6 +734,9 @@ def test_kmeans_rejects_every_id_outside_the_exact_range(bad):
         kmeans.as_points(np.array([1, 2], dtype=np.int64), a)
     ok = np.array([-(2**53) + 1, 2**53 - 1], dtype=np.int64)
     assert kmeans.as_points(ok, ok)[0].tolist() == [float(-(2**53) + 1), float(2**53 - 1)]
+    with pytest.raises(UserError, match="2\\*\\*53"):
+        kmeans.id_extent(a, a)  # what a rank's load checks, and returns for the int64 sums' bound
+    assert kmeans.id_extent(ok, ok[::-1] // 2) == 2**53 - 1 and kmeans.id_extent(ok[:0], ok[:0]) == 0
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 16])
