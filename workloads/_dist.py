@@ -74,6 +74,14 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-id", help=argparse.SUPPRESS)
 
 
+def refuse_self_verify(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """For a workload whose ``--verify`` reruns what ``--framework reference`` runs (the same code in one
+    process): that pair would compare the run with itself, so it is refused (exit 2)."""
+    if args.verify and args.framework == "reference":
+        p.error("--verify compares a run with the single-process reference; --framework reference is that "
+                "reference: drop --verify, or run --framework ray or torch")
+
+
 def check_common_args(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, not {args.workers}")

@@ -389,9 +389,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.k < 2 or args.max_iter < 1 or args.block_mb < 1:
         p.error("--k >= 2, --max-iter >= 1 and --block-mb >= 1 please")
-    if args.verify and args.framework == "reference" and args.method == "blockwise":
-        p.error("--verify repeats a blockwise run in one process, which --framework reference already is: "
-                "drop --verify, or run --framework ray or torch")
+    if args.method == "blockwise":  # (global's reference is plain Lloyd, not the grid run)
+        _dist.refuse_self_verify(p, args)
     return args
 
 

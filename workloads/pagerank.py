@@ -481,9 +481,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--damping must be in (0, 1)")
     if args.tol < 0 or (args.max_iter is not None and args.max_iter < 1) or args.top < 0 or args.block_mb < 1:
         p.error("--tol >= 0, --max-iter >= 1, --top >= 0 and --block-mb >= 1 please")
-    if args.verify and args.framework == "reference":
-        p.error("--verify compares a run with the single-process reference; --framework reference is that "
-                "reference: drop --verify, or run --framework ray or torch")
+    _dist.refuse_self_verify(p, args)
     if args.max_iter is None:
         if args.tol == 0:
             p.error("--tol 0 runs exactly --max-iter iterations: give --max-iter")
