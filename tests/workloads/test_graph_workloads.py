@@ -256,6 +256,11 @@ def test_pagerank_seed_method_is_recorded_beside_ours_the_same_for_any_worker_co
     want = [[node, score / total] for node, score in best[:10]]
     assert [node for node, _ in seeds[0]["top"]] == [node for node, _ in want]
     assert np.allclose([s for _, s in seeds[0]["top"]], [s for _, s in want], rtol=1e-5, atol=0)
+    # its L1 distance from a converged PageRank (scipy's, damping 0.95) over the whole summed vector
+    ids, x = scipy_pagerank(inp, damping=0.95)
+    mine = np.array([summed[node] for node in ids.tolist()])
+    l1 = float(np.abs(mine / mine.sum() - x).sum())
+    assert 0.01 < l1 < 2.0 and seeds[0]["l1_error"] == pytest.approx(l1, rel=1e-6)
 
 
 def scipy_pagerank(path: Path, damping: float = 0.85) -> tuple[np.ndarray, np.ndarray]:
