@@ -70,8 +70,16 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify", action="store_true", help="also run the single-process reference and compare")
     p.add_argument("--dataset", help="dataset name for the record (default: the file's stem)")
     p.add_argument("--timeout", type=float, default=None,
-                   help="stop the workers and fail the run after this many seconds (default: no limit)")
+                   help="stop the workers and fail the run after this many seconds (default: no limit; "
+                        "--framework reference has no workers to stop and ignores it)")
     p.add_argument("--run-id", help=argparse.SUPPRESS)
+
+
+def at_least(p: argparse.ArgumentParser, low: float, **values: float | None) -> None:
+    """Exit 2 (``p.error``) naming the first option below ``low``: ``at_least(p, 1, max_iter=...)``."""
+    for name, v in values.items():
+        if v is not None and v < low:
+            p.error(f"--{name.replace('_', '-')} must be >= {low:g}, not {v:g}")
 
 
 def refuse_self_verify(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -108,6 +116,12 @@ def progress(description: str, total: int | None) -> Iterator[Callable[[int], No
 
 
 # -------------------------------------------------------------------------------------- records
+def verdict(passed: bool, why_not: str) -> dict[str, Any]:
+    """A verification's outcome: ``passed``, and where it failed the ``reason`` (what was off, by how
+    much, against what), which the record keeps and the run's error line gives."""
+    return {"passed": True} if passed else {"passed": False, "reason": why_not}
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -130,8 +144,7 @@ def run_recorded(workload: str, args: argparse.Namespace, params: dict[str, Any]
         rec["timings_s"].setdefault("total", since_launch(args))  # a Ray driver sets it before Ray's teardown
         ver = rec.get("verification")
         if ver is not None and not ver["passed"]:
-            why = ver.get("reason") or f"error {ver['error']:.3g}"
-            raise UserError(f"verification against {ver['reference']} failed: {why}")
+            raise UserError(f"verification against {ver['reference']} failed: {ver['reason']}")
 
     return conclude(rec, args, leader, work, summary_line)
 
@@ -429,7 +442,7 @@ def ray_ranks(body: Body) -> Body:
                     done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
                     if not done:
                         raise LaunchTimeout(f"the {args.workers} Ray workers did not finish within "
-                                            f"{args.timeout:.0f} s; they were stopped (raise --timeout)")
+                                            f"{args.timeout:g} s; they were stopped (raise --timeout)")
                     rank = pending.pop(done[0])
                     out = ray_get(done[0])  # raises the rank's error
                     if rank == 0:
@@ -540,7 +553,7 @@ def spawn_torch(workers: int, target: Callable[..., Any], args: tuple[Any, ...],
                 if p.is_alive():
                     p.terminate()
     if timed_out:
-        raise LaunchTimeout(f"the {workers} torch ranks did not finish within {timeout_s:.0f} s; "
+        raise LaunchTimeout(f"the {workers} torch ranks did not finish within {timeout_s:g} s; "
                             "they were stopped (raise --timeout or check the input size)")
     return [int(p.exitcode if p.exitcode is not None else 1) for p in procs]
 
@@ -554,6 +567,7 @@ def execute(workload: str, args: argparse.Namespace, params: dict[str, Any], run
     if getattr(args, "launch_t", None) is None:  # spawned ranks get the parent's, with args
         args.launch_t = launch_time()
     if args.framework == "reference":
+        args.workers = 1  # one process, whatever --workers said: the record says so
         if reference is None:
             return run_recorded(workload, args, params, run, LocalComm())
         return run_recorded(workload, args, params, reference)
@@ -568,18 +582,21 @@ def execute(workload: str, args: argparse.Namespace, params: dict[str, Any], run
     try:
         codes = spawn_torch(args.workers, torch_rank, (_torch_target, (workload, args, params, run)),
                             timeout_s=args.timeout)
-        error = f"torch ranks exited with codes {codes}"
-    except LaunchTimeout as exc:
-        codes, error = [2], str(exc)
+        error, reported = f"torch ranks exited with codes {codes}", codes[0] in (1, 2)  # rank 0 said why
+    except LaunchTimeout as exc:  # rank 0 was stopped: it said nothing
+        codes, error, reported = [2], str(exc), False
     if not any(codes):
         return 0
-    if args.output and not _record_written(args.output, args.run_id):
-        rec = new_record(workload, "torch", workers=args.workers, params=params, run_id=args.run_id)
-        fail_record(rec, error)
+    if args.output:
+        reported = _record_written(args.output, args.run_id)
+    if not reported:
         print(f"error: {error}", file=sys.stderr)
-        unsaved = save_record(rec, args.output)
-        if unsaved:
-            print(f"error: {unsaved}", file=sys.stderr)
+        if args.output:
+            rec = new_record(workload, "torch", workers=args.workers, params=params, run_id=args.run_id)
+            fail_record(rec, error)
+            unsaved = save_record(rec, args.output)
+            if unsaved:
+                print(f"error: {unsaved}", file=sys.stderr)
     return codes[0] or max(codes)
 
 
@@ -755,7 +772,7 @@ def fit_within(fit: Callable[[], Any], timeout_s: float | None, what: str) -> An
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
-        raise LaunchTimeout(f"{what} did not finish within {timeout_s:.0f} s; the run was stopped "
+        raise LaunchTimeout(f"{what} did not finish within {timeout_s:g} s; the run was stopped "
                             "(raise --timeout or check the input size)")
     if "error" in done:
         raise done["error"]

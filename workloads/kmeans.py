@@ -69,7 +69,8 @@ def calinski_harabasz(stats: np.ndarray, sse: np.ndarray) -> float:
     n, nonempty = int(counts.sum()), counts > 0
     k = int(nonempty.sum())
     if k < 2 or k >= n:
-        raise UserError(f"Calinski-Harabasz needs 2 <= clusters < points (got {k} clusters, {n} points)")
+        raise UserError(f"Calinski-Harabasz needs 2 <= clusters < points (got {k} clusters, {n} points); "
+                        "use a --k below the number of distinct points, or more of them")
     mean = stats[1:].sum(axis=1) / n
     cm = (stats[1:, nonempty] / counts[nonempty]).T
     between = float((counts[nonempty] * ((cm - mean) ** 2).sum(axis=1)).sum())
@@ -265,7 +266,8 @@ def _blockwise_metrics(args: argparse.Namespace, results: list[tuple[int, float,
                        ) -> dict[str, Any]:
     results = sorted(results)
     if not results:
-        raise UserError(f"no block had more than {args.k} points; use a smaller --k or bigger --block-mb")
+        raise UserError(f"no block had more than {args.k} points in 2 clusters or more; use a smaller --k, "
+                        "a bigger --block-mb or --method global")
     return {"method": "blockwise", "k": args.k, "ch_score": math.fsum(r[1] for r in results) / len(results),
             "inertia": math.fsum(r[2] for r in results), "centroids": None, "blocks": n_blocks,
             "blocks_skipped": n_blocks - len(results), "points": sum(r[3] for r in results)}
@@ -279,6 +281,9 @@ def _global_metrics(args: argparse.Namespace, stats: np.ndarray, centers: np.nda
             "points": int(stats[0].sum()), "cluster_sizes": stats[0].tolist()}
 
 
+VERIFY_TOL = 1e-9  # relative: what may separate a run's centroids and CH from the reference's
+
+
 def verify(args: argparse.Namespace, info: InputInfo, metrics: dict[str, Any]) -> dict[str, Any]:
     """Re-run single-process and compare (global: centroids and CH; blockwise: the mean CH)."""
     if args.method == "blockwise":
@@ -286,15 +291,19 @@ def verify(args: argparse.Namespace, info: InputInfo, metrics: dict[str, Any]) -
         ref = _blockwise_metrics(args, part.blocks(args.block_mb << 20, args.k, args.seed),
                                  len(block_ranges(info, args.block_mb << 20)))
         err = abs(ref["ch_score"] - metrics["ch_score"]) / max(abs(ref["ch_score"]), 1e-300)
-        return {"reference": "single-process blockwise", "error": err, "passed": err <= 1e-9}
+        return {"reference": "single-process blockwise", "error": err,
+                **_dist.verdict(err <= VERIFY_TOL, f"mean CH relative error {err:.3g} > {VERIFY_TOL:g}")}
     x, y = as_points(*read_range(info, info.data_start, info.size))
     ref = reference_kmeans(x, y, args.k, args.seed, args.max_iter)
     c, rc = np.asarray(metrics["centroids"]), ref["centroids"]
     err = float(np.abs(c - rc).max() / max(np.abs(rc).max(), 1e-300))
     err = max(err, abs(ref["ch_score"] - metrics["ch_score"]) / max(abs(ref["ch_score"]), 1e-300))
     same_stop = (ref["iterations"], ref["converged"]) == (metrics["iterations"], metrics["converged"])
+    how = "converged" if ref["converged"] else "not converged"
+    why = (f"centroids/CH relative error {err:.3g} > {VERIFY_TOL:g}" if same_stop else
+           f"the reference stopped after {ref['iterations']} iterations ({how}), this run after {metrics['iterations']}")
     return {"reference": "single-process plain Lloyd (no grid)", "error": err, "reference_iterations": ref["iterations"],
-            "reference_converged": ref["converged"], "passed": bool(err <= 1e-9 and same_stop)}
+            "reference_converged": ref["converged"], **_dist.verdict(err <= VERIFY_TOL and same_stop, why)}
 
 
 def _check_points(total: int, extent: int, k: int, uri: str) -> None:
@@ -387,8 +396,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="global: Lloyd iterations at most (it stops when no label changes; data_1 needs 446)")
     p.add_argument("--block-mb", type=int, default=20, help="blockwise: block size in MiB (the seed: 20)")
     args = p.parse_args(argv)
-    if args.k < 2 or args.max_iter < 1 or args.block_mb < 1:
-        p.error("--k >= 2, --max-iter >= 1 and --block-mb >= 1 please")
+    _dist.at_least(p, 2, k=args.k)
+    _dist.at_least(p, 1, max_iter=args.max_iter, block_mb=args.block_mb)
     if args.method == "blockwise":  # (global's reference is plain Lloyd, not the grid run)
         _dist.refuse_self_verify(p, args)
     return args

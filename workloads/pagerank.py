@@ -355,19 +355,23 @@ def verify(args: argparse.Namespace, info: InputInfo, ids: np.ndarray, x: np.nda
     out: dict[str, Any] = {"reference": "scipy power iteration, single process",
                            "mode": "same-iterations" if same else "converged", "reference_iterations": r_iters}
     if len(rids) != len(ids) or not np.array_equal(rids, ids):
-        return {**out, "error": None, "l1_error": None, "passed": False, "reason": "the node sets differ"}
+        return {**out, "error": None, "l1_error": None, **_dist.verdict(False, "the node sets differ")}
     l1, rel, low = compare(ids, x, rx, args.top)
+    off = f"L1 distance {l1:.3g}, top-{max(args.top, 1)} relative error {rel:.3g}"
     if same:
         return {**out, "error": rel, "l1_error": l1, "accuracy": SAME_ITER_TOL,
-                "passed": bool(l1 <= SAME_ITER_TOL and rel <= SAME_ITER_TOL)}
+                **_dist.verdict(l1 <= SAME_ITER_TOL and rel <= SAME_ITER_TOL,
+                                f"after the same {iterations} iterations: {off}; both must be <= {SAME_ITER_TOL:g}")}
     if r_stop == "max_iter":
-        return {**out, "error": rel, "l1_error": l1, "passed": False,
-                "reason": f"the reference did not converge in {r_iters} iterations (L1 change {r_change:.3g})"}
+        return {**out, "error": rel, "l1_error": l1, **_dist.verdict(
+            False, f"the reference did not converge in {r_iters} iterations (L1 change {r_change:.3g})")}
     ref_bound = error_bound(r_change, args.damping)
     l1_allowed = error_bound(change, args.damping) + ref_bound + ROUNDING
     rel_allowed = l1_allowed / low
     return {**out, "reference_error_bound": ref_bound, "error": rel, "l1_error": l1, "accuracy": rel_allowed,
-            "l1_accuracy": l1_allowed, "passed": bool(l1 <= l1_allowed and rel <= rel_allowed)}
+            "l1_accuracy": l1_allowed, **_dist.verdict(
+                l1 <= l1_allowed and rel <= rel_allowed,
+                f"{off}; the run's error bound allows {l1_allowed:.3g} and {rel_allowed:.3g}")}
 
 
 def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
@@ -479,8 +483,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0.0 < args.damping < 1.0:
         p.error("--damping must be in (0, 1)")
-    if args.tol < 0 or (args.max_iter is not None and args.max_iter < 1) or args.top < 0 or args.block_mb < 1:
-        p.error("--tol >= 0, --max-iter >= 1, --top >= 0 and --block-mb >= 1 please")
+    _dist.at_least(p, 0, tol=args.tol, top=args.top)
+    _dist.at_least(p, 1, max_iter=args.max_iter, block_mb=args.block_mb)
     _dist.refuse_self_verify(p, args)
     if args.max_iter is None:
         if args.tol == 0:

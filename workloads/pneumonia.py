@@ -292,7 +292,9 @@ def fill_record(rec: dict, result: dict, t_start: float) -> None:
     rec["params"]["per_worker_batch"] = [len(b) for b in np.array_split(np.arange(rec["params"]["global_batch"]),
                                                                         rec["workers"])]
     rec["verification"] = {"reference": "test accuracy vs always-majority-class baseline",
-                           "error": None, "passed": result["accuracy"] > majority}
+                           "error": None, **_dist.verdict(result["accuracy"] > majority,
+                                                         f"test accuracy {result['accuracy']:.3f} <= the majority "
+                                                         f"class's share {majority:.3f}")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,6 +60,7 @@ class Verification(_Open):
     reference: str
     error: float | None = None
     passed: bool
+    reason: str | None = Field(None, description="why it failed (only where it did)")
 
 
 class Env(_Exact):

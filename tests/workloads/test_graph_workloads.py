@@ -187,9 +187,13 @@ def test_verification_fails_when_the_kernel_is_perturbed(tmp_path, framework, ex
     inp = write_edges(tmp_path / "r.csv", random_graph(nodes=2000, edges=8000))
     rc, rec = run(pagerank, tmp_path, framework, 2, inp, "--verify", *extra)
     assert rc == 0 and rec["verification"]["passed"] and rec["verification"]["mode"] == mode
+    assert "reason" not in rec["verification"]
     rc, rec = run(pagerank, tmp_path, framework, 2, inp, "--verify", "--inject-fault", *extra)
-    assert rc == 2 and rec["status"] == "failed" and "verification against" in rec["error"]
-    assert rec["verification"]["passed"] is False and rec["verification"]["l1_error"] > 1e-9
+    v = rec["verification"]
+    assert v["passed"] is False and v["l1_error"] > 1e-9
+    # the error line says what was off and by how much, as the record's reason does
+    assert rc == 2 and rec["status"] == "failed" and rec["error"].startswith("verification against")
+    assert rec["error"].endswith(f"failed: {v['reason']}") and f"L1 distance {v['l1_error']:.3g}" in v["reason"]
 
 
 def test_default_pagerank_with_verify_passes_on_a_generated_graph(tmp_path):
@@ -368,8 +372,9 @@ def test_kmeans_verification_catches_a_wrong_grid(tmp_path, planted, monkeypatch
     (what a broken bound would do) must fail verification, as the unchanged grid passes it."""
     inp, _ = planted
     args = ("--method", "global", "--k", "5", "--verify")
-    rc, rec = run(kmeans, tmp_path, "reference", 1, inp, *args)
+    rc, rec = run(kmeans, tmp_path, "reference", 3, inp, *args)
     assert rc == 0 and rec["verification"]["passed"], rec["verification"]
+    assert rec["workers"] == 1  # one process, whatever --workers said
     right = pointgrid.PointGrid.sure_owner
 
     def wrong(self, centers):
@@ -381,6 +386,7 @@ def test_kmeans_verification_catches_a_wrong_grid(tmp_path, planted, monkeypatch
     monkeypatch.setattr(pointgrid.PointGrid, "sure_owner", wrong)
     rc, rec = run(kmeans, tmp_path, "reference", 1, inp, *args)
     assert rc != 0 and rec["status"] == "failed" and rec["verification"]["passed"] is False, rec["verification"]
+    assert rec["error"].endswith(f"failed: {rec['verification']['reason']}"), rec["error"]
 
 
 def test_kmeans_ch_equals_sklearn_on_the_same_labels(planted):
@@ -408,6 +414,25 @@ def cli(module: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "SCALELAB_NO_PROGRESS": "1"}
     return subprocess.run([sys.executable, "-m", f"workloads.{module}", *args], capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=120)
+
+
+@pytest.mark.parametrize("module, flags, message", [
+    ("pagerank", ["--max-iter", "0"], "--max-iter must be >= 1, not 0"),
+    ("pagerank", ["--tol=-1e-09"], "--tol must be >= 0, not -1e-09"),
+    ("pagerank", ["--tol", "0"], "--tol 0 runs exactly --max-iter iterations: give --max-iter"),
+    ("kmeans", ["--k", "1"], "--k must be >= 2, not 1"),
+    ("kmeans", ["--block-mb", "0"], "--block-mb must be >= 1, not 0"),
+])
+def test_cli_bad_option_names_it(tmp_path, module, flags, message):
+    p = cli(module, "--input", str(tmp_path / "unread.csv"), *flags)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith(f"error: {message}"), p.stderr
+
+
+def test_kmeans_blockwise_with_no_usable_block_says_what_to_change(tmp_path):
+    inp = write_edges(tmp_path / "same.csv", [(5, 5)] * 4)  # 4 points, 1 distinct: no block has 2 clusters
+    rc, rec = run(kmeans, tmp_path, "reference", 1, inp, "--method", "blockwise", "--k", "2")
+    assert rc == 2 and rec["error"] == ("no block had more than 2 points in 2 clusters or more; use a smaller "
+                                        "--k, a bigger --block-mb or --method global")
 
 
 @pytest.mark.parametrize("module", ["pagerank", "kmeans"])
@@ -466,8 +491,17 @@ def test_a_run_past_its_timeout_is_stopped_with_one_line_and_a_failed_record(tmp
     inp = write_edges(tmp_path / "g.csv", mixed_shapes())
     rc, rec = run(pagerank, tmp_path, framework, 2, inp, "--timeout", "0.01")
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and rec["status"] == "failed" and "did not finish within 0 s" in rec["error"], rec["error"]
+    assert rc == 2 and rec["status"] == "failed" and "did not finish within 0.01 s" in rec["error"], rec["error"]
     assert err[-1].startswith("error: the 2 ") and "were stopped" in err[-1]
+
+
+def test_a_torch_run_past_its_timeout_says_so_without_output(tmp_path):
+    """Without --output the parent is the only one left to say why: its ranks were stopped."""
+    inp = write_edges(tmp_path / "g.csv", mixed_shapes())
+    p = cli("pagerank", "--framework", "torch", "--workers", "2", "--input", str(inp), "--timeout", "0.01")
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == ("error: the 2 torch ranks did not finish within 0.01 s; "
+                                                 "they were stopped (raise --timeout or check the input size)")
 
 
 @contextmanager
