@@ -75,11 +75,18 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-id", help=argparse.SUPPRESS)
 
 
-def at_least(p: argparse.ArgumentParser, low: float, **values: float | None) -> None:
-    """Exit 2 (``p.error``) naming the first option below ``low``: ``at_least(p, 1, max_iter=...)``."""
+def below(low: float, values: dict[str, float | None]) -> str | None:
+    """What is wrong with the first of ``values`` (options by their dest names) below ``low``; None if none is."""
     for name, v in values.items():
         if v is not None and v < low:
-            p.error(f"--{name.replace('_', '-')} must be >= {low:g}, not {v:g}")
+            return f"--{name.replace('_', '-')} must be >= {low:g}, not {v:g}"
+    return None
+
+
+def at_least(p: argparse.ArgumentParser, low: float, **values: float | None) -> None:
+    """Exit 2 (``p.error``) naming the first option below ``low``: ``at_least(p, 1, max_iter=...)``."""
+    if (wrong := below(low, values)) is not None:
+        p.error(wrong)
 
 
 def refuse_self_verify(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -862,9 +869,9 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
 
 
 def check_positive(**values: int | None) -> None:
-    for name, v in values.items():
-        if v is not None and v < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    """A :class:`UserError` (a failed record, exit 2) naming the first option below 1."""
+    if (wrong := below(1, values)) is not None:
+        raise UserError(wrong)
 
 
 def record_run(workload: str, args: argparse.Namespace, body: Callable[[dict, float], bool | None],
