@@ -284,20 +284,23 @@ def _global_metrics(args: argparse.Namespace, stats: np.ndarray, centers: np.nda
 VERIFY_TOL = 1e-9  # relative: what may separate a run's centroids and CH from the reference's
 
 
+def relative_error(got: Any, want: Any) -> float:
+    """Largest |got - want| over the largest |want| (scalars or arrays)."""
+    return float(np.abs(np.asarray(got) - want).max() / max(np.abs(want).max(), 1e-300))
+
+
 def verify(args: argparse.Namespace, info: InputInfo, metrics: dict[str, Any]) -> dict[str, Any]:
     """Re-run single-process and compare (global: centroids and CH; blockwise: the mean CH)."""
     if args.method == "blockwise":
         part = KMeansPart(0, 1, info)
         ref = _blockwise_metrics(args, part.blocks(args.block_mb << 20, args.k, args.seed),
                                  len(block_ranges(info, args.block_mb << 20)))
-        err = abs(ref["ch_score"] - metrics["ch_score"]) / max(abs(ref["ch_score"]), 1e-300)
+        err = relative_error(metrics["ch_score"], ref["ch_score"])
         return {"reference": "single-process blockwise", "error": err,
                 **_dist.verdict(err <= VERIFY_TOL, f"mean CH relative error {err:.3g} > {VERIFY_TOL:g}")}
     x, y = as_points(*read_range(info, info.data_start, info.size))
     ref = reference_kmeans(x, y, args.k, args.seed, args.max_iter)
-    c, rc = np.asarray(metrics["centroids"]), ref["centroids"]
-    err = float(np.abs(c - rc).max() / max(np.abs(rc).max(), 1e-300))
-    err = max(err, abs(ref["ch_score"] - metrics["ch_score"]) / max(abs(ref["ch_score"]), 1e-300))
+    err = max(relative_error(metrics["centroids"], ref["centroids"]), relative_error(metrics["ch_score"], ref["ch_score"]))
     same_stop = (ref["iterations"], ref["converged"]) == (metrics["iterations"], metrics["converged"])
     how = "converged" if ref["converged"] else "not converged"
     why = (f"centroids/CH relative error {err:.3g} > {VERIFY_TOL:g}" if same_stop else
