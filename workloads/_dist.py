@@ -18,12 +18,14 @@ a collective when another fails (:meth:`Comm.guard`), and ``--timeout`` stops a 
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import json
 import multiprocessing as mp
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -31,7 +33,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,11 @@ def verdict(passed: bool, why_not: str) -> dict[str, Any]:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """Of an error that runs on for a paragraph (Ray's), what fits on the line before our next step."""
+    return _first_line(exc).split(". ", 1)[0].rstrip(".")
 
 
 def dataset_entry(info: InputInfo, name: str | None) -> dict[str, Any]:
@@ -320,11 +327,14 @@ def start_local_ray(num_cpus: int | None, train: bool = False, attempts: int = 3
         try:
             ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1",
                      _system_config={"max_direct_call_object_size": RayComm.INLINE_BYTES}, **extra)
+            atexit.unregister(stop_ray)  # once, and before Ray's own (last registered, first run)
+            atexit.register(stop_ray)
             return
         except Exception as exc:  # Ray's raylet waits only 30 s, which a loaded machine can miss
             ray.shutdown()
             if attempt == attempts or "timed out during startup" not in str(exc):
-                raise UserError(f"local Ray did not start: {_first_line(exc)}") from None
+                logs = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray", "session_latest", "logs")
+                raise UserError(f"local Ray did not start: {_first_line(exc)}; its logs are in {logs}") from None
 
 
 def ray_connect(address: str | None, num_cpus: int | None, train: bool = False) -> bool:
@@ -337,13 +347,83 @@ def ray_connect(address: str | None, num_cpus: int | None, train: bool = False) 
     if not address:
         start_local_ray(num_cpus, train)
         return True
+    check_reachable(address)
     try:
         # the workloads package sits at the same path on every node (shipped by the roles)
         ray.init(address=address, log_to_driver=train, configure_logging=train,
                  runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT}})
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"cannot join the Ray cluster at {address}: {exc}") from None
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:  # RayError: the token
+        raise UserError(f"cannot join the Ray cluster at {address}: {_first_sentence(exc)}; check that it is up "
+                        "(`fab status`) and that this shell has its token (RAY_AUTH_TOKEN_PATH, set on the nodes by "
+                        "/etc/profile.d/scalelab-ray.sh)") from None
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, where Ray would try for minutes, when nothing answers at a ``host:port``
+    address (``auto`` and ``ray://`` addresses are left to Ray)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"cannot join the Ray cluster at {address}: nothing answers there "
+                        f"({exc.strerror or exc}); check the address and that the cluster is up "
+                        "(`fab status`)") from None
+
+
+LEFTOVER_GRACE_S = 3.0
+
+
+def _children(parent: int) -> dict[int, str]:
+    """The processes whose parent is ``parent``, each with its start time (/proc/PID/stat's field 22),
+    which tells a process from a later one given the same PID; none where there is no /proc."""
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == parent:
+            found[int(entry.name)] = fields[19]
+    return found
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+
+
+def stop_ray() -> None:
+    """``ray.shutdown()``, and where this process started its Ray, an end to the raylet's worker
+    processes still alive :data:`LEFTOVER_GRACE_S` after it.
+
+    An actor that exits gracefully while a non-daemon thread runs in it (Ray Train's controller, now
+    and then) is done with Ray but never exits: its raylet has let it go, so the raylet's shutdown
+    leaves it to PID 1, 400 MB and for good.  Those are ended by PID (SIGKILL: Ray is done with
+    them), checked by their start time.  Registered at exit for a Ray :func:`start_local_ray` started
+    (the learning workloads leave Ray to the exit); :func:`ray_session` calls it itself."""
+    import ray
+
+    try:
+        from ray._private import ray_constants, worker
+        raylets = worker._global_node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET, [])
+    except (ImportError, AttributeError):  # joined a cluster (no node of ours), or another Ray
+        raylets = []
+    left = {pid: t for r in raylets for pid, t in _children(r.process.pid).items()}
+    ray.shutdown()
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while True:
+        left = {pid: t for pid, t in left.items() if _start_time(pid) == t}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for pid in left:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @contextmanager
@@ -360,7 +440,7 @@ def ray_session(workers: int, address: str | None) -> Iterator[None]:
         yield
     finally:
         if owned:
-            ray.shutdown()
+            stop_ray()
 
 
 PLACEMENT_TIMEOUT_S = 60

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -248,3 +250,58 @@ def test_the_torch_rendezvous_store_listens_on_the_master_address_only():
     mine = [addr for addr in listening if int(addr.split(":")[1], 16) == port]
     assert mine == [f"0100007F:{port:04X}"], listening  # 127.0.0.1 in /proc's little-endian hex
 
+
+
+LINGERING_ACTOR = """
+import os, sys, threading
+import ray
+from workloads import _dist
+
+@ray.remote(num_cpus=1)
+class Lingering:
+    def pid(self):
+        threading.Thread(target=threading.Event().wait).start()  # not a daemon: the interpreter waits for it
+        return os.getpid()
+
+    def leave(self):
+        ray.actor.exit_actor()  # a graceful exit: Ray lets the process go, Python stays for the thread
+
+def main():
+    actor = Lingering.remote()
+    print(ray.get(actor.pid.remote()), flush=True)
+    actor.leave.remote()
+
+if sys.argv[1] == "session":
+    with _dist.ray_session(1, None):
+        main()
+else:  # as the learning workloads do: Ray left to the exit
+    _dist.ray_connect(None, 1, train=False)
+    main()
+"""
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for PID 1 to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ends", ["session", "exit"])
+def test_a_local_ray_ends_its_workers_that_ray_let_go_but_did_not_exit(ends):
+    """An actor that leaves gracefully with a non-daemon thread running (as Ray Train's controller now
+    and then does) is ended with the Ray that this process started, not left behind to PID 1."""
+    proc = subprocess.run([sys.executable, "-c", LINGERING_ACTOR, ends], capture_output=True, text=True,
+                          timeout=120, cwd=_dist.REPO_ROOT, env={**os.environ, "PYTHONPATH": _dist.REPO_ROOT})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pid = int(proc.stdout.split()[0])
+    try:
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(pid), f"the actor's process {pid} outlived its Ray"
+    finally:
+        if alive(pid) and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::Lingering"):
+            os.kill(pid, signal.SIGKILL)

@@ -34,7 +34,7 @@ def local_ray():
     if not ray.is_initialized():
         _dist.start_local_ray(3)
     yield
-    ray.shutdown()
+    _dist.stop_ray()
 
 
 def test_local_ray_is_on_loopback_with_a_token_and_workers_at_nice_0():
@@ -426,6 +426,31 @@ def cli(module: str, *args: str) -> subprocess.CompletedProcess:
 def test_cli_bad_option_names_it(tmp_path, module, flags, message):
     p = cli(module, "--input", str(tmp_path / "unread.csv"), *flags)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith(f"error: {message}"), p.stderr
+
+
+def test_joining_a_ray_without_its_token_says_what_to_do(tmp_path):
+    import ray
+
+    addr = ray.get_runtime_context().gcs_address  # the module's Ray, with a token this run does not have
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    p = subprocess.run([sys.executable, "-m", "workloads.pagerank", "--framework", "ray", "--address", addr,
+                        "--input", str(write_edges(tmp_path / "g.csv", [(0, 1)]))], capture_output=True,
+                       text=True, env={**env, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=120)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and last.startswith(f"error: cannot join the Ray cluster at {addr}: Token "
+                                                 "authentication is enabled but no authentication token was "
+                                                 "found; check "), p.stderr
+    assert last.endswith("check that it is up (`fab status`) and that this shell has its token "
+                         "(RAY_AUTH_TOKEN_PATH, set on the nodes by /etc/profile.d/scalelab-ray.sh)"), last
+
+
+def test_joining_an_address_where_nothing_listens_fails_at_once(tmp_path):
+    """Ray alone retries such an address for minutes; the subprocess's 120 s would end that."""
+    addr = f"127.0.0.1:{_dist.free_port()}"
+    p = cli("kmeans", "--framework", "ray", "--address", addr, "--input", str(write_edges(tmp_path / "g.csv", [(0, 1)])))
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
+        f"error: cannot join the Ray cluster at {addr}: nothing answers there (Connection refused); check the "
+        "address and that the cluster is up (`fab status`)"), p.stderr
 
 
 def test_kmeans_blockwise_with_no_usable_block_says_what_to_change(tmp_path):
