@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import ctypes
 import datetime as dt
 import json
 import multiprocessing as mp
@@ -589,11 +590,28 @@ def init_torch(backend: str = "gloo") -> None:
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=RENDEZVOUS_TIMEOUT)
 
 
+def die_with_parent(parent: int) -> None:
+    """Have the kernel end this process when its parent ends (Linux's PR_SET_PDEATHSIG), so that a
+    spawned rank never outlives its launch, even one killed outright (``kill -9``, the OOM killer)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the launch's own stop is all there is
+        return
+    if os.getppid() != parent:  # the parent ended before the call
+        os._exit(1)
+
+
 def _torch_rank_main(rank: int, world: int, env: dict[str, str], target: Callable[..., Any],
-                     args: tuple[Any, ...]) -> None:
+                     args: tuple[Any, ...], parent: int) -> None:
+    die_with_parent(parent)
     os.environ.update(env)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    sys.exit(int(target(*args) or 0))
+    try:
+        code = int(target(*args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank of the terminal's process group: the parent says it once
+        code = 130
+    sys.exit(code)
 
 
 def torch_rank(target: Callable[..., int], args: tuple[Any, ...]) -> int:
@@ -623,26 +641,45 @@ def spawn_torch(workers: int, target: Callable[..., Any], args: tuple[Any, ...],
            "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p),
            **(env or {})}
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_torch_rank_main, args=(r, workers, env, target, args), daemon=False)
+    procs = [ctx.Process(target=_torch_rank_main, args=(r, workers, env, target, args, os.getpid()), daemon=False)
              for r in range(workers)]
-    for p in procs:
-        p.start()
     start, first_failure, timed_out = time.monotonic(), None, False
-    while any(p.is_alive() for p in procs):
+    try:
         for p in procs:
-            p.join(timeout=0.2)
-        now = time.monotonic()
-        if first_failure is None and any(p.exitcode not in (None, 0) for p in procs):
-            first_failure = now
-        timed_out = timed_out or (timeout_s is not None and now - start > timeout_s)
-        if timed_out or (first_failure is not None and now - first_failure > grace_s):
-            for p in procs:  # only our own children, by handle
-                if p.is_alive():
-                    p.terminate()
+            p.start()
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=0.2)
+            now = time.monotonic()
+            if first_failure is None and any(p.exitcode not in (None, 0) for p in procs):
+                first_failure = now
+            timed_out = timed_out or (timeout_s is not None and now - start > timeout_s)
+            if timed_out or (first_failure is not None and now - first_failure > grace_s):
+                _stop(procs)
+    except BaseException:  # Ctrl-C (or SIGINT to this process alone), or a failed start: the ranks end here
+        _stop(procs, wait_s=5)
+        raise
     if timed_out:
         raise LaunchTimeout(f"the {workers} torch ranks did not finish within {timeout_s:g} s; "
                             "they were stopped (raise --timeout or check the input size)")
     return [int(p.exitcode if p.exitcode is not None else 1) for p in procs]
+
+
+def _stop(procs: list[Any], wait_s: float | None = None) -> None:
+    """Terminate the ranks still running (only our own children, by handle); with ``wait_s``, wait
+    that long for them, then kill what is left."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    if wait_s is None:
+        return
+    deadline = time.monotonic() + wait_s
+    for p in procs:
+        if p.pid is not None:  # started
+            p.join(max(deadline - time.monotonic(), 0))
+            if p.is_alive():
+                p.kill()
+                p.join(5)
 
 
 # ------------------------------------------------------------------------------- dispatching
@@ -790,6 +827,8 @@ def _learning_rank(fn: Callable, cfg: dict, outdir: str) -> int:
     rank = os.environ["RANK"]
     try:
         result = run_torch_worker(fn, cfg)
+    except KeyboardInterrupt:
+        raise  # Ctrl-C: not the rank's error (the launch says it once)
     except BaseException as exc:
         write_json({"error": f"rank {rank}: {type(exc).__name__}: {exc}", "user": isinstance(exc, UserError)},
                    Path(outdir) / f"error-{rank}.json", "the rank's error")

@@ -234,6 +234,48 @@ def test_a_hung_local_launch_times_out_and_its_ranks_are_stopped():
     assert time.monotonic() - t0 < 60
 
 
+SLEEPING_LAUNCH = ("import sys, time; from workloads import _dist, record; "
+                   "sys.exit(record.run_main(lambda argv: _dist.spawn_torch(2, time.sleep, (240,)) and 0))")
+
+
+def rank_pids(parent: int) -> list[int]:
+    return [pid for pid in _dist._children(parent)
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+@pytest.mark.parametrize("to, sig", [("group", signal.SIGINT), ("parent", signal.SIGINT), ("parent", signal.SIGKILL)],
+                         ids=["ctrl-c", "sigint-to-the-launch", "kill-9-the-launch"])
+def test_a_local_torch_launch_stopped_takes_its_ranks_with_it(to, sig):
+    """Ctrl-C (SIGINT to the terminal's process group) gives one line, no rank's traceback; SIGINT to
+    the launching process alone stops its ranks instead of waiting for them; a launch killed outright
+    leaves no rank running (they die with their parent)."""
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPING_LAUNCH], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=_dist.REPO_ROOT, env={**os.environ, "PYTHONPATH": _dist.REPO_ROOT},
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    ranks: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(ranks) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            ranks = rank_pids(proc.pid)
+        time.sleep(3)  # the ranks are in their target
+        assert len(ranks) == 2, "the launch did not start its two ranks"
+        (os.killpg if to == "group" else os.kill)(proc.pid, sig)
+        _, err = proc.communicate(timeout=60)
+        deadline = time.monotonic() + 10
+        while any(alive(r) for r in ranks) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [r for r in ranks if alive(r)], "a rank outlived its launch"
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130 and err == "error: interrupted\n", err[-2000:]
+    finally:
+        proc.kill()
+        proc.wait()
+        for r in ranks:
+            if alive(r) and b"spawn_main" in Path(f"/proc/{r}/cmdline").read_bytes():
+                os.kill(r, signal.SIGKILL)
+
+
 def test_the_torch_rendezvous_store_listens_on_the_master_address_only():
     """Rank 0 hosts the store on MASTER_ADDR (127.0.0.1 locally), not on every interface."""
     port = _dist.free_port()
