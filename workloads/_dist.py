@@ -178,6 +178,9 @@ def conclude(rec: dict[str, Any], args: argparse.Namespace, leader: bool, work: 
             checked(rec)  # a record the model refuses is a bug: a failed record with the reason, never ok
     except UserError as exc:
         return _report_failure(rec, args, leader, f"error: {exc}", str(exc), 2)
+    except KeyboardInterrupt:  # Ctrl-C: the record of what ran so far; run_main says "interrupted"
+        _report_failure(rec, args, leader, "", "interrupted", 130)
+        raise
     except Exception as exc:  # a bug or a runtime failure: keep the trace, never an ok record
         detail = traceback.format_exc() if leader else ""
         return _report_failure(rec, args, leader, detail.rstrip(), exc, 1)
@@ -329,13 +332,14 @@ def start_local_ray(num_cpus: int | None, train: bool = False, attempts: int = 3
             ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1",
                      _system_config={"max_direct_call_object_size": RayComm.INLINE_BYTES}, **extra)
             atexit.unregister(stop_ray)  # once, and before Ray's own (last registered, first run)
-            atexit.register(stop_ray)
+            atexit.register(stop_ray, exiting=True)
             return
         except Exception as exc:  # Ray's raylet waits only 30 s, which a loaded machine can miss
             ray.shutdown()
             if attempt == attempts or "timed out during startup" not in str(exc):
-                logs = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray", "session_latest", "logs")
-                raise UserError(f"local Ray did not start: {_first_line(exc)}; its logs are in {logs}") from None
+                logs = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray")
+                raise UserError(f"local Ray did not start: {_first_line(exc)}; its logs are in the newest "
+                                f"session_*/logs under {logs}") from None
 
 
 def ray_connect(address: str | None, num_cpus: int | None, train: bool = False) -> bool:
@@ -364,10 +368,16 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail in seconds, where Ray would try for minutes, when nothing answers at a ``host:port``
     address (``auto`` and ``ray://`` addresses are left to Ray)."""
     host, sep, port = address.rpartition(":")
-    if not sep or "://" in address or not port.isdigit():
-        return
+    if not sep or "://" in address or not port.isdigit() or (":" in host and not host.startswith("[")):
+        return  # (an IPv6 address without brackets has no port to split off)
+    host = host.strip("[]")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot join the Ray cluster at {address}: cannot resolve {host} ({exc.strerror}); "
+                        "check the address") from None
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as exc:
         raise UserError(f"cannot join the Ray cluster at {address}: nothing answers there "
                         f"({exc.strerror or exc}); check the address and that the cluster is up "
@@ -392,13 +402,15 @@ def _children(parent: int) -> dict[int, str]:
 
 
 def _start_time(pid: int) -> str | None:
+    """The start time of ``pid``; None where it has ended (a zombie, waiting to be reaped, included)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
+    return None if fields[0] == "Z" else fields[19]
 
 
-def stop_ray() -> None:
+def stop_ray(exiting: bool = False) -> None:
     """``ray.shutdown()``, and where this process started its Ray, an end to the raylet's worker
     processes still alive :data:`LEFTOVER_GRACE_S` after it.
 
@@ -406,7 +418,8 @@ def stop_ray() -> None:
     and then) is done with Ray but never exits: its raylet has let it go, so the raylet's shutdown
     leaves it to PID 1, 400 MB and for good.  Those are ended by PID (SIGKILL: Ray is done with
     them), checked by their start time.  Registered at exit for a Ray :func:`start_local_ray` started
-    (the learning workloads leave Ray to the exit); :func:`ray_session` calls it itself."""
+    (the learning workloads leave Ray to the exit: ``exiting``, which gives the workers' last log lines
+    time to arrive, as Ray's own exit handler does); :func:`ray_session` calls it itself."""
     import ray
 
     try:
@@ -414,8 +427,9 @@ def stop_ray() -> None:
         raylets = worker._global_node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET, [])
     except (ImportError, AttributeError):  # joined a cluster (no node of ours), or another Ray
         raylets = []
-    left = {pid: t for r in raylets for pid, t in _children(r.process.pid).items()}
-    ray.shutdown()
+    # only a raylet this process started and has not reaped: its PID is still that raylet's
+    left = {pid: t for r in raylets if r.process.poll() is None for pid, t in _children(r.process.pid).items()}
+    ray.shutdown(_exiting_interpreter=exiting)
     deadline = time.monotonic() + LEFTOVER_GRACE_S
     while True:
         left = {pid: t for pid, t in left.items() if _start_time(pid) == t}
@@ -595,19 +609,22 @@ def die_with_parent(parent: int) -> None:
     spawned rank never outlives its launch, even one killed outright (``kill -9``, the OOM killer)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the launch's own stop is all there is
+        if libc.prctl(1, signal.SIGKILL) != 0:  # 1: PR_SET_PDEATHSIG
+            return  # refused (a seccomp filter): the launch's own stop is all there is
+    except (OSError, AttributeError):  # not Linux: likewise
         return
     if os.getppid() != parent:  # the parent ended before the call
         os._exit(1)
 
 
 def _torch_rank_main(rank: int, world: int, env: dict[str, str], target: Callable[..., Any],
-                     args: tuple[Any, ...], parent: int) -> None:
+                     args: tuple[Any, ...], parent: int, interruptible: bool) -> None:
     die_with_parent(parent)
     os.environ.update(env)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     try:
+        if interruptible:  # ignored since the spawn (:func:`_spawning`)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         code = int(target(*args) or 0)
     except KeyboardInterrupt:  # Ctrl-C reaches every rank of the terminal's process group: the parent says it once
         code = 130
@@ -641,12 +658,14 @@ def spawn_torch(workers: int, target: Callable[..., Any], args: tuple[Any, ...],
            "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p),
            **(env or {})}
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_torch_rank_main, args=(r, workers, env, target, args, os.getpid()), daemon=False)
-             for r in range(workers)]
+    interruptible = signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None)
+    procs = [ctx.Process(target=_torch_rank_main, args=(r, workers, env, target, args, os.getpid(), interruptible),
+                         daemon=False) for r in range(workers)]
     start, first_failure, timed_out = time.monotonic(), None, False
     try:
-        for p in procs:
-            p.start()
+        with _spawning():
+            for p in procs:
+                p.start()
         while any(p.is_alive() for p in procs):
             for p in procs:
                 p.join(timeout=0.2)
@@ -655,8 +674,11 @@ def spawn_torch(workers: int, target: Callable[..., Any], args: tuple[Any, ...],
                 first_failure = now
             timed_out = timed_out or (timeout_s is not None and now - start > timeout_s)
             if timed_out or (first_failure is not None and now - first_failure > grace_s):
-                _stop(procs)
-    except BaseException:  # Ctrl-C (or SIGINT to this process alone), or a failed start: the ranks end here
+                _stop(procs, wait_s=5)
+    except KeyboardInterrupt:  # a Ctrl-C reached the ranks too: they end by themselves (rank 0 records it)
+        _stop(procs, wait_s=5, after_s=5)
+        raise
+    except BaseException:  # a failed start, or an error here: the ranks end with it
         _stop(procs, wait_s=5)
         raise
     if timed_out:
@@ -665,21 +687,39 @@ def spawn_torch(workers: int, target: Callable[..., Any], args: tuple[Any, ...],
     return [int(p.exitcode if p.exitcode is not None else 1) for p in procs]
 
 
-def _stop(procs: list[Any], wait_s: float | None = None) -> None:
-    """Terminate the ranks still running (only our own children, by handle); with ``wait_s``, wait
-    that long for them, then kill what is left."""
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    if wait_s is None:
+@contextmanager
+def _spawning() -> Iterator[None]:
+    """While ranks are spawned, SIGINT is ignored, which they inherit until their target runs: a
+    Ctrl-C while a rank imports its target's modules is no traceback of its (its parent stops it).
+    Here it is blocked meanwhile too, so that one arriving then still reaches this process."""
+    if threading.current_thread() is not threading.main_thread():  # (only the main thread sets handlers)
+        yield
         return
-    deadline = time.monotonic() + wait_s
-    for p in procs:
-        if p.pid is not None:  # started
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # a blocked signal stays pending, ignored or not
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if handler is None else handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _stop(procs: list[Any], wait_s: float, after_s: float = 0.0) -> None:
+    """End the ranks (only our own children, by handle): those still running ``after_s`` from now are
+    terminated, and those still running ``wait_s`` after that killed."""
+    started = [p for p in procs if p.pid is not None]
+
+    def running_after(delay: float) -> list[Any]:
+        deadline = time.monotonic() + delay
+        for p in started:
             p.join(max(deadline - time.monotonic(), 0))
-            if p.is_alive():
-                p.kill()
-                p.join(5)
+        return [p for p in started if p.is_alive()]
+
+    for p in running_after(after_s):
+        p.terminate()
+    for p in running_after(wait_s):
+        p.kill()
+    running_after(5.0)
 
 
 # ------------------------------------------------------------------------------- dispatching
@@ -703,12 +743,24 @@ def execute(workload: str, args: argparse.Namespace, params: dict[str, Any], run
         prepare(args)
     except UserError:
         return run_recorded(workload, args, params, run)  # reports it, writes the record
+
+    def record_failure(error: str) -> None:  # where rank 0 could not
+        rec = new_record(workload, "torch", workers=args.workers, params=params, run_id=args.run_id)
+        fail_record(rec, error)
+        unsaved = save_record(rec, args.output)
+        if unsaved:
+            print(f"error: {unsaved}", file=sys.stderr)
+
     try:
         codes = spawn_torch(args.workers, torch_rank, (_torch_target, (workload, args, params, run)),
                             timeout_s=args.timeout)
         error, reported = f"torch ranks exited with codes {codes}", codes[0] in (1, 2)  # rank 0 said why
     except LaunchTimeout as exc:  # rank 0 was stopped: it said nothing
         codes, error, reported = [2], str(exc), False
+    except KeyboardInterrupt:  # rank 0 records it where the Ctrl-C reached it too (run_main says it)
+        if args.output and not _record_written(args.output, args.run_id):
+            record_failure("interrupted")
+        raise
     if not any(codes):
         return 0
     if args.output:
@@ -716,11 +768,7 @@ def execute(workload: str, args: argparse.Namespace, params: dict[str, Any], run
     if not reported:
         print(f"error: {error}", file=sys.stderr)
         if args.output:
-            rec = new_record(workload, "torch", workers=args.workers, params=params, run_id=args.run_id)
-            fail_record(rec, error)
-            unsaved = save_record(rec, args.output)
-            if unsaved:
-                print(f"error: {unsaved}", file=sys.stderr)
+            record_failure(error)
     return codes[0] or max(codes)
 
 
