@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import ctypes
 import datetime as dt
 import json
 import multiprocessing as mp
@@ -34,13 +33,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from workloads import procs
 from workloads.comm import COLLECTIVE_TIMEOUT_S, LocalComm, RayComm, TorchComm
 from workloads.graphio import InputInfo, inspect_input
 from workloads.record import (
@@ -387,29 +387,6 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
 LEFTOVER_GRACE_S = 3.0
 
 
-def _children(parent: int) -> dict[int, str]:
-    """The processes whose parent is ``parent``, each with its start time (/proc/PID/stat's field 22),
-    which tells a process from a later one given the same PID; none where there is no /proc."""
-    found = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        if int(fields[1]) == parent:
-            found[int(entry.name)] = fields[19]
-    return found
-
-
-def _start_time(pid: int) -> str | None:
-    """The start time of ``pid``; None where it has ended (a zombie, waiting to be reaped, included)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
 def stop_ray(exiting: bool = False) -> None:
     """``ray.shutdown()``, and where this process started its Ray, an end to the raylet's worker
     processes still alive :data:`LEFTOVER_GRACE_S` after it.
@@ -428,17 +405,9 @@ def stop_ray(exiting: bool = False) -> None:
     except (ImportError, AttributeError):  # joined a cluster (no node of ours), or another Ray
         raylets = []
     # only a raylet this process started and has not reaped: its PID is still that raylet's
-    left = {pid: t for r in raylets if r.process.poll() is None for pid, t in _children(r.process.pid).items()}
+    left = {pid: t for r in raylets if r.process.poll() is None for pid, t in procs.children(r.process.pid).items()}
     ray.shutdown(_exiting_interpreter=exiting)
-    deadline = time.monotonic() + LEFTOVER_GRACE_S
-    while True:
-        left = {pid: t for pid, t in left.items() if _start_time(pid) == t}
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    for pid in left:
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    procs.end_leftovers(left, LEFTOVER_GRACE_S)
 
 
 @contextmanager
@@ -604,26 +573,13 @@ def init_torch(backend: str = "gloo") -> None:
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=RENDEZVOUS_TIMEOUT)
 
 
-def die_with_parent(parent: int) -> None:
-    """Have the kernel end this process when its parent ends (Linux's PR_SET_PDEATHSIG), so that a
-    spawned rank never outlives its launch, even one killed outright (``kill -9``, the OOM killer)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(1, signal.SIGKILL) != 0:  # 1: PR_SET_PDEATHSIG
-            return  # refused (a seccomp filter): the launch's own stop is all there is
-    except (OSError, AttributeError):  # not Linux: likewise
-        return
-    if os.getppid() != parent:  # the parent ended before the call
-        os._exit(1)
-
-
 def _torch_rank_main(rank: int, world: int, env: dict[str, str], target: Callable[..., Any],
                      args: tuple[Any, ...], parent: int, interruptible: bool) -> None:
-    die_with_parent(parent)
+    procs.die_with_parent(parent)
     os.environ.update(env)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     try:
-        if interruptible:  # ignored since the spawn (:func:`_spawning`)
+        if interruptible:  # ignored since the spawn (:func:`workloads.procs.spawning`)
             signal.signal(signal.SIGINT, signal.default_int_handler)
         code = int(target(*args) or 0)
     except KeyboardInterrupt:  # Ctrl-C reaches every rank of the terminal's process group: the parent says it once
@@ -658,68 +614,33 @@ def spawn_torch(workers: int, target: Callable[..., Any], args: tuple[Any, ...],
            "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p),
            **(env or {})}
     ctx = mp.get_context("spawn")
-    interruptible = signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None)
-    procs = [ctx.Process(target=_torch_rank_main, args=(r, workers, env, target, args, os.getpid(), interruptible),
-                         daemon=False) for r in range(workers)]
+    ranks = [ctx.Process(target=_torch_rank_main, daemon=False,
+                         args=(r, workers, env, target, args, os.getpid(), procs.interruptible()))
+             for r in range(workers)]
     start, first_failure, timed_out = time.monotonic(), None, False
     try:
-        with _spawning():
-            for p in procs:
+        with procs.spawning():
+            for p in ranks:
                 p.start()
-        while any(p.is_alive() for p in procs):
-            for p in procs:
+        while any(p.is_alive() for p in ranks):
+            for p in ranks:
                 p.join(timeout=0.2)
             now = time.monotonic()
-            if first_failure is None and any(p.exitcode not in (None, 0) for p in procs):
+            if first_failure is None and any(p.exitcode not in (None, 0) for p in ranks):
                 first_failure = now
             timed_out = timed_out or (timeout_s is not None and now - start > timeout_s)
             if timed_out or (first_failure is not None and now - first_failure > grace_s):
-                _stop(procs, wait_s=5)
+                procs.stop(ranks, wait_s=5)
     except KeyboardInterrupt:  # a Ctrl-C reached the ranks too: they end by themselves (rank 0 records it)
-        _stop(procs, wait_s=5, after_s=5)
+        procs.stop(ranks, wait_s=5, after_s=5)
         raise
     except BaseException:  # a failed start, or an error here: the ranks end with it
-        _stop(procs, wait_s=5)
+        procs.stop(ranks, wait_s=5)
         raise
     if timed_out:
         raise LaunchTimeout(f"the {workers} torch ranks did not finish within {timeout_s:g} s; "
                             "they were stopped (raise --timeout or check the input size)")
-    return [int(p.exitcode if p.exitcode is not None else 1) for p in procs]
-
-
-@contextmanager
-def _spawning() -> Iterator[None]:
-    """While ranks are spawned, SIGINT is ignored, which they inherit until their target runs: a
-    Ctrl-C while a rank imports its target's modules is no traceback of its (its parent stops it).
-    Here it is blocked meanwhile too, so that one arriving then still reaches this process."""
-    if threading.current_thread() is not threading.main_thread():  # (only the main thread sets handlers)
-        yield
-        return
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # a blocked signal stays pending, ignored or not
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if handler is None else handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-def _stop(procs: list[Any], wait_s: float, after_s: float = 0.0) -> None:
-    """End the ranks (only our own children, by handle): those still running ``after_s`` from now are
-    terminated, and those still running ``wait_s`` after that killed."""
-    started = [p for p in procs if p.pid is not None]
-
-    def running_after(delay: float) -> list[Any]:
-        deadline = time.monotonic() + delay
-        for p in started:
-            p.join(max(deadline - time.monotonic(), 0))
-        return [p for p in started if p.is_alive()]
-
-    for p in running_after(after_s):
-        p.terminate()
-    for p in running_after(wait_s):
-        p.kill()
-    running_after(5.0)
+    return [int(p.exitcode if p.exitcode is not None else 1) for p in ranks]
 
 
 # ------------------------------------------------------------------------------- dispatching

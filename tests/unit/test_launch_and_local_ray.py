@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from workloads import _dist, record
+from workloads import _dist, procs, record
 from workloads.comm import Comm, LocalComm, RayComm
 
 
@@ -239,7 +239,7 @@ SLEEPING_LAUNCH = ("import sys, time; from workloads import _dist, record; "
 
 
 def rank_pids(parent: int) -> list[int]:
-    return [pid for pid in _dist._children(parent)
+    return [pid for pid in procs.children(parent)
             if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
@@ -329,10 +329,7 @@ else:  # as the learning workloads do: Ray left to the exit
 
 def alive(pid: int) -> bool:
     """Running, not a zombie waiting for PID 1 to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return procs.start_time(pid) is not None
 
 
 @pytest.mark.slow
