@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import atexit
 import datetime as dt
+import gc
 import json
+import logging
 import multiprocessing as mp
 import os
 import secrets
@@ -584,7 +586,14 @@ def _torch_rank_main(rank: int, world: int, env: dict[str, str], target: Callabl
         code = int(target(*args) or 0)
     except KeyboardInterrupt:  # Ctrl-C reaches every rank of the terminal's process group: the parent says it once
         code = 130
-    sys.exit(code)
+    # The rank's work is done and written.  It leaves without the interpreter's finalization, where
+    # torch's gloo threads, torn down in no set order, now and then abort the process ('terminate
+    # called without an active exception', exit -6 after its training had finished: seen once in
+    # a clean-clone CI).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def torch_rank(target: Callable[..., int], args: tuple[Any, ...]) -> int:
@@ -787,6 +796,7 @@ def run_torch_worker(fn: Callable, cfg: dict) -> dict:
             dist.barrier()
         return result
     finally:
+        gc.collect()  # what the run left in reference cycles (a DDP model holds the group) goes before the group
         if dist.is_initialized():
             dist.destroy_process_group()
 
