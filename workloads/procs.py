@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _stat(pid: int | str) -> list[str] | None:
+def stat(pid: int | str) -> list[str] | None:
     """/proc/PID/stat's fields after the command (field 3, the state, first); None where it has ended."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -30,7 +30,7 @@ def _stat(pid: int | str) -> list[str] | None:
 def start_time(pid: int) -> str | None:
     """When ``pid`` started (field 22), which tells it from a later process given the same PID; None
     where it has ended, a zombie waiting to be reaped included."""
-    fields = _stat(pid)
+    fields = stat(pid)
     return None if fields is None or fields[0] == "Z" else fields[19]
 
 
@@ -38,7 +38,7 @@ def children(parent: int) -> dict[int, str]:
     """The running processes whose parent is ``parent``, with their start times; none without /proc."""
     found = {}
     for entry in Path("/proc").glob("[0-9]*"):
-        fields = _stat(entry.name)
+        fields = stat(entry.name)
         if fields is not None and fields[0] != "Z" and int(fields[1]) == parent:
             found[int(entry.name)] = fields[19]
     return found

@@ -21,6 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from workloads import procs
+
 SCHEMA = 2  # 2: strict JSON (non-finite numbers are null); recordmodel.UPGRADES reads 1
 FRAMEWORKS = ("ray", "torch", "reference")
 
@@ -197,12 +199,14 @@ def process_start_time(pid: int | str = "self") -> float | None:
     /proc gives the start in clock ticks since boot; it is mapped to wall-clock time through
     CLOCK_BOOTTIME now, so a clock stepped since boot does not shift it.
     """
+    fields = procs.stat(pid)
+    if fields is None:
+        return None
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, starttime, after "pid (comm) "
+        ticks = int(fields[19])  # field 22, starttime
         since = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
         return time.time() - since
-    except (OSError, ValueError, IndexError, AttributeError):
+    except (ValueError, IndexError, AttributeError, OSError):
         return None
 
 
