@@ -296,7 +296,7 @@ def test_the_torch_rendezvous_store_listens_on_the_master_address_only():
 LINGERING_ACTOR = """
 import os, sys, threading, time
 import ray
-from workloads import _dist
+from workloads import _dist, procs
 
 @ray.remote(num_cpus=1)
 class Lingering:
@@ -315,8 +315,7 @@ def main():
     except ray.exceptions.RayActorError:  # how a caller sees the actor leave
         pass
     time.sleep(1)
-    state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    print(pid, "left-behind" if state != "Z" else "ended", flush=True)  # before this process's Ray ends
+    print(pid, "left-behind" if procs.start_time(pid) else "ended", flush=True)  # before this process's Ray ends
 
 if sys.argv[1] == "session":
     with _dist.ray_session(1, None):

@@ -21,7 +21,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import calinski_harabasz_score
 
-from workloads import _dist, data, graphio, kmeans, pagerank, pointgrid
+from workloads import _dist, data, graphio, kmeans, pagerank, pointgrid, procs
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = [("ray", 1), ("ray", 2), ("ray", 3), ("torch", 1), ("torch", 2), ("torch", 3)]
@@ -573,11 +573,10 @@ def test_ctrl_c_stops_a_run_with_one_line_and_a_failed_record(tmp_path, framewor
 def group_members(pgid: int) -> list[int]:
     """The running processes of process group ``pgid`` (zombies waiting for PID 1 aside)."""
     members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(stat.parent.name))
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = procs.stat(entry.name)
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
     return members
 
 
