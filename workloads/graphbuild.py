@@ -31,6 +31,12 @@ from workloads.comm import Comm
 from workloads.graphio import InputInfo, read_range, split_ranges, truncate
 from workloads.record import UserError, timer
 
+# The slices and rounds below keep the scratch that a step allocates again and again under 32 MiB, the
+# largest block glibc's malloc keeps in its heap (the ceiling of its dynamic mmap threshold).  A
+# larger block is mapped fresh and unmapped when freed, so every slice faulted its pages in again:
+# rank 0's exchange on data_1 took 420 k page faults with rounds of 2^21 edges, 146 k with 2^20 (its
+# sys time 1.07 -> 0.47 s), and row_bounds of 11.2 M rows 0.38 s in slices of 2^22 against 0.13 s
+# in slices of 2^20 (docs/graph-performance.md, "Page faults").
 DEGREE_CHUNK = 1 << 20  # nodes per slice of degree_rank's counting sort
 DENSE_ID_LIMIT = 1 << 28  # ids below this may be relabelled through a bitmap of the id space ...
 BITMAP_IDS_PER_EDGE = 8  # ... when max_id is at most this many times the edge count
@@ -151,7 +157,7 @@ def degree_rank(degree: np.ndarray) -> np.ndarray:
     return rank
 
 
-COUNT_CHUNK = 1 << 25  # edge ends compared per slice when self-loops are taken off the degrees
+COUNT_CHUNK = 1 << 22  # edge ends compared per slice when self-loops are taken off the degrees
 
 
 def count_ids(ids: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -181,7 +187,7 @@ def make_arcs(src: np.ndarray, dst: np.ndarray, directed: bool) -> tuple[np.ndar
     return np.concatenate([src, dst[back]]), np.concatenate([dst, src[back]])
 
 
-WEIGHT_CHUNK = 1 << 22  # rows per slice while row weights are summed
+WEIGHT_CHUNK = 1 << 20  # rows per slice while row weights are summed (8 MiB of float64)
 
 
 def row_bounds(row_weight: np.ndarray, parts: int, cost: Callable[[np.ndarray], np.ndarray] | None = None
@@ -244,8 +250,8 @@ def split_edges(src: np.ndarray, dst: np.ndarray, bounds: np.ndarray, directed: 
 
 # ----------------------------------------------------------------- CSR row blocks and their product
 SPMV_CHUNK_ARCS = 1 << 20  # arcs per csr_matvec call: the 1.0s it reads are one shared buffer (8 MB)
-KEY_CHUNK_ARCS = 1 << 24  # arcs per slice while a block's sort key is made in place
-ROUND_EDGES = 1 << 21  # edges a worker sends per exchange round (undirected: <= 32 MB of arcs in flight)
+KEY_CHUNK_ARCS = 1 << 22  # arcs per slice while a block's sort key is made in place (16 MiB temporaries)
+ROUND_EDGES = 1 << 20  # edges a worker sends per exchange round (undirected: <= 16 MiB of arcs in flight)
 BUILD_PARTS = 16  # a worker's rows are built as this many row blocks of equal arcs, one at a time ...
 RUN_ROWS = 1 << 16  # ... each received as runs of at most this many rows (a row within its run: uint16)
 HUB_ARCS = 16  # rows with at least this many arcs are multiplied one column segment at a time ...
@@ -389,9 +395,20 @@ def csr_pattern(rows: int, to: np.ndarray, frm: np.ndarray, n: int, cuts: np.nda
 
 @contextmanager
 def small_pages() -> Iterator[None]:
-    """Arrays allocated here get 4 kB pages: numpy asks for transparent huge pages on large arrays,
-    and an array filled at many places at once (:meth:`GraphPart.inbox`) would hold a 2 MB page
-    per place, mostly empty.  (numpy's switch is private: without it, this does nothing.)"""
+    """Arrays allocated here get 4 kB pages.  numpy asks for transparent huge pages on every large
+    array; they pay where a long-lived table is read at random (the degree order's ids in the
+    exchange, the vector every SpMV gathers from: more of it within the TLB's reach), and cost
+    elsewhere:
+
+    * an array filled at many places at once (:meth:`GraphPart.inbox`) would hold a 2 MB page per
+      place, mostly empty;
+    * an array written once and read in order (the parsed edges, the presence bitmap, the CSR
+      blocks) gains nothing from them, and a huge page can be slow to fault in on a virtual machine:
+      1.75 s per GiB against 0.36-0.46 s in 4 kB pages on this project's 2-core VMs (2026-12-06; on
+      data_1 the load 3.0-3.5 -> 2.5-3.0 s, the node set 0.85 -> 0.55 s, the CSR build 2.8-3.2 ->
+      2.2-2.4 s).
+
+    (numpy's switch is private: without it, this does nothing.)"""
     switch = getattr(getattr(np, "_core", None), "multiarray", None)
     switch = getattr(switch, "_set_madvise_hugepage", None)
     before = switch(False) if switch else None
@@ -456,7 +473,8 @@ class GraphPart:
     def load(self) -> tuple[int, int, int]:
         """Parse this rank's byte range: (edges, smallest id, largest id); (0, 0, -1) for none."""
         lo, hi = split_ranges(self.info, self.world)[self.rank]
-        self.src, self.dst = read_range(self.info, lo, hi)
+        with small_pages():  # read in order from here on
+            self.src, self.dst = read_range(self.info, lo, hi)
         if len(self.src) == 0:
             return 0, 0, -1
         return len(self.src), int(min(self.src.min(), self.dst.min())), int(max(self.src.max(), self.dst.max()))
@@ -464,9 +482,10 @@ class GraphPart:
     def node_set(self, max_id: int, dense: bool) -> np.ndarray:
         """This worker's ids: a packed bitmap (``dense``, see :func:`use_bitmap`) or sorted unique ids."""
         self.dense = dense
-        if self.dense:
-            return presence_mask(self.src, self.dst, max_id)
-        return local_unique(self.src, self.dst)
+        with small_pages():  # filled once, gone after the step
+            if self.dense:
+                return presence_mask(self.src, self.dst, max_id)
+            return local_unique(self.src, self.dst)
 
     def degrees(self, node_set: np.ndarray, dtype: type = np.int64) -> np.ndarray:
         """Relabel to dense ids; return local [outdeg] (undirected: the degree) or [outdeg, indeg] as
@@ -565,7 +584,8 @@ class GraphPart:
                 to[self.run_arcs[r] - lo:self.run_arcs[r + 1] - lo] += self.run_rows[r] - a
             arcs = [to, self.cols[lo:hi]]
             del to
-            blocks.append((int(a), RowBlock(int(b - a), arcs, n, col_cuts, self.row_arcs[a:b], segment)))
+            with small_pages():  # read in order by every SpMV
+                blocks.append((int(a), RowBlock(int(b - a), arcs, n, col_cuts, self.row_arcs[a:b], segment)))
             self.cols = truncate(self.cols, lo)  # (the block took its view of these over)
         blocks.reverse()
         del self.cols, self.within, self.row_arcs, self.run_rows, self.run_arcs, segment
