@@ -182,16 +182,22 @@ def build(config: dict, state: dict | None = None):
 
 
 def pbt_trial(config: dict, data: dict, cfg: dict) -> None:
-    """One PBT member (Ray Tune function trainable): resumes from its (or its donor's) checkpoint."""
+    """One PBT member (Ray Tune function trainable): resumes from its (or its donor's) checkpoint.
+
+    The checkpoint carries the model's history, one entry per epoch that trained it (a donor's epochs
+    come with its weights), so the best model's curve is read from its checkpoint, not from Ray's
+    per-trial result files: on the lab, a trial that PBT paused and resumed once had its
+    ``result.json`` copied back from a stale upload, empty, and the record lost its curve."""
     import torch
     from ray import tune
     torch.set_num_threads(cfg["threads"])
     state, epoch = None, 0
+    history: dict[str, list[float]] = {"train_loss": [], "val_accuracy": []}
     ckpt = tune.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", weights_only=False)
-        epoch = state["epoch"]
+        epoch, history = state["epoch"], state["history"]
     torch.manual_seed(cfg["seed"] + epoch)
     model, opt = build(config, state)
     rng = np.random.default_rng([cfg["seed"], epoch, int(config["batch_size"])])
@@ -200,8 +206,11 @@ def pbt_trial(config: dict, data: dict, cfg: dict) -> None:
         recalibrate(model, data["train"])
         val_loss, val_acc = evaluate(model, data["val"])
         epoch += 1
+        history = {"train_loss": [*history["train_loss"], train_loss],
+                   "val_accuracy": [*history["val_accuracy"], val_acc]}
         with tempfile.TemporaryDirectory() as d:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch}, Path(d) / "state.pt")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "history": history},
+                       Path(d) / "state.pt")
             tune.report({"val_accuracy": val_acc, "val_loss": val_loss, "train_loss": train_loss, "epoch": epoch,
                          "lr": config["lr"], "dropout": config["dropout"], "batch_size": config["batch_size"]},
                         checkpoint=tune.Checkpoint.from_directory(d))
@@ -262,11 +271,10 @@ def run_pbt(data: dict, cfg: dict, storage: str, timeout_s: float | None = None)
         state = torch.load(Path(d) / "state.pt", weights_only=False)
     model, _ = build(best.config, state)
     test_loss, test_acc = evaluate(model, data["test"])
-    df = best.metrics_dataframe
     return {"experiment_dir": grid.experiment_path,
             "accuracy": test_acc, "test_loss": test_loss, "best_config": dict(best.config),
-            "best_val_accuracy": best.metrics["val_accuracy"], "loss_per_epoch": df["train_loss"].tolist(),
-            "val_accuracy_per_epoch": df["val_accuracy"].tolist(),
+            "best_val_accuracy": best.metrics["val_accuracy"], "loss_per_epoch": state["history"]["train_loss"],
+            "val_accuracy_per_epoch": state["history"]["val_accuracy"],
             "trials": [{"config": dict(r.config), "val_accuracy": r.metrics.get("val_accuracy"),
                         "epochs": r.metrics.get("epoch"), "node_ip": r.metrics.get("node_ip")} for r in grid]}
 

@@ -29,4 +29,7 @@ def test_pbt_learns_well_above_chance(tmp_path):
     assert m["baseline"]["accuracy"] > 0.3
     assert set(m["best_config"]) == {"lr", "dropout", "batch_size"}
     assert len(m["trials"]) == 4 and all(t["epochs"] == 3 for t in m["trials"])   # no trial lost
-    assert len(m["loss_per_epoch"]) >= 1 and m["split_sizes"]["test"] == 1000
+    assert m["split_sizes"]["test"] == 1000
+    # the best model's curve, one entry per epoch that trained it (a donor's epochs included)
+    assert len(m["loss_per_epoch"]) == len(m["val_accuracy_per_epoch"]) == 3, m
+    assert m["val_accuracy_per_epoch"][-1] == m["best_val_accuracy"]
