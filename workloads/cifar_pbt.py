@@ -206,8 +206,8 @@ def pbt_trial(config: dict, data: dict, cfg: dict) -> None:
         recalibrate(model, data["train"])
         val_loss, val_acc = evaluate(model, data["val"])
         epoch += 1
-        history = {"train_loss": [*history["train_loss"], train_loss],
-                   "val_accuracy": [*history["val_accuracy"], val_acc]}
+        history["train_loss"].append(train_loss)  # (torch.save below writes it out as it stands)
+        history["val_accuracy"].append(val_acc)
         with tempfile.TemporaryDirectory() as d:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "history": history},
                        Path(d) / "state.pt")
