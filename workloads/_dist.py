@@ -355,15 +355,36 @@ def ray_connect(address: str | None, num_cpus: int | None, train: bool = False) 
         start_local_ray(num_cpus, train)
         return True
     check_reachable(address)
+    # The workers must import this driver's workloads package.  Where the roles shipped it, every node's
+    # venv has it on its path already (a .pth file), and Ray gives the actors the workers it prestarted;
+    # a runtime_env makes it start new ones with that environment (:func:`local_ray_env`).  A driver
+    # run from another checkout sends its path (the same on every node, or the workers fail to import).
+    env = None if on_site_path(REPO_ROOT) else {"env_vars": {"PYTHONPATH": REPO_ROOT}}
     try:
-        # the workloads package sits at the same path on every node (shipped by the roles)
-        ray.init(address=address, log_to_driver=train, configure_logging=train,
-                 runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT}})
+        ray.init(address=address, log_to_driver=train, configure_logging=train, runtime_env=env)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:  # RayError: the token
         raise UserError(f"cannot join the Ray cluster at {address}: {_first_sentence(exc)}; check that it is up "
                         "(`fab status`) and that this shell has its token (RAY_AUTH_TOKEN_PATH, set on the nodes by "
                         "/etc/profile.d/scalelab-ray.sh)") from None
     return True
+
+
+def on_site_path(directory: str) -> bool:
+    """Whether ``directory`` is on this interpreter's path through a ``.pth`` file in its site-packages
+    (python_env's scalelab-src.pth), so that any process of this venv imports from it."""
+    import site
+
+    want = Path(directory).resolve()
+    for base in map(Path, site.getsitepackages()):
+        for pth in base.glob("*.pth"):
+            try:
+                lines = pth.read_text().splitlines()
+            except (OSError, UnicodeDecodeError):
+                continue
+            if any(ln.strip() and not ln.startswith(("#", "import ", "import\t"))
+                   and (base / ln.strip()).resolve() == want for ln in lines):
+                return True
+    return False
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:

@@ -358,3 +358,21 @@ def test_joining_checks_only_a_host_port_address_and_at_once():
     for address in (f"127.0.0.1:{_dist.free_port()}", f"[::1]:{_dist.free_port()}"):
         with pytest.raises(record.UserError, match=r"^cannot join the Ray cluster at .*: nothing answers there \("):
             _dist.check_reachable(address)
+
+
+def test_a_checkout_on_the_venvs_path_through_a_pth_file_is_recognised(tmp_path, monkeypatch):
+    """What decides whether a driver that joins a cluster sends its source path as a runtime_env."""
+    import site
+
+    src = tmp_path / "srv" / "scalelab"
+    src.mkdir(parents=True)
+    sp = tmp_path / "site-packages"
+    sp.mkdir()
+    monkeypatch.setattr(site, "getsitepackages", lambda: [str(sp)])
+    (sp / "other.pth").write_text(f"# {src}\nimport sys; sys.path.append({str(src)!r})\n{tmp_path}\n")
+    assert not _dist.on_site_path(str(src))  # a comment, an import line, another directory
+    (sp / "scalelab-src.pth").write_text(f"{src}\n")  # python_env's file: the absolute path
+    assert _dist.on_site_path(str(src)) and _dist.on_site_path(f"{src}/")
+    (sp / "scalelab-src.pth").write_text("../srv/scalelab\n")  # a relative line counts from site-packages
+    assert _dist.on_site_path(str(src))
+    assert not _dist.on_site_path(str(tmp_path / "srv"))
