@@ -506,15 +506,21 @@ class RayRank:
 
     def __init__(self, rank: int, world: int) -> None:
         self.comm = RayComm(rank, world)
+        self.rec: dict = {}
 
     def deliver(self, rnd: int, sender: int, array: Any, value: float) -> None:
         self.comm.deliver(rnd, sender, array, value)
 
     def run(self, body: Body, args: argparse.Namespace, info: InputInfo, rec: dict, peers: list[Any]) -> dict | None:
         """``peers``: every rank's actor, in rank order (a peer may deliver before its own run starts)."""
-        self.comm.peers = peers
+        self.comm.peers, self.rec = peers, rec
         body(args, info, rec, self.comm)
         return rec if self.comm.rank == 0 else None
+
+    def timings(self) -> dict[str, Any]:
+        """The steps timed so far (called while :meth:`run` is busy, from the actor's other thread):
+        what a run that fails or is stopped keeps in its record, as a torch rank 0 does."""
+        return dict(self.rec.get("timings_s", {}))  # a copy made under the GIL: run() may add a step
 
 
 def ray_ranks(body: Body) -> Body:
@@ -544,12 +550,27 @@ def ray_ranks(body: Body) -> Body:
                 # every rank is done: the run's end, as a torch rank 0 records it before its group's
                 # teardown (ending the actors and a local Ray takes another 1.5-2 s here)
                 result["timings_s"]["total"] = since_launch(args)
+            except BaseException:  # failed, timed out or Ctrl-C: the record keeps the steps rank 0 timed
+                steps = result["timings_s"] if result is not None else _partial_timings(actors[0])
+                rec["timings_s"] = {**steps, **rec["timings_s"]}
+                raise
             finally:
                 for a in actors:
                     ray.kill(a)
         rec.update(result)
 
     return driver
+
+
+def _partial_timings(actor: Any, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Rank 0's steps so far (:meth:`RayRank.timings`), or nothing where it cannot answer in time (it
+    failed, or its node went)."""
+    import ray
+
+    try:
+        return ray.get(actor.timings.remote(), timeout=timeout_s)
+    except (ray.exceptions.RayError, KeyboardInterrupt):
+        return {}
 
 
 # ---------------------------------------------------------------------------------------- torch
