@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -208,7 +209,12 @@ def seed_batch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray
     stop at an L-inf change of 1e-4).  Returns (ids, scores); the batch's scores sum to 1."""
     import torch
     from torch_ppr import page_rank
+    from tqdm import tqdm
 
+    if not hasattr(tqdm, "_lock"):  # torch_ppr's progress bar, disabled, still takes tqdm's lock, by
+        # default a process-shared one: a named semaphore that a torch rank, leaving by os._exit, never
+        # gives back (the driver's resource tracker then warns of "leaked semaphore objects")
+        tqdm.set_lock(threading.RLock())
     ids, inverse = np.unique(np.concatenate([src, dst]), return_inverse=True)
     edge_index = torch.from_numpy(inverse.astype(np.int64).reshape(2, -1))
     threads = torch.get_num_threads()
@@ -459,6 +465,8 @@ def gather_batches(comm: Comm, mine: list[tuple[int, np.ndarray, np.ndarray]]
     scores = comm.allgather(np.concatenate([s for _, _, s in mine] or [np.empty(0)]))
     out = []
     for head, i, s in zip(heads, ids, scores, strict=True):
+        if not len(head):  # a rank given no block (a file of fewer blocks than ranks)
+            continue
         cuts = np.cumsum(head.reshape(-1, 2)[:, 1])[:-1]
         out += [(int(b), bi, bs) for b, bi, bs in zip(head.reshape(-1, 2)[:, 0], np.split(i, cuts),
                                                          np.split(s, cuts), strict=True)]
