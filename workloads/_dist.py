@@ -23,6 +23,7 @@ import datetime as dt
 import gc
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import secrets
@@ -83,8 +84,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 def below(low: float, values: dict[str, float | None]) -> str | None:
     """What is wrong with the first of ``values`` (options by their dest names) below ``low``; None if none is."""
     for name, v in values.items():
-        if v is not None and v < low:
-            return f"--{name.replace('_', '-')} must be >= {low:g}, not {v:g}"
+        if v is not None and not (math.isfinite(v) and v >= low):  # (nan compares False)
+            return f"--{name.replace('_', '-')} must be {'' if math.isfinite(v) else 'a number '}>= {low:g}, not {v:g}"
     return None
 
 
@@ -92,6 +93,17 @@ def at_least(p: argparse.ArgumentParser, low: float, **values: float | None) -> 
     """Exit 2 (``p.error``) naming the first option below ``low``: ``at_least(p, 1, max_iter=...)``."""
     if (wrong := below(low, values)) is not None:
         p.error(wrong)
+
+
+def check_run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 (``p.error``, nothing written) for :func:`add_common_args` options no run can use: a
+    ``--timeout`` that is not a number of seconds > 0 (0 or less used to start the workers and fail
+    them at once), an ``--output`` that is the input file (the record would replace the edge list)."""
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        p.error(f"--timeout must be a number of seconds > 0, not {args.timeout:g}")
+    local = args.input[len("file://"):] if args.input.startswith("file://") else args.input
+    if args.output and "://" not in local and os.path.realpath(args.output) == os.path.realpath(local):
+        p.error(f"--output {args.output} is the input file: the record would replace it; give another path")
 
 
 def refuse_self_verify(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

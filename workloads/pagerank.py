@@ -94,7 +94,6 @@ DEFAULT_TOL = 1e-15  # absolute L1 change; see the module docstring for why this
 MAX_ITER_MARGIN = 1.1  # the default --max-iter: the exact-arithmetic count plus 10% for rounding
 TOP_REL_TARGET = 1e-9  # what the default tolerance is for: top-k scores this close (relative) to the truth
 SAME_ITER_TOL = 1e-12  # a fixed-iteration run against the reference at the same count (L1, top-k relative)
-ROUNDING = 1e-14  # slack for summation order (L1 of the difference between two runs at the floor)
 FLOOR_STEPS = 5  # the change did not reach a new minimum for this many steps: rounding, not convergence ...
 FLOOR_CEILING = 1e-13  # ... below this (a hub's sum of many terms keeps the change at up to ~1e-14)
 
@@ -127,6 +126,18 @@ class StopRule:
 def error_bound(change: float, damping: float) -> float:
     """L1 distance to the fixed point after a step whose L1 change was ``change`` (d-contraction)."""
     return damping / (1.0 - damping) * change
+
+
+def rounding_bound(row_weight: float, n: int, damping: float) -> float:
+    """L1 distance that float64's rounding can add to :func:`error_bound` (which holds in exact
+    arithmetic), to first order.  A step is off from the exact map by at most u = 2^-53 times:
+    each row's sum of its m_v terms, (m_v - 1) of the row's value whatever the order; the scaling,
+    the damping and the teleport shift, 3 more; the dangling nodes' sum, numpy's pairwise summation,
+    (log2 n + 16) of it, added to every row.  Over the rows that is u (W + log2 n + 19) with
+    ``row_weight`` W = sum of m_v x_v (x sums to 1), and a d-contraction keeps the distance of the
+    computed fixed point within 1/(1-d) of one step's error.  W is the mean row length weighted by
+    rank: ~20 on the Friendster-like graphs, thousands where a hub holds much of the rank."""
+    return 2.0**-53 * (row_weight + math.log2(max(n, 2)) + 19.0) / (1.0 - damping)
 
 
 def iterations_for(tol: float, damping: float) -> int:
@@ -292,6 +303,17 @@ class PageRankPart(GraphPart):
         self.spmv_s += time.perf_counter() - t0
         return out
 
+    def row_weight(self, x: np.ndarray) -> float:
+        """Sum over this rank's rows of (their arcs) * x[row], ``x`` the full vector in the rows'
+        numbering: its share of :func:`rounding_bound`'s W (a hub row counted once per column segment
+        it is split into, its arcs in each)."""
+        total = 0.0
+        for first, blk in self.blocks:
+            for c in blk.chunks:
+                at = self.lo + first + c.first
+                total += float(np.diff(c.indptr) @ x[at:at + len(c.indptr) - 1])
+        return total
+
     def spmv_time(self) -> float:
         return self.spmv_s
 
@@ -306,8 +328,9 @@ def convergence_metrics(top: list[list[Any]], iterations: int, stopped_by: str, 
                         ) -> dict[str, Any]:
     """What stopped the run and how far it can be from the converged vector.
 
-    ``error_bound``: L1 distance to the fixed point; ``top_error_bound``: relative error of the
-    reported scores (an entry's error is at most the L1 distance)."""
+    ``error_bound``: L1 distance to the fixed point in exact arithmetic (:func:`rounding_bound` is
+    float64's share, recorded beside it); ``top_error_bound``: relative error of the reported scores
+    (an entry's error is at most the L1 distance)."""
     bound = error_bound(change, damping)
     low = min((s for _, s in top), default=None)
     return {"iterations": iterations, "converged": stopped_by != "max_iter", "stopped_by": stopped_by,
@@ -316,17 +339,17 @@ def convergence_metrics(top: list[list[Any]], iterations: int, stopped_by: str, 
 
 
 def _finish(args: argparse.Namespace, info: InputInfo, rec: dict, ids: np.ndarray, x: np.ndarray,
-            iterations: int, stopped_by: str, change: float, n_edges: int, nnz: int,
+            iterations: int, stopped_by: str, change: float, rounding: float, n_edges: int, nnz: int,
             seed: list[tuple[int, np.ndarray, np.ndarray]] | None = None) -> None:
     rec["dataset"]["records"] = n_edges
     top = top_k(ids, x, args.top)
-    rec["metrics"] = {**convergence_metrics(top, iterations, stopped_by, change, args.damping), "nodes": len(x),
-                      "edges": n_edges, "arcs": nnz, "top": top}
+    rec["metrics"] = {**convergence_metrics(top, iterations, stopped_by, change, args.damping),
+                      "rounding_bound": rounding, "nodes": len(x), "edges": n_edges, "arcs": nnz, "top": top}
     if seed is not None:
         rec["metrics"]["seed"] = seed_metrics(args, ids, x, top, seed)
     if args.verify:
         with timer(rec["timings_s"], "verify"):
-            rec["verification"] = verify(args, info, ids, x, iterations, stopped_by, change)
+            rec["verification"] = verify(args, info, ids, x, iterations, stopped_by, change, rounding)
 
 
 def compare(ids: np.ndarray, x: np.ndarray, rx: np.ndarray, k: int) -> tuple[float, float, float]:
@@ -339,25 +362,28 @@ def compare(ids: np.ndarray, x: np.ndarray, rx: np.ndarray, k: int) -> tuple[flo
 
 
 def verify(args: argparse.Namespace, info: InputInfo, ids: np.ndarray, x: np.ndarray, iterations: int,
-           stopped_by: str, change: float) -> dict[str, Any]:
+           stopped_by: str, change: float, rounding: float) -> dict[str, Any]:
     """Compare with the truth, the single-process scipy power iteration (:func:`reference_matrix`).
 
     * a run stopped by ``--max-iter`` (``--tol 0``, or a tolerance not reached): the reference runs
       as many steps; both the L1 distance and the top-k relative error must be within 1e-12.  (Its
       own error bound would let a wrong kernel pass: after one step it allows ~1 relative.)
     * otherwise the reference runs to float64's floor, and the run must be within what it states:
-      L1 distance within its ``error_bound`` (plus the reference's, plus rounding), top-k scores
-      within the relative error that allows.  A reference that does not converge proves nothing:
+      L1 distance within its ``error_bound`` and ``rounding`` (:func:`rounding_bound`) plus the
+      reference's two, top-k scores within the relative error that allows.  A reference that does not converge proves nothing:
       the check fails.
 
     ``error`` is the largest relative error of the top-k scores (``--top``, at least one node); null
     where there is no distance to give (the node sets differ)."""
     src, dst = read_range(info, info.data_start, info.size)
     same = stopped_by == "max_iter"
-    rids, rx, r_iters, r_stop, r_change = reference_pagerank(
-        src, dst, directed=args.directed, damping=args.damping, tol=0.0 if same else 1e-17,
-        max_iter=iterations if same else iterations_for(1e-17, args.damping))
+    rids, m, dangling = reference_matrix(src, dst, args.directed)
     del src, dst
+    rx, r_iters, r_stop, r_change = reference_iterate(
+        m, dangling, damping=args.damping, tol=0.0 if same else 1e-17,
+        max_iter=iterations if same else iterations_for(1e-17, args.damping))
+    r_rounding = rounding_bound(float(np.diff(m.indptr) @ rx), len(rx), args.damping)
+    del m, dangling
     out: dict[str, Any] = {"reference": "scipy power iteration, single process",
                            "mode": "same-iterations" if same else "converged", "reference_iterations": r_iters,
                            "error": None, "l1_error": None}
@@ -374,9 +400,10 @@ def verify(args: argparse.Namespace, info: InputInfo, ids: np.ndarray, x: np.nda
         return {**out, **_dist.verdict(
             False, f"the reference did not converge in {r_iters} iterations (L1 change {r_change:.3g})")}
     ref_bound = error_bound(r_change, args.damping)
-    l1_allowed = error_bound(change, args.damping) + ref_bound + ROUNDING
+    l1_allowed = error_bound(change, args.damping) + rounding + ref_bound + r_rounding
     rel_allowed = l1_allowed / low
-    return {**out, "reference_error_bound": ref_bound, "accuracy": rel_allowed,
+    return {**out, "reference_error_bound": ref_bound, "reference_rounding_bound": r_rounding,
+            "accuracy": rel_allowed,
             "l1_accuracy": l1_allowed, **_dist.verdict(
                 l1 <= l1_allowed and rel <= rel_allowed,
                 f"{off}; the run's error bound allows {l1_allowed:.3g} and {rel_allowed:.3g}")}
@@ -395,14 +422,16 @@ def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: An
         x, iters, stopped_by, change = reference_iterate(m, dangling, damping=args.damping, tol=args.tol,
                                                          max_iter=args.max_iter)
     rec["nodes"] = 1
-    n_edges, nnz = len(src), int(m.nnz)
+    rounding = rounding_bound(float(np.diff(m.indptr) @ x), len(x), args.damping)
+    n_edges = len(src)
+    nnz = n_edges if args.directed else 2 * n_edges - int(np.count_nonzero(src == dst))  # parallel arcs each
     del m, src, dst
     seed = None
     if args.method == "seed":
         with timer(t, "seed", peaks):
             seed = PageRankPart(0, 1, info, args.directed, args.damping).seed_batches(args.block_mb << 20)
     with _dist.results_phase(rec, _dist.rank_peaks(None, peaks)):
-        _finish(args, info, rec, ids, x, iters, stopped_by, change, n_edges, nnz, seed)
+        _finish(args, info, rec, ids, x, iters, stopped_by, change, rounding, n_edges, nnz, seed)
     rec["metrics"]["spmv_s_per_iter"] = t["compute"] / max(iters, 1)
 
 
@@ -430,6 +459,7 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
     label = f"pagerank ({args.framework})"
     with timer(t, "compute", peaks), _dist.maybe(comm.rank == 0, _dist.progress(label, args.max_iter)) as adv:
         x, iters, stopped_by, change = iterate(part, comm, bounds, n, args, adv)
+    rounding = rounding_bound(float(comm.allreduce(np.array([part.row_weight(x)]))[0]), n, args.damping)
     part.release()  # the rank's rows and vectors go before rank 0 makes the results (n-long arrays of its own)
     x = x[rank]  # back to id order (x, the gather's vector, goes with this line)
     spmv = float(comm.allreduce(np.array([part.spmv_time()]), "max")[0])
@@ -440,8 +470,8 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
     peaks_gib = _dist.rank_peaks(comm, peaks)
     if comm.rank == 0:
         with _dist.results_phase(rec, peaks_gib):
-            _finish(args, info, rec, node_ids(g.node_set, g.dense), x, iters, stopped_by, change, n_edges, nnz,
-                    seed)
+            _finish(args, info, rec, node_ids(g.node_set, g.dense), x, iters, stopped_by, change, rounding,
+                    n_edges, nnz, seed)
         rec["metrics"]["spmv_s_per_iter"] = spmv / max(iters, 1)
         rec["metrics"]["build_steps_s"] = steps
 
@@ -493,6 +523,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0.0 < args.damping < 1.0:
         p.error("--damping must be in (0, 1)")
+    _dist.check_run_options(p, args)
     _dist.at_least(p, 0, tol=args.tol, top=args.top)
     _dist.at_least(p, 1, max_iter=args.max_iter, block_mb=args.block_mb)
     _dist.refuse_self_verify(p, args)

@@ -134,7 +134,8 @@ class PageRankMetrics(_Open):
     converged: bool
     stopped_by: Literal["tol", "floor", "max_iter"] | None = None
     l1_change: float | None = None
-    error_bound: float | None = None
+    error_bound: float | None = Field(None, description="L1 distance to the fixed point in exact arithmetic")
+    rounding_bound: float | None = Field(None, description="what float64's rounding can add to error_bound (L1)")
     top_error_bound: float | None = None
     nodes: int | None = None
     edges: int | None = None
@@ -148,6 +149,10 @@ class PageRankVerification(Verification):
     reference_iterations: int | None = None
     l1_error: float | None = None
     accuracy: float | None = None
+    l1_accuracy: float | None = Field(None, description="converged: the L1 distance allowed, both error and "
+                                                        "rounding bounds, the run's and the reference's")
+    reference_error_bound: float | None = None
+    reference_rounding_bound: float | None = None
 
 
 class KMeansMetrics(_Open):

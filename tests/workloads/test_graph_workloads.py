@@ -198,6 +198,49 @@ def test_verification_fails_when_the_kernel_is_perturbed(tmp_path, framework, ex
     assert rec["error"].endswith(f"failed: {v['reason']}") and f"L1 distance {v['l1_error']:.3g}" in v["reason"]
 
 
+def hub_graph(edges: int = 3000, seed: int = 1) -> list[tuple[int, int]]:
+    """Directed, 500 sources, most arcs into a few hubs (Pareto-distributed targets), many repeated."""
+    import random
+
+    rnd = random.Random(seed)
+    return [(rnd.randint(0, 500), int(rnd.paretovariate(1.2)) % 800) for _ in range(edges)]
+
+
+def test_a_hub_graphs_rounding_is_bounded_and_verification_allows_for_it(tmp_path):
+    """A row of 1,700 parallel arcs sums the same terms 1,700 times: the run's float64 result is
+    2e-14 (L1) off the exact fixed point, 4x its exact-arithmetic error bound, and --verify used to
+    fail it.  error_bound + rounding_bound holds against the exact vector (long double here), and the
+    verification allows for both runs' rounding."""
+    edges = hub_graph()
+    rc, rec = run(pagerank, tmp_path, "torch", 2, write_edges(tmp_path / "h.csv", edges), "--directed", "--verify",
+                  "--top", "1000")
+    assert rc == 0 and rec["status"] == "ok", rec["error"]
+    m, v = rec["metrics"], rec["verification"]
+    ids = sorted({u for e in edges for u in e})
+    at = {u: i for i, u in enumerate(ids)}
+    n, d = len(ids), np.longdouble(0.85)
+    a = np.zeros((n, n), dtype=np.longdouble)  # a[v, u]: the arcs u -> v
+    for u, w in edges:
+        a[at[w], at[u]] += 1
+    out = a.sum(axis=0)
+    a /= np.where(out > 0, out, 1)
+    x = np.full(n, 1 / np.longdouble(n))
+    for _ in range(400):
+        x = d * (a @ x) + (d * x[out == 0].sum() + 1 - d) / n
+    got = np.zeros(n, dtype=np.longdouble)
+    for node, score in m["top"]:
+        got[at[node]] = score
+    assert len(m["top"]) == n
+    l1 = float(np.abs(got - x).sum())
+    assert m["error_bound"] < l1 <= m["error_bound"] + m["rounding_bound"], (l1, m)
+    assert v["passed"] and v["mode"] == "converged" and v["l1_error"] <= v["l1_accuracy"], v
+    assert v["l1_accuracy"] == m["error_bound"] + m["rounding_bound"] + v["reference_error_bound"] + \
+        v["reference_rounding_bound"]
+    assert m["arcs"] == len(edges)  # parallel arcs each, as the reference counts them
+    _, ref = run(pagerank, tmp_path, "reference", 1, tmp_path / "h.csv", "--directed")
+    assert ref["metrics"]["arcs"] == len(edges) and ref["metrics"]["rounding_bound"] > 0
+
+
 def test_default_pagerank_with_verify_passes_on_a_generated_graph(tmp_path):
     """What the demo runs: default flags and --verify, on a Friendster-like synthetic graph."""
     inp = data.synthetic(tmp_path / "s.csv", 20_000, 60_000, seed=4, id_span=10**8)
@@ -214,9 +257,9 @@ def test_verify_fails_where_its_reference_did_not_converge(tmp_path, monkeypatch
     info = graphio.inspect_input(str(inp))
     args = pagerank.parse_args(["--input", str(inp)])
     ids, x, iters, why, change = pagerank.reference_pagerank(*graphio.read_range(info, info.data_start, info.size))
-    assert pagerank.verify(args, info, ids, x, iters, why, change)["passed"]
+    assert pagerank.verify(args, info, ids, x, iters, why, change, 0.0)["passed"]
     monkeypatch.setattr(pagerank, "iterations_for", lambda tol, damping: 5)
-    v = pagerank.verify(args, info, ids, x, iters, why, change)
+    v = pagerank.verify(args, info, ids, x, iters, why, change, 0.0)
     assert v["passed"] is False and v["reason"].startswith("the reference did not converge in 5 iterations")
 
 
@@ -438,10 +481,22 @@ def test_pagerank_seed_method_with_more_ranks_than_blocks_and_no_semaphore_left(
     ("pagerank", ["--tol", "0"], "--tol 0 runs exactly --max-iter iterations: give --max-iter"),
     ("kmeans", ["--k", "1"], "--k must be >= 2, not 1"),
     ("kmeans", ["--block-mb", "0"], "--block-mb must be >= 1, not 0"),
+    ("pagerank", ["--tol", "nan"], "--tol must be a number >= 0, not nan"),  # nan and inf used to end in a trace
+    ("pagerank", ["--tol", "inf"], "--tol must be a number >= 0, not inf"),
+    ("pagerank", ["--timeout", "0"], "--timeout must be a number of seconds > 0, not 0"),
+    ("kmeans", ["--timeout", "nan"], "--timeout must be a number of seconds > 0, not nan"),
+    ("kmeans", ["--seed", "-1"], "--seed must be in 0..4294967295 (what numpy and scikit-learn take as a seed), "
+                                 "not -1"),
+    ("kmeans", ["--output", "{input}"], "--output {input} is the input file: the record would replace it; "
+                                        "give another path"),
 ])
 def test_cli_bad_option_names_it(tmp_path, module, flags, message):
-    p = cli(module, "--input", str(tmp_path / "unread.csv"), *flags)
+    """Refused before any work, in one line, and nothing written (the input is never replaced)."""
+    inp = write_edges(tmp_path / "in.csv", [(1, 2)])
+    p = cli(module, "--input", str(inp), *(f.format(input=inp) for f in flags))
+    message = message.format(input=inp)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith(f"error: {message}"), p.stderr
+    assert inp.read_text() == "node1,node2\n1,2\n" and sorted(tmp_path.iterdir()) == [inp]
 
 
 @pytest.mark.parametrize("mode", ["token", None], ids=["auth-mode-set", "auth-mode-unset"])
