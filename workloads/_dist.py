@@ -554,7 +554,7 @@ def ray_ranks(body: Body) -> Body:
                     done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
                     if not done:
                         raise LaunchTimeout(f"the {args.workers} Ray workers did not finish within "
-                                            f"{args.timeout:g} s; they were stopped (raise --timeout)")
+                                            f"{args.timeout:g} s; {STOPPED}")
                     rank = pending.pop(done[0])
                     out = ray_get(done[0])  # raises the rank's error
                     if rank == 0:
@@ -667,6 +667,9 @@ class LaunchTimeout(UserError):
     pass
 
 
+STOPPED = "they were stopped (raise --timeout or check the input size)"  # a graph run's workers, timed out
+
+
 def spawn_torch(workers: int, target: Callable[..., Any], args: tuple[Any, ...], grace_s: float = 30.0,
                 timeout_s: float | None = None, env: dict[str, str] | None = None) -> list[int]:
     """Start ``workers`` local ranks running ``target(*args)`` (rendezvous on 127.0.0.1); return their
@@ -701,8 +704,7 @@ def spawn_torch(workers: int, target: Callable[..., Any], args: tuple[Any, ...],
         procs.stop(ranks, wait_s=5)
         raise
     if timed_out:
-        raise LaunchTimeout(f"the {workers} torch ranks did not finish within {timeout_s:g} s; "
-                            "they were stopped (raise --timeout or check the input size)")
+        raise LaunchTimeout(f"the {workers} torch ranks did not finish within {timeout_s:g} s; {STOPPED}")
     return [int(p.exitcode if p.exitcode is not None else 1) for p in ranks]
 
 
