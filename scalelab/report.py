@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import re
+import shutil
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -162,18 +165,27 @@ def details(recs: list[dict]) -> tuple[dict[tuple, dict[str, Any]], list[dict[st
     return out, table
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, outdir: Path, name: str) -> Path:
+    """Save ``fig`` in ``outdir`` as ``name``.png, made a plain file name (a dataset or cluster name may
+    hold ``/``, a space or ``#``, which break the path or the pages' links) and kept apart from the
+    figures already there."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    path = outdir / f"{stem}.png"
+    for i in range(2, 10**6):
+        if not path.exists():
+            break
+        path = path.with_name(f"{stem}_{i}.png")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _finish(fig, ax, path: Path, title: str) -> dict:
+def _finish(fig, ax, outdir: Path, name: str, title: str) -> dict:
     """Grid, legend, save: the figure's entry for the pages."""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return {"path": _save(fig, path).name, "title": title}
+    return {"path": _save(fig, outdir, name).name, "title": title}
 
 
 def fig_time_vs_nodes(summary: list[dict], seed: dict, outdir: Path) -> list[dict]:
@@ -201,20 +213,21 @@ def fig_time_vs_nodes(summary: list[dict], seed: dict, outdir: Path) -> list[dic
             ax.set_yscale("log")  # the seed's times are 10-100x ours: keep both readable
         ax.set_xticks(sorted({r["nodes"] for r in rows}))
         name = f"time_vs_nodes_{wl}_{ds}" + (f"_{cl}" if many else "")
-        figs.append(_finish(fig, ax, outdir / f"{name}.png", f"{wl} on {ds}{where}: time vs nodes"))
+        figs.append(_finish(fig, ax, outdir, name, f"{wl} on {ds}{where}: time vs nodes"))
     return figs
 
 
 def fig_time_vs_size(recs: list[dict], outdir: Path) -> list[dict]:
     figs = []
-    cells: dict[tuple[str, int], dict[str, list[tuple[float, str, float]]]] = defaultdict(lambda: defaultdict(list))
-    for r in recs:
+    cells: dict[tuple[str, str, int], dict[str, list[tuple[float, str, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in recs:  # runs on different clusters are never averaged together
         if r["status"] != "ok" or results.total_time(r) is None:
             continue
         size = float((r.get("dataset") or {}).get("bytes") or 0)
-        cells[(r["workload"], int(r["nodes"]))][r["framework"]].append((size, results.dataset_name(r),
-                                                                          results.total_time(r)))
-    for (wl, n), fws in sorted(cells.items()):
+        cells[(results.cluster_name(r), r["workload"], int(r["nodes"]))][r["framework"]].append(
+            (size, results.dataset_name(r), results.total_time(r)))
+    many = len({c for c, _, _ in cells}) > 1
+    for (cl, wl, n), fws in sorted(cells.items()):
         if len({s for pts in fws.values() for s, _, _ in pts}) < 2:
             continue  # one dataset size: nothing to plot against
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -225,10 +238,11 @@ def fig_time_vs_size(recs: list[dict], outdir: Path) -> list[dict]:
             xs = sorted(agg)
             ax.plot([x / 1e6 for x in xs], [sum(agg[x]) / len(agg[x]) for x in xs], marker="o",
                     color=COLORS.get(fw), label=fw)
-        ax.set(title=f"{wl}, {n} node(s): time vs dataset size", xlabel="dataset size (MB)",
+        where = f" ({cl})" if many else ""
+        ax.set(title=f"{wl}, {n} node(s){where}: time vs dataset size", xlabel="dataset size (MB)",
                ylabel="total time (s)")
-        figs.append(_finish(fig, ax, outdir / f"time_vs_size_{wl}_{n}nodes.png",
-                            f"{wl}, {n} node(s): time vs dataset size"))
+        figs.append(_finish(fig, ax, outdir, f"time_vs_size_{wl}_{n}nodes" + (f"_{cl}" if many else ""),
+                            f"{wl}, {n} node(s){where}: time vs dataset size"))
     return figs
 
 
@@ -247,18 +261,31 @@ def fig_quality(recs: list[dict], outdir: Path) -> list[dict]:
             ax.scatter([n + offs for n, _ in pts], [q for _, q in pts], color=COLORS.get(fw), label=fw)
         ax.set(title=f"{wl}: {name} per run", xlabel="nodes", ylabel=name)
         ax.set_xticks(sorted({int(r["nodes"]) for r in rs}))
-        figs.append(_finish(fig, ax, outdir / f"quality_{wl}.png", f"{wl}: {name} per run"))
+        figs.append(_finish(fig, ax, outdir, f"quality_{wl}", f"{wl}: {name} per run"))
     return figs
 
 
 def fig_resources(recs: list[dict], outdir: Path) -> list[dict]:
-    """Peak and mean CPU / memory per node (the seed compared these from Ray's dashboard, Fig. 16-17)."""
-    rows = []
+    """Peak and mean CPU / memory per node (the seed compared these from Ray's dashboard, Fig. 16-17): one
+    bar per run configuration and host, its peak the highest of its runs' and its mean their mean (a bar
+    per run grew the figure without limit: 180,000 px high for 2,000 runs)."""
+    runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in recs:
         for host, u in ((r.get("resources") or {}).get("hosts") or {}).items():
-            rows.append((f"{r['workload']}/{r['framework']}/{r['nodes']}n", host, u))
-    if not rows:
+            runs[(f"{results.cluster_name(r)} {r['workload']}/{r['framework']}/{r['nodes']}n", host)].append(u)
+    if not runs:
         return []
+
+    def merged(us: list[dict]) -> dict[str, float]:
+        out = {}
+        for key in ("cpu", "mem"):
+            peaks = [u[f"{key}_peak"] for u in us if u.get(f"{key}_peak") is not None]
+            means = [u[f"{key}_mean"] for u in us if u.get(f"{key}_mean") is not None]
+            out[f"{key}_peak"] = max(peaks, default=0)
+            out[f"{key}_mean"] = sum(means) / len(means) if means else 0
+        return out
+
+    rows = [(run, host, merged(us)) for (run, host), us in sorted(runs.items())]
     fig, axes = plt.subplots(1, 2, figsize=(10, max(3, 0.35 * len(rows) + 1)))
     labels = [f"{run} {host}" for run, host, _ in rows]
     for ax, key, unit in ((axes[0], "cpu", "%"), (axes[1], "mem", "MB")):
@@ -271,19 +298,45 @@ def fig_resources(recs: list[dict], outdir: Path) -> list[dict]:
         ax.set_yticklabels(labels if ax is axes[0] else [""] * len(rows), fontsize=7)
         ax.set(title=f"{key.upper()} per node ({unit})")
         ax.legend(fontsize=8)
-    p = _save(fig, outdir / "resources.png")
+    p = _save(fig, outdir, "resources")
     return [{"path": p.name, "title": "CPU and memory per node"}]
 
 
 def build(results_dir: Path = results.RESULTS_DIR, out_dir: Path | None = None) -> dict[str, Path]:
+    """The report from the records under ``results_dir`` into ``out_dir``: made in a directory of its
+    own there, then moved in (a report that fails leaves the last one as it was)."""
     recs, problems = results.load_records(results_dir)
+    if problems and not recs:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"no readable result records under {results_dir}: {problems[0]}{more}")
     if not recs:
         raise UserError(f"no result records under {results_dir}: run `fab run-experiment WORKLOAD --nodes N` first")
     out_dir = out_dir or (REPO_ROOT / "reports" / "latest")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir))
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {out_dir}: {exc.strerror or exc}; give --out a directory "
+                        "you can write") from None
+    try:
+        (stage / "figures").mkdir()
+        _render(recs, problems, results_dir, stage)
+        figdir = out_dir / "figures"
+        figdir.mkdir(exist_ok=True)
+        for old in figdir.glob("*.png"):
+            old.unlink()
+        for new in (stage / "figures").glob("*.png"):
+            new.replace(figdir / new.name)
+        for name in ("report.md", "report.html"):
+            (stage / name).replace(out_dir / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", "figures": out_dir / "figures"}
+
+
+def _render(recs: list[dict], problems: list[str], results_dir: Path, out_dir: Path) -> None:
+    """The pages and figures into ``out_dir`` (empty but for ``figures/``)."""
     figdir = out_dir / "figures"
-    figdir.mkdir(parents=True, exist_ok=True)
-    for old in figdir.glob("*.png"):
-        old.unlink()
     summary = results.summarise(recs)
     seed = seed_cells()
     per_row, provenance = details(recs)
@@ -314,8 +367,5 @@ def build(results_dir: Path = results.RESULTS_DIR, out_dir: Path | None = None) 
     }
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html"]),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    md = out_dir / "report.md"
-    md.write_text(env.get_template("report.md.j2").render(**ctx))
-    page = out_dir / "report.html"
-    page.write_text(env.get_template("report.html.j2").render(**ctx, escape=html.escape))
-    return {"markdown": md, "html": page, "figures": figdir}
+    (out_dir / "report.md").write_text(env.get_template("report.md.j2").render(**ctx))
+    (out_dir / "report.html").write_text(env.get_template("report.html.j2").render(**ctx, escape=html.escape))

@@ -93,6 +93,59 @@ def test_report_without_records_says_what_to_do(tmp_path: Path) -> None:
         report.build(tmp_path / "empty", tmp_path / "rep")
 
 
+def test_a_report_that_fails_leaves_the_last_one_as_it_was(resdir: Path, tmp_path: Path, monkeypatch) -> None:
+    """It is made beside the last one and moved in only once whole: the old figures were deleted first,
+    and a report that then failed left pages pointing at images that were gone."""
+    out = report.build(resdir, tmp_path / "rep")
+    before = {p.name: p.read_bytes() for p in [out["markdown"], out["html"], *out["figures"].glob("*.png")]}
+
+    def broken(*_a: object) -> list[dict]:
+        raise RuntimeError("a figure failed")
+    monkeypatch.setattr(report, "fig_quality", broken)
+    with pytest.raises(RuntimeError, match="a figure failed"):
+        report.build(resdir, tmp_path / "rep")
+    after = {p.name: p.read_bytes() for p in [out["markdown"], out["html"], *out["figures"].glob("*.png")]}
+    assert after == before
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["figures", "report.html", "report.md"]
+
+
+def test_report_out_that_cannot_be_a_directory_is_one_line(resdir: Path, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match=r"cannot write the report to .*afile: File exists; give --out a directory"):
+        report.build(resdir, tmp_path / "afile")
+
+
+def test_only_unreadable_records_say_why(tmp_path: Path) -> None:
+    (tmp_path / "results" / "kmeans").mkdir(parents=True)
+    (tmp_path / "results" / "kmeans" / "cut.json").write_text('{"schema": 2, "run_')
+    with pytest.raises(UserError, match=r"no readable result records under .*: .*cut\.json"):
+        report.build(tmp_path / "results", tmp_path / "rep")
+
+
+def test_figures_are_plain_file_names_per_cluster_and_of_bounded_size(tmp_path: Path) -> None:
+    """Dataset names with '/', ' ' or '#' (they broke the path or the pages' links); time against
+    size per cluster (it averaged clusters together); one resources bar per configuration and
+    host (one per run: 180,000 px high for 2,000 runs)."""
+    d = tmp_path / "results"
+    n = 0
+    for cluster, scale in (("lab", 1.0), ("okeanos", 100.0)):
+        for ds, size in (("sub/dir", 10**6), ("my data#1", 10**7)):
+            for _ in range(60):
+                n += 1
+                r = _rec("kmeans", "ray", 2, ds, size, scale * size / 10**6, GLOBAL_KM, ch_score=1.0)
+                r["provenance"]["inventory"]["name"] = cluster
+                write_record(r, d / "kmeans" / f"r{n}.json")
+    out = report.build(d, tmp_path / "rep")
+    figs = sorted(p.name for p in out["figures"].glob("*.png"))
+    assert "time_vs_nodes_kmeans_sub_dir_lab.png" in figs and "time_vs_nodes_kmeans_my_data_1_okeanos.png" in figs
+    assert {"time_vs_size_kmeans_2nodes_lab.png", "time_vs_size_kmeans_2nodes_okeanos.png"} <= set(figs)
+    md = out["markdown"].read_text()
+    for f in figs:
+        assert f"figures/{f})" in md
+    with Image.open(out["figures"] / "resources.png") as im:
+        assert im.size[1] < 600, im.size  # 2 bars (a configuration on each cluster), not 240
+
+
 def test_validate_rejects_ok_with_error() -> None:
     r = finish_record(new_record("pagerank", "ray", workers=1))
     r["error"] = "boom"
