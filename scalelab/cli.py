@@ -107,5 +107,5 @@ def table(rows: list[dict[str, Any]], title: str | None = None, columns: list[st
     for c in cols:
         t.add_column(c)
     for r in rows:
-        t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in cols))
+        t.add_row(*(Text("" if r.get(c) is None else str(r.get(c))) for c in cols))  # as text: never markup
     return t

@@ -49,11 +49,15 @@ def rows(recs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
 def _column(values: list[Any]) -> tuple[str, list[Any]]:
     """One type per column (parquet needs it): bool, int, float, else text (other values as JSON)."""
     present = [v for v in values if v is not None]
+
+    def int64(v: Any) -> bool:  # (a larger int is written as text, exactly)
+        return isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63
+
     if present and all(isinstance(v, bool) for v in present):
         return "bool", values
-    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+    if present and all(int64(v) for v in present):
         return "int64", values
-    if present and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+    if present and all(int64(v) or isinstance(v, float) for v in present):
         return "float64", [None if v is None else float(v) for v in values]
     return "string", [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
 

@@ -176,3 +176,24 @@ def test_export_is_atomic_and_errors_are_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith(f"error: cannot write the export to {tmp_path}: it is a directory")
     shutil.rmtree(res)
+
+
+def test_an_int_beyond_int64_is_exported_exactly_as_text(tmp_path: Path) -> None:
+    """Parquet's int64 cannot hold 2**64 (a seed, say): that column is text, not a traceback."""
+    r = real("pagerank-torch")
+    r["params"]["seed"] = 2**64
+    df = pd.read_parquet(__import__("io").BytesIO(export.encode([r], "parquet")))
+    assert df["params_seed"][0] == str(2**64)
+
+
+def test_table_cells_are_text_not_markup() -> None:
+    """A record's text (a reason quoting torchrun's ``[rank1]:``, a stray ``[/]``) is shown as it is:
+    read as rich markup it vanished or ended `fab compare` with a MarkupError."""
+    from rich.console import Console
+
+    from scalelab import cli
+
+    con = Console(record=True, width=120)
+    con.print(cli.table([{"k": "[/]"}, {"k": "[bold red]hi[/bold red] [rank1]:"}]))
+    text = con.export_text()
+    assert "[/]" in text and "[bold red]hi[/bold red] [rank1]:" in text
