@@ -241,7 +241,10 @@ def compare(c, a, b, workload=None, dataset=None, nodes=None, framework=None, re
                         ("verification", cmp.verification)):
         if rows:
             console.print(table(rows, title=title))
-    for note in cmp.notes or ["comparable: same workload, dataset, parameters, iterations, convergence and cluster"]:
+    notes = list(cmp.notes)
+    if not any(n.startswith("not comparable") for n in notes):  # (`note:` lines are context, never a refusal)
+        notes.append("comparable: same workload, dataset, parameters, iterations, convergence and cluster")
+    for note in notes:
         console.print(note, markup=False, highlight=False, style="yellow" if note.startswith("not") else None)
 
 

@@ -94,7 +94,7 @@ def side(name: str, token: str, recs: list[dict], *, results_dir: Path, workload
         narrowed = ", ".join(f"--{k} {v}" for k, v in (("workload", workload), ("dataset", dataset),
                                                        ("nodes", nodes), ("framework", framework)) if v is not None)
         raise UserError(f"{name}: no ok run of {kind} {token}{' with ' + narrowed if narrowed else ''} "
-                        f"in {results_dir}: `fab export` lists the runs there")
+                        f"in {results_dir}: `fab export` writes them all to one table, to see what there is")
     for key, opt, get in (("workloads", "workload", lambda r: r["workload"]),
                           ("datasets", "dataset", _results.dataset_name),
                           ("node counts", "nodes", lambda r: str(r["nodes"])),

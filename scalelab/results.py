@@ -23,9 +23,13 @@ def validate(rec: Any, source: str = "record") -> dict[str, Any]:
     return check(rec, source)
 
 
+BENCH_DIR = "bench"  # results/bench: `make bench`'s own output (bench/), not run records
+
+
 def record_paths(root: Path = RESULTS_DIR, workloads: Iterable[str] | None = None) -> list[Path]:
     wanted = set(workloads) if workloads else None
-    return [p for p in sorted(root.glob("*/*.json")) if not wanted or p.parent.name in wanted]
+    return [p for p in sorted(root.glob("*/*.json"))
+            if p.parent.name != BENCH_DIR and (not wanted or p.parent.name in wanted)]
 
 
 def load_records(root: Path = RESULTS_DIR, workloads: Iterable[str] | None = None) -> tuple[list[dict], list[str]]:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from scalelab import compare, export
+from scalelab import results as _results
 from scalelab.errors import UserError
 from tests.unit.test_records import RECORDS, all_real, real, real_of, runner_record
 
@@ -197,3 +198,19 @@ def test_table_cells_are_text_not_markup() -> None:
     con.print(cli.table([{"k": "[/]"}, {"k": "[bold red]hi[/bold red] [rank1]:"}]))
     text = con.export_text()
     assert "[/]" in text and "[bold red]hi[/bold red] [rank1]:" in text
+
+
+def test_runs_that_differ_only_in_notes_are_said_comparable(tmp_path: Path) -> None:
+    """A `note:` (the framework here) is context: the verdict `comparable:` still follows it."""
+    proc = fab("compare", str(RECORDS / "pagerank-torch.json"), str(RECORDS / "pagerank-ray.json"))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "note: framework differs: torch (A) vs ray (B)" in lines and lines[-1].startswith("comparable: "), lines
+
+
+def test_the_benchs_own_output_is_not_taken_for_a_record(tmp_path: Path) -> None:
+    res = results_dir(tmp_path, [real("pagerank-torch")])
+    (res / "bench").mkdir()
+    (res / "bench" / "scale.json").write_text('{"pagerank": []}')
+    recs, problems = _results.load_records(res)
+    assert len(recs) == 1 and problems == []
