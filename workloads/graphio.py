@@ -263,15 +263,15 @@ def inspect_input(uri: str) -> InputInfo:
             head = f.read_at(min(info.size, 4096), 0)
     except (OSError, pa.ArrowException) as exc:
         raise UserError(f"cannot read {uri}: {_reason(exc)}; check that it is a file this user may read") from None
-    first, _, _ = head.partition(b"\n")
-    data_start = 0
+    data_start = 3 if head.startswith(b"\xef\xbb\xbf") else 0  # a UTF-8 byte-order mark (a spreadsheet's CSV) is not data
+    first, _, _ = head[data_start:].partition(b"\n")
     if first.strip() and not _LINE_OK.match(first):
         cols = first.split(b",")
         if len(cols) != 2 or not all(c.strip() for c in cols) or any(_NUMBER.match(c) for c in cols):
             # only a line with no number in it is a header: '1,2.5' is a bad edge, not a header
             raise UserError(f"{uri}: line 1 (byte offset 0): expected a 'node1,node2' header or two integers "
                             f"'node1,node2', got {first[:60].decode('utf-8', 'replace').strip()!r}")
-        data_start = len(first) + 1
+        data_start += len(first) + 1
     if data_start >= info.size or not head[data_start:].strip() and info.size <= 4096:
         raise UserError(f"input file has no edges: {uri} (only a header)")
     return InputInfo(uri=uri, size=info.size, data_start=data_start)

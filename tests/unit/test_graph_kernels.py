@@ -716,6 +716,19 @@ def test_a_line_with_no_number_is_a_header(tmp_path, header):
     assert graphio.read_range(info, info.data_start, info.size)[0].tolist() == [2]
 
 
+@pytest.mark.parametrize("header", ["", "node1,node2\n"])
+def test_a_byte_order_mark_is_not_data(tmp_path, header):
+    """A spreadsheet's CSV starts with a UTF-8 byte-order mark: with no header, its first edge was
+    refused as a bad header."""
+    p = tmp_path / "bom.csv"
+    p.write_bytes(b"\xef\xbb\xbf" + f"{header}1,2\n3,4\n".encode())
+    info = graphio.inspect_input(str(p))
+    assert info.data_start == 3 + len(header)
+    for parts in (1, 2):
+        got = [graphio.read_range(info, lo, hi) for lo, hi in graphio.split_ranges(info, parts)]
+        assert np.concatenate([g[0] for g in got]).tolist() == [1, 3]
+
+
 def test_int64_min_is_a_valid_id_and_a_later_bad_line_is_named(tmp_path):
     p = write(tmp_path, "-9223372036854775808,9223372036854775807\n2,x\n")
     info = graphio.inspect_input(str(p))
