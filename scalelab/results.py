@@ -35,12 +35,17 @@ def record_paths(root: Path = RESULTS_DIR, workloads: Iterable[str] | None = Non
 def load_records(root: Path = RESULTS_DIR, workloads: Iterable[str] | None = None) -> tuple[list[dict], list[str]]:
     """All records under results/<workload>/*.json, checked and upgraded; files that are not records
     are reported (one line each: the file and what is wrong), not fatal."""
-    recs, problems = [], []
+    recs, problems, seen = [], [], {}
     for path in record_paths(root, workloads):
         try:
-            recs.append(load(path))
+            rec = load(path)
         except BadRecord as exc:
             problems.append(str(exc))
+            continue
+        if (first := seen.setdefault(rec["run_id"], path)) != path:  # a copy would count twice in every mean
+            problems.append(f"{path}: the same run ({rec['run_id']}) as {first}: counted once")
+            continue
+        recs.append(rec)
     return recs, problems
 
 

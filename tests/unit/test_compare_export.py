@@ -214,3 +214,12 @@ def test_the_benchs_own_output_is_not_taken_for_a_record(tmp_path: Path) -> None
     (res / "bench" / "scale.json").write_text('{"pagerank": []}')
     recs, problems = _results.load_records(res)
     assert len(recs) == 1 and problems == []
+
+
+def test_a_copied_record_is_counted_once(tmp_path: Path) -> None:
+    res = results_dir(tmp_path, [real("pagerank-torch")])
+    (first,) = (res / "pagerank").glob("*.json")
+    (res / "pagerank" / "zz-copy.json").write_text(first.read_text())
+    recs, problems = _results.load_records(res)
+    assert len(recs) == 1 and problems == [f"{res / 'pagerank' / 'zz-copy.json'}: the same run "
+                                           f"({recs[0]['run_id']}) as {first}: counted once"]
