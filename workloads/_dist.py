@@ -99,11 +99,29 @@ def check_run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
     """Exit 2 (``p.error``, nothing written) for :func:`add_common_args` options no run can use: a
     ``--timeout`` that is not a number of seconds > 0 (0 or less used to start the workers and fail
     them at once), an ``--output`` that is the input file (the record would replace the edge list)."""
+    if (wrong := wrong_timeout(args) or output_replaces_input(args)) is not None:
+        p.error(wrong)
+
+
+def wrong_timeout(args: argparse.Namespace) -> str | None:
+    """``--timeout`` must be a number of seconds > 0: 0 or less used to start the workers and fail them
+    at once, nan to crash or to mean no limit."""
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
-        p.error(f"--timeout must be a number of seconds > 0, not {args.timeout:g}")
-    local = args.input[len("file://"):] if args.input.startswith("file://") else args.input
-    if args.output and "://" not in local and os.path.realpath(args.output) == os.path.realpath(local):
-        p.error(f"--output {args.output} is the input file: the record would replace it; give another path")
+        return f"--timeout must be a number of seconds > 0, not {args.timeout:g}"
+    return None
+
+
+def output_replaces_input(args: argparse.Namespace) -> str | None:
+    """An ``--output`` that is the input file, or a file in the input directory: the record would
+    replace data (refused before anything is written, even a failed record)."""
+    src = getattr(args, "input", None) or ""  # (none: xgboost; a learning workload's default: a cached set)
+    path = src[len("file://"):] if src.startswith("file://") else src
+    if args.output and path and "://" not in path:
+        local, out = os.path.realpath(path), os.path.realpath(args.output)
+        if out == local or out.startswith(local + os.sep):
+            return (f"--output {args.output} is {'the input file' if out == local else 'inside the input directory'}: "
+                    "the record would replace data; give another path")
+    return None
 
 
 def refuse_self_verify(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -1037,4 +1055,17 @@ def record_run(workload: str, args: argparse.Namespace, body: Callable[[dict, fl
     t_start = launch_time()
     rec = new_record(workload, args.framework, workers=args.workers, nodes=args.nodes, run_id=args.run_id)
     leader = int(os.environ.get("RANK", "0")) == 0
-    return conclude(rec, args, leader, lambda: body(rec, t_start), summary)
+    if (wrong := output_replaces_input(args)) is not None:
+        print(f"error: {wrong}", file=sys.stderr)
+        return 2
+
+    def work() -> bool | None:
+        if (wrong := wrong_timeout(args)) is not None:
+            raise UserError(wrong)
+        if not 0 <= args.seed < 2**32:
+            raise UserError(f"--seed must be in 0..{2**32 - 1} (what numpy and torch take as a seed), not {args.seed}")
+        if leader and args.output:
+            check_output(args.output)  # before the training, not after it
+        return body(rec, t_start)
+
+    return conclude(rec, args, leader, work, summary)

@@ -66,6 +66,9 @@ def load_cifar(root: str, val_fraction: float) -> dict[str, tuple[np.ndarray, np
     parts = [read_batch(d / n) for n in TRAIN_FILES]
     X, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     n_val = int(round(len(y) * val_fraction))
+    if not 0 < n_val < len(y):  # X[:-0] is empty: a run that trained on nothing said ok
+        raise UserError(f"--val-fraction {val_fraction:g} of {len(y)} training images leaves {n_val} to validate "
+                        f"and {len(y) - n_val} to train on: give a fraction that leaves both")
     return {"train": (X[:-n_val], y[:-n_val]), "val": (X[-n_val:], y[-n_val:]), "test": read_batch(d / "test_batch")}
 
 

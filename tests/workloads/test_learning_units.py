@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,12 @@ def test_breast_cancer_split_has_no_id_column():
     ("workloads.xgboost", ["--framework", "reference", "--depths", "a,b"], "--depths"),
     ("workloads.cifar_pbt", ["--framework", "ray", "--input", "/nonexistent/cifar"], "not a directory"),
     ("workloads.cifar_pbt", ["--framework", "ray", "--trials", "0"], "--trials must be >= 1"),
+    # (these used to start the workers and fail them, crash after Ray started, or end in a trace)
+    ("workloads.pneumonia", ["--framework", "torch", "--timeout", "0"], "--timeout must be a number of seconds > 0"),
+    ("workloads.xgboost", ["--framework", "ray", "--timeout", "nan"], "--timeout must be a number of seconds > 0"),
+    ("workloads.pneumonia", ["--framework", "torch", "--seed", "-1"], "--seed must be in 0..4294967295"),
+    # (an empty training split trained on nothing and said ok)
+    ("workloads.cifar_pbt", ["--framework", "ray", "--val-fraction", "0.0001"], "leaves 0 to validate"),
 ])
 def test_user_errors_are_one_line_exit_2_and_a_failed_record(tmp_path, module, args, needle):
     out = tmp_path / "rec.json"
@@ -219,6 +226,23 @@ def test_user_errors_are_one_line_exit_2_and_a_failed_record(tmp_path, module, a
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
     rec = json.loads(out.read_text())
     assert rec["status"] == "failed" and needle in rec["error"]
+
+
+def test_an_output_in_the_input_is_refused_before_anything_is_written(tmp_path):
+    """The record would have replaced a data file (the next run then failed on it), and an unwritable
+    --output was found only after the training."""
+    root = cifar_pbt.synthetic_cifar(tmp_path / "in", per_batch=20, test=30)
+    before = (root / "test_batch").read_bytes()
+    proc = run_module("workloads.cifar_pbt", "--framework", "ray", "--input", str(root), "--output", str(root / "test_batch"))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: --output {root / 'test_batch'} is inside the input directory: the record would replace data; "
+        "give another path"], proc.stderr
+    assert (root / "test_batch").read_bytes() == before
+    (tmp_path / "afile").write_text("x")
+    t0 = time.monotonic()
+    proc = run_module("workloads.pneumonia", "--framework", "torch", "--output", str(tmp_path / "afile" / "r.json"),
+                      env={"SCALELAB_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2 and "cannot write the record" in proc.stderr and time.monotonic() - t0 < 60, proc.stderr
 
 
 def test_pneumonia_wrong_layout_cli(tmp_path):
