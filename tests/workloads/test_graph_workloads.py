@@ -487,7 +487,7 @@ def test_pagerank_seed_method_with_more_ranks_than_blocks_and_no_semaphore_left(
     ("kmeans", ["--timeout", "nan"], "--timeout must be a number of seconds > 0, not nan"),
     ("kmeans", ["--seed", "-1"], "--seed must be in 0..4294967295 (what numpy and scikit-learn take as a seed), "
                                  "not -1"),
-    ("kmeans", ["--output", "{input}"], "--output {input} is the input file: the record would replace it; "
+    ("kmeans", ["--output", "{input}"], "--output {input} is the input file: the record would replace data; "
                                         "give another path"),
 ])
 def test_cli_bad_option_names_it(tmp_path, module, flags, message):
