@@ -247,6 +247,9 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def dataset_info(cfg: dict) -> dict[str, Any]:
     files = vision.scan_image_folder(cfg["input_resolved"], SPLITS, CLASSES)
+    if cfg["global_batch"] > len(files["train"]):  # every epoch would take no step, and the run say ok
+        raise UserError(f"--global-batch {cfg['global_batch']} is larger than the {len(files['train'])} training "
+                        f"images: give at most {len(files['train'])}")
     all_files = [f for s in SPLITS for f, _ in files[s]]
     name = "chest_xray" if cfg["input"] else "chest_xray-synthetic"
     return {"name": name, "uri": cfg["input_resolved"], "records": len(all_files),

@@ -215,6 +215,7 @@ def test_breast_cancer_split_has_no_id_column():
     ("workloads.pneumonia", ["--framework", "torch", "--timeout", "0"], "--timeout must be a number of seconds > 0"),
     ("workloads.xgboost", ["--framework", "ray", "--timeout", "nan"], "--timeout must be a number of seconds > 0"),
     ("workloads.pneumonia", ["--framework", "torch", "--seed", "-1"], "--seed must be in 0..4294967295"),
+    ("workloads.pneumonia", ["--framework", "torch", "--global-batch", "100000"], "--global-batch 100000 is larger than"),
     ("workloads.xgboost", ["--framework", "reference", "--eta", "nan"], "--eta must be a learning rate > 0, not nan"),
     ("workloads.xgboost", ["--framework", "reference", "--split-seed", "-1"], "--split-seed must be in 0..4294967295"),
     # (an empty training split trained on nothing and said ok)
