@@ -919,7 +919,13 @@ def launch_torch(fn: Callable, cfg: dict, workers: int, timeout_s: float | None 
 def ray_storage(storage: str | None) -> Iterator[str]:
     """Ray's storage_path: the given one, or a private temp dir removed afterwards."""
     if storage:
-        yield str(Path(storage).resolve()) if "://" not in storage else storage
+        if "://" in storage:
+            yield storage
+            return
+        path = Path(storage).resolve()
+        if path.exists() and not path.is_dir():  # Tune found it only after Ray had started: a trace
+            raise UserError(f"--storage {storage} is a file; give a directory (shared by every node on a cluster)")
+        yield str(path)
         return
     tmp = tempfile.mkdtemp(prefix="scalelab-ray-")
     try:

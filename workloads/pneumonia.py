@@ -232,7 +232,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def make_config(args: argparse.Namespace) -> dict[str, Any]:
     _dist.check_positive(workers=args.workers, threads=args.threads, epochs=args.epochs,
                           global_batch=args.global_batch, image_size=args.image_size,
-                          eval_batch=args.eval_batch, nodes=args.nodes)
+                          eval_batch=args.eval_batch, nodes=args.nodes, synthetic_size=args.synthetic_size)
     if args.global_batch < args.workers:
         raise UserError(f"--global-batch {args.global_batch} is smaller than --workers {args.workers}; "
                         "every worker needs at least one sample per step")

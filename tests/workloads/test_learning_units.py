@@ -216,6 +216,7 @@ def test_breast_cancer_split_has_no_id_column():
     ("workloads.xgboost", ["--framework", "ray", "--timeout", "nan"], "--timeout must be a number of seconds > 0"),
     ("workloads.pneumonia", ["--framework", "torch", "--seed", "-1"], "--seed must be in 0..4294967295"),
     ("workloads.pneumonia", ["--framework", "torch", "--global-batch", "100000"], "--global-batch 100000 is larger than"),
+    ("workloads.pneumonia", ["--framework", "torch", "--synthetic-size", "0"], "--synthetic-size must be >= 1"),
     ("workloads.xgboost", ["--framework", "reference", "--eta", "nan"], "--eta must be a learning rate > 0, not nan"),
     ("workloads.xgboost", ["--framework", "reference", "--split-seed", "-1"], "--split-seed must be in 0..4294967295"),
     # (an empty training split trained on nothing and said ok)
@@ -259,3 +260,15 @@ def test_xgboost_module_imports_the_real_package():
     assert proc.returncode == 0
     assert xgb_workload.xgb.__name__ == "xgboost" and hasattr(xgb_workload.xgb, "train")
     assert "site-packages" in xgb_workload.xgb.__file__
+
+
+def test_a_ray_storage_that_is_a_file_is_one_line(tmp_path):
+    """Ray Tune found it only once Ray was up, and ended in NotADirectoryError's trace."""
+    from workloads import _dist
+    from workloads.record import UserError
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match=r"--storage .*f is a file; give a directory"), _dist.ray_storage(str(tmp_path / "f")):
+        pass
+    with _dist.ray_storage(str(tmp_path / "d")) as got:
+        assert got == str((tmp_path / "d").resolve())
