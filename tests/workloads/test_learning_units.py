@@ -264,7 +264,6 @@ def test_xgboost_module_imports_the_real_package():
 
 def test_a_ray_storage_that_is_a_file_is_one_line(tmp_path):
     """Ray Tune found it only once Ray was up, and ended in NotADirectoryError's trace."""
-    from workloads import _dist
     from workloads.record import UserError
 
     (tmp_path / "f").write_text("x")
