@@ -103,6 +103,13 @@ def check_run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
         p.error(wrong)
 
 
+def wrong_seed(option: str, value: int) -> str | None:
+    """numpy, torch and scikit-learn take a seed in 0..2^32-1; outside it each ended the run in its own trace."""
+    if not 0 <= value < 2**32:
+        return f"--{option} must be in 0..{2**32 - 1} (what numpy and scikit-learn take as a seed), not {value}"
+    return None
+
+
 def wrong_timeout(args: argparse.Namespace) -> str | None:
     """``--timeout`` must be a number of seconds > 0: 0 or less used to start the workers and fail them
     at once, nan to crash or to mean no limit."""
@@ -1066,10 +1073,8 @@ def record_run(workload: str, args: argparse.Namespace, body: Callable[[dict, fl
         return 2
 
     def work() -> bool | None:
-        if (wrong := wrong_timeout(args)) is not None:
+        if (wrong := wrong_timeout(args) or wrong_seed("seed", args.seed)) is not None:
             raise UserError(wrong)
-        if not 0 <= args.seed < 2**32:
-            raise UserError(f"--seed must be in 0..{2**32 - 1} (what numpy and torch take as a seed), not {args.seed}")
         if leader and args.output:
             check_output(args.output)  # before the training, not after it
         return body(rec, t_start)

@@ -401,8 +401,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     _dist.check_run_options(p, args)
     _dist.at_least(p, 2, k=args.k)
-    if not 0 <= args.seed < 2**32:
-        p.error(f"--seed must be in 0..{2**32 - 1} (what numpy and scikit-learn take as a seed), not {args.seed}")
+    if (wrong := _dist.wrong_seed("seed", args.seed)) is not None:
+        p.error(wrong)
     _dist.at_least(p, 1, max_iter=args.max_iter, block_mb=args.block_mb)
     if args.method == "blockwise":  # (global's reference is plain Lloyd, not the grid run)
         _dist.refuse_self_verify(p, args)

@@ -181,8 +181,8 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("--framework reference runs in one process; use --workers 1 (or --framework ray)")
     if not args.eta > 0 or args.eta == float("inf"):  # (nan compares False) xgboost's own error was a trace
         raise UserError(f"--eta must be a learning rate > 0, not {args.eta:g}")
-    if not 0 <= args.split_seed < 2**32:
-        raise UserError(f"--split-seed must be in 0..{2**32 - 1} (scikit-learn's random_state), not {args.split_seed}")
+    if (wrong := _dist.wrong_seed("split-seed", args.split_seed)) is not None:
+        raise UserError(wrong)
     use_gpu = args.device == "cuda" or (args.device == "auto" and _torch_cuda())
     return {"workers": args.workers, "threads": args.threads or _dist.default_threads(args.workers),
             "rounds": args.rounds, "eta": args.eta, "depths": parse_depths(args.depths),
