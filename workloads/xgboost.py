@@ -15,6 +15,7 @@ file is ``workloads.xgboost`` and absolute imports never look in workloads/.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 import uuid
@@ -179,7 +180,7 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
     _dist.check_positive(workers=args.workers, threads=args.threads, rounds=args.rounds, nodes=args.nodes)
     if args.framework == "reference" and args.workers != 1:
         raise UserError("--framework reference runs in one process; use --workers 1 (or --framework ray)")
-    if not args.eta > 0 or args.eta == float("inf"):  # (nan compares False) xgboost's own error was a trace
+    if not (math.isfinite(args.eta) and args.eta > 0):  # xgboost's own error was a trace
         raise UserError(f"--eta must be a learning rate > 0, not {args.eta:g}")
     if (wrong := _dist.wrong_seed("split-seed", args.split_seed)) is not None:
         raise UserError(wrong)
