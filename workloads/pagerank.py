@@ -140,6 +140,11 @@ def rounding_bound(row_weight: float, n: int, damping: float) -> float:
     return 2.0**-53 * (row_weight + math.log2(max(n, 2)) + 19.0) / (1.0 - damping)
 
 
+def reference_rounding(m: sp.csr_array, x: np.ndarray, damping: float) -> float:
+    """:func:`rounding_bound` of the reference's iteration (its rows' stored entries, parallel arcs summed)."""
+    return rounding_bound(float(np.diff(m.indptr) @ x), len(x), damping)
+
+
 def iterations_for(tol: float, damping: float) -> int:
     """Steps that bring the L1 change below ``tol`` in exact arithmetic (change_k <= 2 d^(k-1)), plus a
     margin for rounding: the default ``--max-iter``."""
@@ -370,8 +375,8 @@ def verify(args: argparse.Namespace, info: InputInfo, ids: np.ndarray, x: np.nda
       own error bound would let a wrong kernel pass: after one step it allows ~1 relative.)
     * otherwise the reference runs to float64's floor, and the run must be within what it states:
       L1 distance within its ``error_bound`` and ``rounding`` (:func:`rounding_bound`) plus the
-      reference's two, top-k scores within the relative error that allows.  A reference that does not converge proves nothing:
-      the check fails.
+      reference's two, top-k scores within the relative error that allows.  A reference that does
+      not converge proves nothing: the check fails.
 
     ``error`` is the largest relative error of the top-k scores (``--top``, at least one node); null
     where there is no distance to give (the node sets differ)."""
@@ -382,7 +387,7 @@ def verify(args: argparse.Namespace, info: InputInfo, ids: np.ndarray, x: np.nda
     rx, r_iters, r_stop, r_change = reference_iterate(
         m, dangling, damping=args.damping, tol=0.0 if same else 1e-17,
         max_iter=iterations if same else iterations_for(1e-17, args.damping))
-    r_rounding = rounding_bound(float(np.diff(m.indptr) @ rx), len(rx), args.damping)
+    r_rounding = reference_rounding(m, rx, args.damping)
     del m, dangling
     out: dict[str, Any] = {"reference": "scipy power iteration, single process",
                            "mode": "same-iterations" if same else "converged", "reference_iterations": r_iters,
@@ -422,7 +427,7 @@ def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: An
         x, iters, stopped_by, change = reference_iterate(m, dangling, damping=args.damping, tol=args.tol,
                                                          max_iter=args.max_iter)
     rec["nodes"] = 1
-    rounding = rounding_bound(float(np.diff(m.indptr) @ x), len(x), args.damping)
+    rounding = reference_rounding(m, x, args.damping)
     n_edges = len(src)
     nnz = n_edges if args.directed else 2 * n_edges - int(np.count_nonzero(src == dst))  # parallel arcs each
     del m, src, dst
