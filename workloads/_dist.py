@@ -125,7 +125,7 @@ def output_replaces_input(args: argparse.Namespace) -> str | None:
     path = src[len("file://"):] if src.startswith("file://") else src
     if args.output and path and "://" not in path:
         local, out = os.path.realpath(path), os.path.realpath(args.output)
-        if out == local or out.startswith(local + os.sep):
+        if out == local or os.path.isdir(local) and out.startswith(local + os.sep):
             return (f"--output {args.output} is {'the input file' if out == local else 'inside the input directory'}: "
                     "the record would replace data; give another path")
     return None
