@@ -170,11 +170,10 @@ def _save(fig, outdir: Path, name: str) -> Path:
     hold ``/``, a space or ``#``, which break the path or the pages' links) and kept apart from the
     figures already there."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-    path = outdir / f"{stem}.png"
-    for i in range(2, 10**6):
-        if not path.exists():
-            break
-        path = path.with_name(f"{stem}_{i}.png")
+    path, i = outdir / f"{stem}.png", 1
+    while path.exists():  # two names that differ only in what was replaced
+        i += 1
+        path = outdir / f"{stem}_{i}.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

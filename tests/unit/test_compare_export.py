@@ -1,6 +1,7 @@
 """`fab compare` and `fab export` on real records (tests/unit/records, written by the workloads)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -183,7 +184,7 @@ def test_an_int_beyond_int64_is_exported_exactly_as_text(tmp_path: Path) -> None
     """Parquet's int64 cannot hold 2**64 (a seed, say): that column is text, not a traceback."""
     r = real("pagerank-torch")
     r["params"]["seed"] = 2**64
-    df = pd.read_parquet(__import__("io").BytesIO(export.encode([r], "parquet")))
+    df = pd.read_parquet(io.BytesIO(export.encode([r], "parquet")))
     assert df["params_seed"][0] == str(2**64)
 
 
