@@ -47,3 +47,40 @@ def test_controller_offers_the_lab_dns_only() -> None:
 def test_registry_hosts_come_from_apt_and_pip_defaults() -> None:
     hosts = lab.registry_hosts("http://mirror.example/debian")
     assert "mirror.example" in hosts and "pypi.org" in hosts
+
+
+def test_ip_forwarding_stays_on_until_the_last_lab_is_down(tmp_path, monkeypatch) -> None:
+    """Two labs on one machine (two checkouts): the first one down must not turn forwarding off under
+    the other (it cut that lab's egress: apt hung in its provision); the last one down restores it."""
+    fwd, up = tmp_path / "ip_forward", []
+    fwd.write_text("0\n")
+    monkeypatch.setattr(lab, "IP_FORWARD", fwd)
+    monkeypatch.setattr(lab, "SHARED_STATE", tmp_path / "run")
+    monkeypatch.setattr(lab, "NSPAWN_RUNDIR", tmp_path / "nspawn")
+    monkeypatch.setattr(lab, "labs_up", lambda: list(up))
+
+    def bring_up(chain: str) -> None:
+        lab._claim_ip_forward()
+        up.append(chain)
+
+    def bring_down(chain: str) -> None:
+        up.remove(chain)
+        lab._release_shared({"ip_forward_before": "1"})   # what an older lab's state says: ignored here
+
+    bring_up("A-LAB")
+    bring_up("B-LAB")
+    lab._claim_ip_forward()             # A grows (lab-up again while up): the record stays the machine's
+    assert fwd.read_text() == "1\n"
+    bring_down("A-LAB")
+    assert fwd.read_text() == "1\n", "the first lab down turned forwarding off under the other"
+    bring_down("B-LAB")
+    assert fwd.read_text() == "0\n" and not (tmp_path / "run/ip_forward_before").exists()
+    # a record left by a lab that crashed (no lab up now) is not trusted: the next lab records afresh
+    (tmp_path / "run/ip_forward_before").write_text("1\n")
+    bring_up("C-LAB")
+    bring_down("C-LAB")
+    assert fwd.read_text() == "0\n"
+    # a lab brought up by an older scalelab has its record in its own state only
+    fwd.write_text("1\n")
+    lab._release_shared({"ip_forward_before": "0"})
+    assert fwd.read_text() == "0\n"
