@@ -217,6 +217,11 @@ def notes(a: Side, b: Side) -> list[str]:
         ha, hb = ((s.records[0].get("provenance") or {}).get("params_hash") for s in (a, b))
         if ha and hb and ha != hb and not diff:
             out.append(f"not comparable: the options asked for differ (params hash {ha} vs {hb})")
+    ids_a, ids_b = ({r["run_id"] for r in s.records} for s in (a, b))
+    if ids_a == ids_b:
+        out.append("note: A and B are the same run(s): every ratio is 1 by construction")
+    elif both := sorted(ids_a & ids_b):
+        out.append(f"note: {len(both)} run(s) on both sides ({', '.join(both[:3])}{', ...' if len(both) > 3 else ''})")
     for s in (a, b):
         failed = [r["run_id"] for r in s.records if r["status"] != "ok"]
         if failed:

@@ -224,3 +224,12 @@ def test_a_copied_record_is_counted_once(tmp_path: Path) -> None:
     recs, problems = _results.load_records(res)
     assert len(recs) == 1 and problems == [f"{res / 'pagerank' / 'zz-copy.json'}: the same run "
                                            f"({recs[0]['run_id']}) as {first}: counted once"]
+
+
+def test_a_run_compared_with_itself_is_said_so(tmp_path: Path) -> None:
+    rec = real("pagerank-torch")
+    c = compare.run(rec["run_id"], str(RECORDS / "pagerank-torch.json"), results_dir=results_dir(tmp_path, [rec]))
+    assert "note: A and B are the same run(s): every ratio is 1 by construction" in c.notes, c.notes
+    assert row(c.times, "total")["B/A"] == "1.000"
+    other = compare.run(str(RECORDS / "pagerank-torch.json"), str(RECORDS / "pagerank-ray.json"))
+    assert not [n for n in other.notes if "same run" in n or "on both sides" in n], other.notes
