@@ -1,14 +1,15 @@
 """`fab export`: every record under results/ as one table, one row per run, for pandas and friends.
 
 Nested fields are flattened with ``_`` (``timings_s.load`` -> ``timings_s_load``,
-``provenance.git.commit`` -> ``provenance_git_commit``); lists (PageRank's top nodes, centroids, loss
-curves) are JSON text in one column.  The file is written atomically: a reader never sees half of it.
+``provenance.git.commit`` -> ``provenance_git_commit``; with ``.`` where two fields would share a
+column); lists (PageRank's top nodes, centroids, loss curves) are JSON text in one column.  The file is written atomically: a reader never sees half of it.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +24,25 @@ NESTED = ("dataset", "params", "timings_s", "metrics", "verification", "env", "p
           "cleanup_problems")  # null here: no columns (the other records' columns hold the values)
 
 
-def flatten(rec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in rec.items():
-        key = f"{prefix}{k}"
+def _leaves(d: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    out: list[tuple[tuple[str, ...], Any]] = []
+    for k, v in d.items():
+        p = (*path, str(k))
         if isinstance(v, dict):
-            out.update(flatten(v, key + "_"))
-        elif v is None and not prefix and k in NESTED:
+            out += _leaves(v, p)
+        elif v is None and not path and k in NESTED:
             continue
-        elif isinstance(v, list | tuple):
-            out[key] = json.dumps(v)
         else:
-            out[key] = v
+            out.append((p, json.dumps(v) if isinstance(v, list | tuple) else v))
     return out
+
+
+def flatten(rec: dict[str, Any]) -> dict[str, Any]:
+    """One record as {column: value}: nested names joined with ``_``, or with ``.`` where ``_`` would give
+    two fields one column (``metrics.a_b`` and ``metrics.a.b``), so that no value overwrites another."""
+    leaves = _leaves(rec)
+    names = Counter("_".join(p) for p, _ in leaves)
+    return {("_".join(p) if names["_".join(p)] == 1 else ".".join(p)): v for p, v in leaves}
 
 
 def rows(recs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:

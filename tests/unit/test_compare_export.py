@@ -188,6 +188,15 @@ def test_an_int_beyond_int64_is_exported_exactly_as_text(tmp_path: Path) -> None
     assert df["params_seed"][0] == str(2**64)
 
 
+def test_two_fields_that_would_share_a_column_keep_both_values() -> None:
+    """``metrics.a_b`` and ``metrics.a.b`` both flatten to ``metrics_a_b``: the one overwrote the other."""
+    r = real("pagerank-torch")
+    r["metrics"]["a_b"], r["metrics"]["a"] = 1, {"b": 2}
+    df = pd.read_csv(io.BytesIO(export.encode([r, real("pagerank-ray")], "csv")))
+    assert (df["metrics.a_b"][0], df["metrics.a.b"][0]) == (1, 2) and "metrics_a_b" not in df
+    assert df["metrics_iterations"][0] == r["metrics"]["iterations"]   # the rest as before
+
+
 def test_table_cells_are_text_not_markup() -> None:
     """A record's text (a reason quoting torchrun's ``[rank1]:``, a stray ``[/]``) is shown as it is:
     read as rich markup it vanished or ended `fab compare` with a MarkupError."""
