@@ -1046,7 +1046,7 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="join this Ray cluster instead of starting a local one (default: $RAY_ADDRESS)")
     p.add_argument("--storage", help="Ray storage_path (default: a temp dir; must be shared on a multi-node cluster)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the run's random numbers (default 0)")
     p.add_argument("--timeout", type=float, default=None,
                    help="stop the run and fail it after this many seconds (torch: the local ranks; Ray: the Train "
                         "workers or Tune trials; default: no limit)")

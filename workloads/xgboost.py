@@ -44,9 +44,12 @@ def load_split(seed: int, val_fraction: float = 0.2, test_fraction: float = 0.2)
     return {"train": (X_tr, y_tr), "valid": (X_va, y_va), "test": (X_test, y_test)}
 
 
-def booster_params(max_depth: int, threads: int, eta: float, device: str) -> dict[str, Any]:
+def booster_params(max_depth: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    """xgboost's parameters for one depth of the grid.  (``seed`` is the booster's: with ``hist`` and no
+    row or column sampling training draws no random numbers, so any seed gives the same model.)"""
     return {"objective": "binary:logistic", "eval_metric": ["logloss", "error"], "max_depth": int(max_depth),
-            "eta": eta, "tree_method": "hist", "nthread": threads, "device": device, "seed": 0}
+            "eta": cfg["eta"], "tree_method": "hist", "nthread": cfg["threads"], "device": cfg["xgb_device"],
+            "seed": cfg["seed"]}
 
 
 def score(booster, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -72,8 +75,7 @@ def train_reference(split: dict, params: dict, rounds: int) -> tuple[Any, dict[s
 def grid_reference(split: dict, depths: list[int], cfg: dict) -> dict[str, Any]:
     trials = []
     for depth in depths:
-        bst, hist = train_reference(split, booster_params(depth, cfg["threads"], cfg["eta"], cfg["xgb_device"]),
-                                    cfg["rounds"])
+        bst, hist = train_reference(split, booster_params(depth, cfg), cfg["rounds"])
         trials.append({"max_depth": depth, "history": hist, "booster": bst})
     best = min(trials, key=lambda t: t["history"][METRIC][-1])
     return {"trials": trials, "best": best, "booster": best["booster"]}
@@ -120,7 +122,7 @@ def tune_trial(config: dict, data: dict, cfg: dict) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.xgboost import XGBoostTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
-    params = booster_params(config["max_depth"], cfg["threads"], cfg["eta"], cfg["xgb_device"])
+    params = booster_params(config["max_depth"], cfg)
     trainer = XGBoostTrainer(
         xgb_worker, train_loop_config={"params": params, "rounds": cfg["rounds"], "data": data},
         scaling_config=ScalingConfig(num_workers=cfg["workers"], use_gpu=cfg["use_gpu"],
@@ -187,7 +189,8 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
     use_gpu = args.device == "cuda" or (args.device == "auto" and _torch_cuda())
     return {"workers": args.workers, "threads": args.threads or _dist.default_threads(args.workers),
             "rounds": args.rounds, "eta": args.eta, "depths": parse_depths(args.depths),
-            "split_seed": args.split_seed, "use_gpu": use_gpu, "xgb_device": "cuda" if use_gpu else "cpu"}
+            "split_seed": args.split_seed, "seed": args.seed, "use_gpu": use_gpu,
+            "xgb_device": "cuda" if use_gpu else "cpu"}
 
 
 def _torch_cuda() -> bool:

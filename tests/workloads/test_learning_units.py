@@ -202,6 +202,13 @@ def test_breast_cancer_split_has_no_id_column():
     assert split["test"][1].mean() == pytest.approx(212 / 569, abs=0.01)   # 212 malignant = label 1
 
 
+def test_xgboost_seed_is_the_boosters():
+    """--seed reaches xgboost (it was fixed at 0 whatever --seed said)."""
+    cfg = xgb_workload.make_config(xgb_workload.parse_args(["--framework", "reference", "--seed", "7"]))
+    params = xgb_workload.booster_params(3, cfg)
+    assert params["seed"] == 7 and params["max_depth"] == 3 and params["eta"] == cfg["eta"]
+
+
 # ---------------------------------------------------------------- CLI errors ---------------
 
 @pytest.mark.parametrize("module,args,needle", [
