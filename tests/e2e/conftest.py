@@ -6,8 +6,9 @@ when tests fail.  test_provision.py runs first: it checks that first provision, 
 by one worker (a cold provision of the new node beside a re-run of the others) to the seed's three
 nodes, on which every other module runs (`plab`; it grows the lab itself when test_provision did not).
 test_reconfigure.py runs last: it changes a Ray setting and leaves it, just before the lab goes.
-Starting from two nodes rather than three keeps the cold provision, the check-mode run and the later
-suites on as few hosts as their checks need, on a 2-core machine.
+Starting from two nodes rather than three keeps the cold provision on as few hosts as its checks
+need, on a 2-core machine; the growth is then a real re-run of site.yml on the first two (it may change
+only what names the new node) and the check-mode run after it covers all three.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Helpers for tests that need a lab: they bring it up themselves and tear it down even on failure."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -56,6 +57,17 @@ def ray_alive(cl) -> int:
     """Nodes Ray counts alive (ray.nodes() on the master); -1 when it cannot be asked."""
     ray = _cluster.services(cl)["ray"]
     return -1 if ray["error"] else ray["alive"]
+
+
+def live_ray_node_ids(cl, ip: str) -> set[str]:
+    """The NodeIDs Ray has alive at private address ``ip`` (after a power cut and a boot the old entry
+    stays alive there, ~30 s, beside the booted node's new one: only a new ID shows it rejoined)."""
+    proc = cl.ssh(cl.master, _cluster.ray_nodes_command(cl), timeout=90, check=False, root=True)
+    try:
+        nodes = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        return set()
+    return {n["NodeID"] for n in nodes if isinstance(n, dict) and n.get("Alive") and n.get("NodeManagerAddress") == ip}
 
 
 def wait_ray_whole(inventory_path: Path, timeout: float = 180) -> float:

@@ -3,9 +3,10 @@
 
 - a YARN application (distributed shell, one container per node) runs to success;
 - PageRank and k-means read their input from HDFS on every node and give what the local read gives;
-- a DataNode power cut (replication 2) does not stop reads, and the DataNode rejoins after boot;
-- the NameNode's host power-cut and booted again keeps the data (a second provision keeping it is
-  checked by tests/e2e/test_provision.py's idempotence run).
+- a worker's power cut (replication 2) does not stop reads, and booted again the node rejoins every
+  layer: Ray, HDFS, the base (routes, /etc/hosts);
+- the NameNode's host power-cut and booted again keeps the data and its NAT and forwards (a second
+  provision keeping the data is checked by tests/e2e/test_provision.py's growth run).
 
 The lab runs the Hadoop runtime built from Maven Central (roles/hadoop/files/dist/build.sh).
 """
@@ -21,7 +22,7 @@ import pytest
 from scalelab import cluster as _cluster
 from scalelab import inventory as _inventory
 from scalelab import runner
-from tests.e2e.labutil import fab
+from tests.e2e.labutil import fab, live_ray_node_ids, wait_ray_whole
 
 pytestmark = pytest.mark.lab
 
@@ -162,9 +163,32 @@ def test_fab_status_reads_hdfs_and_yarn_from_their_json_and_fails_without_the_na
     wait_hdfs_complete(cl, timeout=240)
 
 
-def test_datanode_power_cut_reads_go_on_and_it_rejoins(cl, plab, cut_file) -> None:
+def _datanode_registered(cl, node: str) -> bool:
+    """Whether the DataNode on ``node`` has registered with the NameNode and heartbeats to it (its JMX)."""
+    ip = cl.node(node).private_ip
+    url = f"http://{ip}:9864/jmx?qry=Hadoop:service=DataNode,name=DataNodeInfo"
+    jmx = f"python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' '{url}'"
+    r = cl.ssh(node, jmx, timeout=30, check=False)
+    if r.returncode != 0:
+        return False
+    actors = json.loads(json.loads(r.stdout)["beans"][0].get("BPServiceActorInfo", "[]"))
+    return bool(actors) and all(a.get("ActorState") == "RUNNING" for a in actors)
+
+
+def _base_holds(plab) -> None:
+    """The base layer (routes, /etc/hosts, the master's NAT and forwards) as testinfra checks it."""
+    out = plab.infra("tests/infra/test_base.py", k="route or hosts or nat or forward")
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
+
+
+def test_a_worker_power_cut_keeps_hdfs_reads_and_the_node_rejoins_every_layer(cl, plab, cut_file) -> None:
+    """worker1 power-cut: HDFS reads go on (WebHDFS and Hadoop's client skip the dead DataNode); booted
+    again, it is back in Ray within 60 s, its DataNode registers again, and the base layer holds."""
     assert webhdfs_sha256(cl, "worker2", CUT_FILE) == cut_file
-    inv = str(plab.inventory)
+    inv, ip = str(plab.inventory), cl.node("worker1").private_ip
+    wait_ray_whole(plab.inventory)   # an earlier fault may still be settling
+    old_ids = live_ray_node_ids(cl, ip)
+    assert len(old_ids) == 1, old_ids
     fab("lab-kill", "worker1", "--inventory", inv)
     try:
         t0 = time.monotonic()
@@ -175,25 +199,26 @@ def test_datanode_power_cut_reads_go_on_and_it_rejoins(cl, plab, cut_file) -> No
     finally:
         fab("lab-start", "worker1", "--inventory", inv)
     t0 = time.monotonic()
-    ip = cl.node("worker1").private_ip
-    url = f"http://{ip}:9864/jmx?qry=Hadoop:service=DataNode,name=DataNodeInfo"
-    jmx = f"python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' '{url}'"
-    while True:   # the booted DataNode (a new process) has registered and heartbeats to the NameNode
-        r = cl.ssh("worker1", jmx, timeout=30, check=False)
-        actors = []
-        if r.returncode == 0:
-            info = json.loads(r.stdout)["beans"][0]
-            actors = json.loads(info.get("BPServiceActorInfo", "[]"))
-        if actors and all(a.get("ActorState") == "RUNNING" for a in actors):
-            break
-        assert time.monotonic() - t0 < 180, f"the DataNode on worker1 did not rejoin within 180 s: {r.stdout[-500:]}"
-        time.sleep(3)
-    plab.timings["dn_rejoin"] = time.monotonic() - t0
+    back: dict[str, float] = {}
+    while len(back) < 2:   # the booted node's ray-worker and DataNode are new processes that join by themselves
+        elapsed = time.monotonic() - t0
+        if "ray" not in back and live_ray_node_ids(cl, ip) - old_ids:   # a new node, not the old entry
+            back["ray"] = elapsed
+        if "hdfs" not in back and _datanode_registered(cl, "worker1"):
+            back["hdfs"] = elapsed
+        assert "ray" in back or elapsed < 60, f"worker1 not back in ray.nodes() 60 s after boot (alive there: " \
+                                              f"{live_ray_node_ids(cl, ip)}, before the cut: {old_ids})"
+        assert "hdfs" in back or elapsed < 180, "the DataNode on worker1 did not rejoin within 180 s"
+        time.sleep(2)
+    plab.timings["ray_rejoin"], plab.timings["dn_rejoin"] = back["ray"], back["hdfs"]
     wait_hdfs_complete(cl)
     assert webhdfs_sha256(cl, "worker1", CUT_FILE) == cut_file
+    _base_holds(plab)
 
 
 def test_namenode_host_power_cut_keeps_the_data(cl, plab, cut_file) -> None:
+    """The master power-cut and booted again: HDFS comes back with the data, and the base layer (the
+    master's NAT and forwards, loaded at boot) holds."""
     inv = str(plab.inventory)
     fab("lab-kill", cl.master.name, "--inventory", inv)
     fab("lab-start", cl.master.name, "--inventory", inv)
@@ -201,3 +226,4 @@ def test_namenode_host_power_cut_keeps_the_data(cl, plab, cut_file) -> None:
     assert webhdfs_sha256(cl, "worker2", CUT_FILE) == cut_file
     cat = hadoop(cl, cl.master, f"hdfs dfs -cat {CUT_FILE} | sha256sum")
     assert cat.returncode == 0 and cat.stdout.split()[0] == cut_file, cat.stderr[-1500:]
+    _base_holds(plab)
