@@ -262,8 +262,9 @@ def run_pbt(data: dict, cfg: dict, storage: str, timeout_s: float | None = None)
     tuner = tune.Tuner(
         trainable, param_space=search_space(),
         tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", scheduler=pbt, num_samples=cfg["trials"],
-                                    max_concurrent_trials=cfg["workers"],
-                                    search_alg=tune.search.BasicVariantGenerator(random_state=cfg["seed"])),
+                                    # (the generator's own limit: Tune ignores max_concurrent_trials beside one)
+                                    search_alg=tune.search.BasicVariantGenerator(random_state=cfg["seed"],
+                                                                                 max_concurrent=cfg["workers"])),
         run_config=tune.RunConfig(storage_path=storage, name=f"cifar-pbt-{uuid.uuid4().hex[:6]}", verbose=1,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
     grid = _dist.fit_within(tuner.fit, timeout_s, f"the {cfg['trials']} PBT trials")

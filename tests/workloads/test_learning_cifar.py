@@ -22,6 +22,7 @@ def test_pbt_learns_well_above_chance(tmp_path):
            "--output", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=500, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "will be ignored" not in proc.stdout + proc.stderr   # Tune took --workers as the trials at once
     rec = json.loads(out.read_text())
     m = rec["metrics"]
     assert rec["status"] == "ok"
