@@ -2,7 +2,8 @@
 
 Nested fields are flattened with ``_`` (``timings_s.load`` -> ``timings_s_load``,
 ``provenance.git.commit`` -> ``provenance_git_commit``; with ``.`` where two fields would share a
-column); lists (PageRank's top nodes, centroids, loss curves) are JSON text in one column.  The file is written atomically: a reader never sees half of it.
+column); lists (PageRank's top nodes, centroids, loss curves) are JSON text in one column.  The file
+is written atomically: a reader never sees half of it.
 """
 from __future__ import annotations
 

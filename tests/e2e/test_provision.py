@@ -20,16 +20,21 @@ HDFS = ". /etc/profile.d/scalelab-java.sh; . /etc/profile.d/scalelab-hadoop.sh; 
 NAME_VERSION = "cat /var/lib/hadoop/hdfs/name/current/VERSION"
 
 
-def _changed_tasks(out: str) -> str:
-    """The tasks that reported changed (or failed) and on which hosts, from ansible-playbook's output."""
+def _task_results(out: str) -> list[tuple[str, str, str, str]]:
+    """(task or handler, status, host, line) of each changed, fatal or failed result in ansible-playbook's
+    output."""
     hits, task = [], None
     for line in out.splitlines():
-        m = re.match(r"TASK \[(.+?)\]", line)
-        if m:
+        if m := re.match(r"(?:TASK|RUNNING HANDLER) \[(.+?)\]", line):
             task = m.group(1)
-        elif re.match(r"(changed|fatal|failed): \[", line):
-            hits.append(f"{task}: {line[:200]}")
-    return "\n".join(hits[:40])
+        elif m := re.match(r"(changed|fatal|failed): \[([^\]\s]+)", line):
+            hits.append((task, m.group(1), m.group(2), line))
+    return hits
+
+
+def _changed_tasks(out: str) -> str:
+    """The tasks that reported changed (or failed) and on which hosts, as text for a failure message."""
+    return "\n".join(f"{task}: {line[:200]}" for task, _, _, line in _task_results(out)[:40])
 
 
 def test_provision_from_empty_package_lists_prints_no_warnings(fresh_lab) -> None:
@@ -67,15 +72,11 @@ NODE_LIST_TASKS = {
 
 
 def _changed_by_host(out: str) -> dict[str, set[str]]:
-    """host -> the tasks (and handlers) that reported changed on it, from ansible-playbook's output."""
+    """host -> the tasks (and handlers) that reported changed on it."""
     hits: dict[str, set[str]] = {}
-    task = None
-    for line in out.splitlines():
-        m = re.match(r"(?:TASK|RUNNING HANDLER) \[(.+?)\]", line)
-        if m:
-            task = m.group(1)
-        elif m := re.match(r"changed: \[([^\]\s]+)", line):
-            hits.setdefault(m.group(1), set()).add(task)
+    for task, status, host, _ in _task_results(out):
+        if status == "changed":
+            hits.setdefault(host, set()).add(task)
     return hits
 
 
