@@ -473,14 +473,9 @@ def stop_ray(exiting: bool = False) -> None:
 @contextmanager
 def ray_session(workers: int, address: str | None) -> Iterator[None]:
     """Reuse a connected Ray, join ``address``, or start a local one; check there are CPUs for ``workers``."""
-    import ray
-
     owned = ray_connect(address, workers)
     try:
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        if cpus < workers:
-            raise UserError(f"--workers {workers} needs {workers} CPUs but the Ray cluster has {cpus}; "
-                            f"use --workers {max(cpus, 1)} or add nodes")
+        check_ray_cluster("cpu", workers, 1)
         yield
     finally:
         if owned:
@@ -1007,6 +1002,43 @@ def _ray_entry(config: dict) -> None:
         ray.train.report({"final": 1}, checkpoint=checkpoint)
 
 
+def node_resources(kind: str) -> list[int]:
+    """How many of ``kind`` (CPU, GPU) each alive node of the connected Ray cluster has."""
+    import ray
+    return [int(n["Resources"].get(kind, 0)) for n in ray.nodes() if n["Alive"]]
+
+
+def ray_fit_error(workers: int, threads: int, cpus: list[int], gpus: list[int] | None = None) -> str | None:
+    """Why ``workers`` workers of ``threads`` CPUs each (and a GPU each where ``gpus``, the nodes' GPUs,
+    is given) do not fit nodes of ``cpus`` CPUs, a worker's share on one node, with what would fit;
+    None where they fit."""
+    def room(t: int) -> int:
+        return sum(min(c // t, g) for c, g in zip(cpus, gpus, strict=True)) if gpus is not None else sum(c // t for c in cpus)
+
+    slots = room(threads)
+    if slots >= workers:
+        return None
+    asked = f"--workers {workers}" + (f" with --threads {threads}" if threads > 1 else "")
+    each = f"{threads} CPU(s)" + (" and a GPU" if gpus is not None else "")
+    have = f"{'+'.join(map(str, cpus)) or 'no'} CPUs" + (f" and {'+'.join(map(str, gpus)) or 'no'} GPUs"
+                                                          if gpus is not None else "")
+    fit = next((t for t in range(threads - 1, 0, -1) if room(t) >= workers), None)
+    todo = (f"use --threads {fit} or " if fit else f"use --workers {slots} or " if slots
+            else "use --device cpu or " if gpus is not None else "")
+    return (f"{asked} needs {workers} worker(s) of {each} each but the Ray cluster's {len(cpus)} node(s) have "
+            f"{have}, room for {slots}; {todo}add nodes")
+
+
+def check_ray_cluster(device: str, workers: int, threads: int, use_gpu: bool = False) -> None:
+    """Before a Ray Train or Tune run (or the graph workloads' actors, 1 CPU each): the GPU it asks for
+    (:func:`check_device`) and room for its workers, a worker's CPUs (and GPU) on one node.  Ray Train
+    and Tune would wait for them forever, actors until the placement timeout."""
+    check_device(device, ray=True)
+    gpus = node_resources("GPU") if use_gpu else None
+    if (wrong := ray_fit_error(workers, threads, node_resources("CPU"), gpus)) is not None:
+        raise UserError(wrong)
+
+
 def ray_has_gpu() -> bool:
     import ray
     return ray.cluster_resources().get("GPU", 0) > 0
@@ -1033,6 +1065,20 @@ def default_threads(workers: int) -> int:
     """
     local = int(os.environ.get("LOCAL_WORLD_SIZE", workers if not torchrun_env() else 1))
     return max(1, (os.cpu_count() or 1) // max(1, local))
+
+
+def threads_per_worker(args: argparse.Namespace) -> int:
+    """``--threads``, or :func:`default_threads`.  Where the workers run on this machine (torch's
+    ranks, the reference, a local Ray), more threads per worker than it has cores are refused: none
+    could run at once, and a large count fails deep in OpenMP.  A joined Ray cluster is checked
+    against its nodes instead (:func:`check_ray_cluster`)."""
+    if args.threads is None:
+        return default_threads(args.workers)
+    cores = os.cpu_count() or 1
+    if args.threads > cores and not (args.framework == "ray" and args.address):
+        raise UserError(f"--threads {args.threads} is more than this machine's {cores} cores; "
+                        f"use --threads {cores} or fewer")
+    return args.threads
 
 
 def add_learning_args(p: argparse.ArgumentParser) -> None:

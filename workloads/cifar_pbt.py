@@ -309,7 +309,7 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
     src = args.input or str(synthetic_cifar(Path(args.cache_dir) if args.cache_dir else None))
     use_gpu = args.device == "cuda" or (args.device == "auto" and _dist.pick_device("auto").type == "cuda")
     return {"input": src, "trials": args.trials, "epochs": args.epochs, "workers": args.workers,
-            "threads": args.threads or _dist.default_threads(args.workers), "seed": args.seed,
+            "threads": _dist.threads_per_worker(args), "seed": args.seed,
             "perturbation_interval": args.perturbation_interval, "val_fraction": args.val_fraction,
             "use_gpu": use_gpu}
 
@@ -325,7 +325,7 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
                       "bytes": int(sum(f.stat().st_size for f in Path(cfg["input"]).iterdir() if f.is_file()))}
     with timer(timings, "startup"):
         _dist.ray_connect(args.address, train=True, num_cpus=cfg["workers"] * cfg["threads"])
-    _dist.check_device(args.device, ray=True)
+    _dist.check_ray_cluster(args.device, cfg["workers"], cfg["threads"], cfg["use_gpu"])
     with _dist.ray_storage(args.storage) as storage, timer(timings, "compute"):
         tuned = run_pbt(data, cfg, storage, args.timeout)
     rec["experiment_dir"] = _dist.experiment_dir(args.storage, tuned.pop("experiment_dir"))

@@ -240,7 +240,7 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--image-size must be even (the model pools by 2), got {args.image_size}")
     cfg = {k: getattr(args, k) for k in ("epochs", "global_batch", "lr", "image_size", "eval_batch",
                                          "synthetic_size", "cache_dir", "input", "device", "seed")}
-    cfg["threads"] = args.threads or _dist.default_threads(args.workers)
+    cfg["threads"] = _dist.threads_per_worker(args)
     cfg["input_resolved"] = resolve_input(cfg)
     return cfg
 
@@ -273,8 +273,8 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> dict[str, Any] |
 
 def run_ray(args: argparse.Namespace, cfg: dict) -> dict[str, Any]:
     _dist.ray_connect(args.address, train=True, num_cpus=max(os.cpu_count() or 1, args.workers * cfg["threads"]))
-    _dist.check_device(args.device, ray=True)
     use_gpu = args.device == "cuda" or (args.device == "auto" and _dist.ray_has_gpu())
+    _dist.check_ray_cluster(args.device, args.workers, cfg["threads"], use_gpu)
     cfg = {**cfg, "device": "auto"}  # Ray picks the worker's device from use_gpu
     with _dist.ray_storage(args.storage) as storage:
         return _dist.launch_ray_torch(train_worker, cfg, args.workers, cfg["threads"], use_gpu,

@@ -187,7 +187,7 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
     if (wrong := _dist.wrong_seed("split-seed", args.split_seed)) is not None:
         raise UserError(wrong)
     use_gpu = args.device == "cuda" or (args.device == "auto" and _torch_cuda())
-    return {"workers": args.workers, "threads": args.threads or _dist.default_threads(args.workers),
+    return {"workers": args.workers, "threads": _dist.threads_per_worker(args),
             "rounds": args.rounds, "eta": args.eta, "depths": parse_depths(args.depths),
             "split_seed": args.split_seed, "seed": args.seed, "use_gpu": use_gpu,
             "xgb_device": "cuda" if use_gpu else "cpu"}
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
         with timer(timings, "startup"):
             _dist.ray_connect(args.address, train=True, num_cpus=max(os.cpu_count() or 1,
                                                                             cfg["workers"] * cfg["threads"]))
-        _dist.check_device(args.device, ray=True)
+        _dist.check_ray_cluster(args.device, cfg["workers"], cfg["threads"], cfg["use_gpu"])
         with _dist.ray_storage(args.storage) as storage, timer(timings, "compute"):
             out = grid_ray(split, cfg["depths"], {**cfg, "storage": storage}, args.timeout)
     rec["experiment_dir"] = _dist.experiment_dir(args.storage, out.get("experiment_dir"))

@@ -522,6 +522,33 @@ def test_joining_a_ray_without_its_token_says_what_to_do(tmp_path, mode):
         assert "Token authentication is enabled but no authentication token was found; " in last, last
 
 
+@pytest.mark.parametrize("module, flags, message", [
+    ("workloads.pagerank", ["--workers", "4", "--input", "{graph}"],
+     "--workers 4 needs 4 worker(s) of 1 CPU(s) each but the Ray cluster's 1 node(s) have 3 CPUs, room for 3; "
+     "use --workers 3 or add nodes"),
+    ("workloads.pneumonia", ["--workers", "2", "--threads", "2", "--image-size", "64", "--epochs", "1"],
+     "--workers 2 with --threads 2 needs 2 worker(s) of 2 CPU(s) each but the Ray cluster's 1 node(s) have 3 CPUs, "
+     "room for 1; use --threads 1 or add nodes"),
+    ("workloads.xgboost", ["--workers", "1", "--threads", "4"],
+     "--workers 1 with --threads 4 needs 1 worker(s) of 4 CPU(s) each but the Ray cluster's 1 node(s) have 3 CPUs, "
+     "room for 0; use --threads 3 or add nodes"),
+])
+def test_joining_a_ray_too_small_for_the_workers_says_so_at_once(tmp_path, module, flags, message):
+    """The module's Ray (one node, 3 CPUs) joined with more than it holds: one line, exit 2, no wait.
+    Ray Train and Tune used to wait for the CPUs forever (pneumonia: past 150 s, killed)."""
+    import ray
+
+    addr = ray.get_runtime_context().gcs_address
+    graph = write_edges(tmp_path / "g.csv", [(0, 1)])
+    env = {**os.environ, "SCALELAB_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", module, "--framework", "ray", "--address", addr,
+                        *(f.format(graph=graph) for f in flags)], capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=200)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == f"error: {message}", p.stderr[-3000:]
+    assert time.monotonic() - t0 < 120
+
+
 def test_joining_an_address_where_nothing_listens_fails_at_once(tmp_path):
     """Ray alone retries such an address for minutes; the subprocess's 120 s would end that."""
     addr = f"127.0.0.1:{_dist.free_port()}"

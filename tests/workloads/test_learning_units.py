@@ -228,6 +228,11 @@ def test_xgboost_seed_is_the_boosters():
     ("workloads.xgboost", ["--framework", "reference", "--split-seed", "-1"], "--split-seed must be in 0..4294967295"),
     # (an empty training split trained on nothing and said ok)
     ("workloads.cifar_pbt", ["--framework", "ray", "--val-fraction", "0.0001"], "leaves 0 to validate"),
+    # (any count was taken: thousands of threads per rank, or a local Ray with CPUs it does not have)
+    ("workloads.pneumonia", ["--framework", "torch", "--threads", "4096"],
+     f"--threads 4096 is more than this machine's {os.cpu_count()} cores; use --threads {os.cpu_count()} or fewer"),
+    ("workloads.cifar_pbt", ["--framework", "ray", "--threads", "4096"], "--threads 4096 is more than this machine's"),
+    ("workloads.xgboost", ["--framework", "reference", "--threads", "4096"], "--threads 4096 is more than"),
 ])
 def test_user_errors_are_one_line_exit_2_and_a_failed_record(tmp_path, module, args, needle):
     out = tmp_path / "rec.json"
@@ -237,6 +242,28 @@ def test_user_errors_are_one_line_exit_2_and_a_failed_record(tmp_path, module, a
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
     rec = json.loads(out.read_text())
     assert rec["status"] == "failed" and needle in rec["error"]
+
+
+@pytest.mark.parametrize("workers, threads, cpus, gpus, message", [
+    (2, 2, [4], None, None),
+    (2, 2, [4, 4], [1, 1], None),
+    (2, 1, [8, 8], [1, 0], "--workers 2 needs 2 worker(s) of 1 CPU(s) and a GPU each but the Ray cluster's 2 node(s) "
+                           "have 8+8 CPUs and 1+0 GPUs, room for 1; use --workers 1 or add nodes"),
+    (1, 1, [8], [0], "--workers 1 needs 1 worker(s) of 1 CPU(s) and a GPU each but the Ray cluster's 1 node(s) "
+                     "have 8 CPUs and 0 GPUs, room for 0; use --device cpu or add nodes"),
+    (3, 2, [3, 3], None, "--workers 3 with --threads 2 needs 3 worker(s) of 2 CPU(s) each but the Ray cluster's 2 node(s) "
+                   "have 3+3 CPUs, room for 2; use --threads 1 or add nodes"),
+    (2, 4, [4, 2], None, "--workers 2 with --threads 4 needs 2 worker(s) of 4 CPU(s) each but the Ray cluster's 2 node(s) "
+                   "have 4+2 CPUs, room for 1; use --threads 2 or add nodes"),
+    (4, 1, [3], None, "--workers 4 needs 4 worker(s) of 1 CPU(s) each but the Ray cluster's 1 node(s) have 3 CPUs, "
+                "room for 3; use --workers 3 or add nodes"),
+    (1, 8, [], None, "--workers 1 with --threads 8 needs 1 worker(s) of 8 CPU(s) each but the Ray cluster's 0 node(s) "
+               "have no CPUs, room for 0; add nodes"),
+])
+def test_ray_workers_must_fit_on_the_nodes(workers, threads, cpus, gpus, message):
+    """A worker's CPUs are on one node: 3+3 CPUs hold two workers of 2, not three (Ray Train and Tune
+    waited forever for the third); a GPU run's worker needs a GPU on the same node."""
+    assert _dist.ray_fit_error(workers, threads, cpus, gpus) == message
 
 
 def test_an_output_in_the_input_is_refused_before_anything_is_written(tmp_path):
