@@ -1002,40 +1002,51 @@ def _ray_entry(config: dict) -> None:
         ray.train.report({"final": 1}, checkpoint=checkpoint)
 
 
-def node_resources(kind: str) -> list[int]:
-    """How many of ``kind`` (CPU, GPU) each alive node of the connected Ray cluster has."""
+def node_resources() -> tuple[list[int], list[int]]:
+    """The CPUs and the GPUs of each alive node of the connected Ray cluster (one read of its nodes)."""
     import ray
-    return [int(n["Resources"].get(kind, 0)) for n in ray.nodes() if n["Alive"]]
+    alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    return [int(r.get("CPU", 0)) for r in alive], [int(r.get("GPU", 0)) for r in alive]
 
 
-def ray_fit_error(workers: int, threads: int, cpus: list[int], gpus: list[int] | None = None) -> str | None:
-    """Why ``workers`` workers of ``threads`` CPUs each (and a GPU each where ``gpus``, the nodes' GPUs,
-    is given) do not fit nodes of ``cpus`` CPUs, a worker's share on one node, with what would fit;
-    None where they fit."""
-    def room(t: int) -> int:
-        return sum(min(c // t, g) for c, g in zip(cpus, gpus, strict=True)) if gpus is not None else sum(c // t for c in cpus)
+def worker_room(threads: int, cpus: list[int], gpus: list[int] | None = None) -> int:
+    """How many workers of ``threads`` CPUs (and a GPU each where ``gpus`` is given) nodes of ``cpus``
+    CPUs (and ``gpus`` GPUs) hold, a worker's share on one node."""
+    if gpus is None:
+        return sum(c // threads for c in cpus)
+    return sum(min(c // threads, g) for c, g in zip(cpus, gpus, strict=True))
 
-    slots = room(threads)
+
+def ray_fit_error(workers: int, threads: int, cpus: list[int], gpus: list[int] | None = None,
+                  unit: str = "worker") -> str | None:
+    """Why ``workers`` workers do not fit (:func:`worker_room`), and what would; None where they fit.
+    ``unit="trial"``: one Tune trial that must fit (more trials than fit wait their turn)."""
+    slots = worker_room(threads, cpus, gpus)
     if slots >= workers:
         return None
-    asked = f"--workers {workers}" + (f" with --threads {threads}" if threads > 1 else "")
+    if unit == "worker":
+        asked = f"--workers {workers}" + (f" with --threads {threads}" if threads > 1 else "")
+    else:
+        asked = f"--threads {threads}"
     each = f"{threads} CPU(s)" + (" and a GPU" if gpus is not None else "")
     have = f"{'+'.join(map(str, cpus)) or 'no'} CPUs" + (f" and {'+'.join(map(str, gpus)) or 'no'} GPUs"
                                                           if gpus is not None else "")
-    fit = next((t for t in range(threads - 1, 0, -1) if room(t) >= workers), None)
-    todo = (f"use --threads {fit} or " if fit else f"use --workers {slots} or " if slots
-            else "use --device cpu or " if gpus is not None else "")
-    return (f"{asked} needs {workers} worker(s) of {each} each but the Ray cluster's {len(cpus)} node(s) have "
-            f"{have}, room for {slots}; {todo}add nodes")
+    fit = next((t for t in range(threads - 1, 0, -1) if worker_room(t, cpus, gpus) >= workers), None)
+    single = worker_room(1, cpus, gpus)
+    todo = (f"--threads {fit}" if fit else f"--workers {slots}" if slots
+            else f"--workers {single} --threads 1" if single else "")
+    todo = " or ".join(filter(None, [todo, "--device cpu" if gpus is not None else ""]))
+    return (f"{asked} needs {workers} {unit}(s) of {each} each but the Ray cluster's {len(cpus)} node(s) have "
+            f"{have}, room for {slots}; {f'use {todo} or ' if todo else ''}add nodes")
 
 
-def check_ray_cluster(device: str, workers: int, threads: int, use_gpu: bool = False) -> None:
+def check_ray_cluster(device: str, workers: int, threads: int, use_gpu: bool = False, unit: str = "worker") -> None:
     """Before a Ray Train or Tune run (or the graph workloads' actors, 1 CPU each): the GPU it asks for
-    (:func:`check_device`) and room for its workers, a worker's CPUs (and GPU) on one node.  Ray Train
-    and Tune would wait for them forever, actors until the placement timeout."""
+    (:func:`check_device`) and room for ``workers`` workers at once, a worker's CPUs (and GPU) on one
+    node.  Ray Train and Tune would wait for them forever, actors until the placement timeout."""
     check_device(device, ray=True)
-    gpus = node_resources("GPU") if use_gpu else None
-    if (wrong := ray_fit_error(workers, threads, node_resources("CPU"), gpus)) is not None:
+    cpus, gpus = node_resources()
+    if (wrong := ray_fit_error(workers, threads, cpus, gpus if use_gpu else None, unit)) is not None:
         raise UserError(wrong)
 
 

@@ -325,7 +325,7 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
                       "bytes": int(sum(f.stat().st_size for f in Path(cfg["input"]).iterdir() if f.is_file()))}
     with timer(timings, "startup"):
         _dist.ray_connect(args.address, train=True, num_cpus=cfg["workers"] * cfg["threads"])
-    _dist.check_ray_cluster(args.device, cfg["workers"], cfg["threads"], cfg["use_gpu"])
+    _dist.check_ray_cluster(args.device, 1, cfg["threads"], cfg["use_gpu"], unit="trial")  # the rest queue
     with _dist.ray_storage(args.storage) as storage, timer(timings, "compute"):
         tuned = run_pbt(data, cfg, storage, args.timeout)
     rec["experiment_dir"] = _dist.experiment_dir(args.storage, tuned.pop("experiment_dir"))

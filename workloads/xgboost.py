@@ -133,10 +133,9 @@ def tune_trial(config: dict, data: dict, cfg: dict) -> None:
 
 
 def grid_ray(split: dict, depths: list[int], cfg: dict, timeout_s: float | None = None) -> dict[str, Any]:
-    import ray
     from ray import tune
-    cpus = ray.cluster_resources().get("CPU", 1)
-    concurrent = max(1, int(cpus // (cfg["workers"] * cfg["threads"])))
+    cpus, gpus = _dist.node_resources()  # trials at once: as many trainers as the nodes hold workers for
+    concurrent = max(1, _dist.worker_room(cfg["threads"], cpus, gpus if cfg["use_gpu"] else None) // cfg["workers"])
     trainable = tune.with_resources(tune.with_parameters(tune_trial, data={k: split[k] for k in ('train', 'valid')}, cfg=cfg), {"cpu": 0, "memory": 1 << 20})
     tuner = tune.Tuner(
         trainable, param_space={"max_depth": tune.grid_search(list(depths))},

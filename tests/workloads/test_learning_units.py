@@ -1,6 +1,7 @@
 """Fast checks of the learning workloads' pieces: transforms, global batches, data formats, CLI errors."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -248,7 +249,7 @@ def test_user_errors_are_one_line_exit_2_and_a_failed_record(tmp_path, module, a
     (2, 2, [4], None, None),
     (2, 2, [4, 4], [1, 1], None),
     (2, 1, [8, 8], [1, 0], "--workers 2 needs 2 worker(s) of 1 CPU(s) and a GPU each but the Ray cluster's 2 node(s) "
-                           "have 8+8 CPUs and 1+0 GPUs, room for 1; use --workers 1 or add nodes"),
+                           "have 8+8 CPUs and 1+0 GPUs, room for 1; use --workers 1 or --device cpu or add nodes"),
     (1, 1, [8], [0], "--workers 1 needs 1 worker(s) of 1 CPU(s) and a GPU each but the Ray cluster's 1 node(s) "
                      "have 8 CPUs and 0 GPUs, room for 0; use --device cpu or add nodes"),
     (3, 2, [3, 3], None, "--workers 3 with --threads 2 needs 3 worker(s) of 2 CPU(s) each but the Ray cluster's 2 node(s) "
@@ -259,11 +260,32 @@ def test_user_errors_are_one_line_exit_2_and_a_failed_record(tmp_path, module, a
                 "room for 3; use --workers 3 or add nodes"),
     (1, 8, [], None, "--workers 1 with --threads 8 needs 1 worker(s) of 8 CPU(s) each but the Ray cluster's 0 node(s) "
                "have no CPUs, room for 0; add nodes"),
+    (4, 4, [3], None, "--workers 4 with --threads 4 needs 4 worker(s) of 4 CPU(s) each but the Ray cluster's 1 node(s) "
+                      "have 3 CPUs, room for 0; use --workers 3 --threads 1 or add nodes"),
 ])
 def test_ray_workers_must_fit_on_the_nodes(workers, threads, cpus, gpus, message):
     """A worker's CPUs are on one node: 3+3 CPUs hold two workers of 2, not three (Ray Train and Tune
     waited forever for the third); a GPU run's worker needs a GPU on the same node."""
     assert _dist.ray_fit_error(workers, threads, cpus, gpus) == message
+
+
+def test_a_tune_trial_too_large_for_every_node_is_named_as_a_trial():
+    """cifar-pbt: --workers is trials at once, and more than fit wait their turn; one must fit."""
+    assert _dist.ray_fit_error(1, 2, [4, 4], None, unit="trial") is None
+    assert _dist.ray_fit_error(1, 8, [4, 4], [1, 1], unit="trial") == (
+        "--threads 8 needs 1 trial(s) of 8 CPU(s) and a GPU each but the Ray cluster's 2 node(s) have 4+4 CPUs and "
+        "1+1 GPUs, room for 0; use --threads 4 or --device cpu or add nodes")
+
+
+def test_threads_above_the_cores_are_refused_only_where_the_workers_run_here():
+    """On a joined Ray cluster the nodes' CPUs decide (check_ray_cluster), not this machine's cores."""
+    many = (os.cpu_count() or 1) + 1
+    args = lambda **kw: argparse.Namespace(**{"workers": 1, "threads": many, "address": None, **kw})  # noqa: E731
+    assert _dist.threads_per_worker(args(framework="ray", address="10.0.0.1:6379")) == many
+    for framework in ("torch", "ray", "reference"):
+        with pytest.raises(_dist.UserError, match=f"--threads {many} is more than this machine's"):
+            _dist.threads_per_worker(args(framework=framework))
+    assert _dist.threads_per_worker(args(framework="torch", threads=None, workers=1)) == os.cpu_count()
 
 
 def test_an_output_in_the_input_is_refused_before_anything_is_written(tmp_path):
