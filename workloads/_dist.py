@@ -1051,8 +1051,7 @@ def check_ray_cluster(device: str, workers: int, threads: int, use_gpu: bool = F
 
 
 def ray_has_gpu() -> bool:
-    import ray
-    return ray.cluster_resources().get("GPU", 0) > 0
+    return any(node_resources()[1])
 
 
 def check_device(requested: str, ray: bool = False) -> None:

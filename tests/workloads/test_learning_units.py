@@ -280,7 +280,10 @@ def test_a_tune_trial_too_large_for_every_node_is_named_as_a_trial():
 def test_threads_above_the_cores_are_refused_only_where_the_workers_run_here():
     """On a joined Ray cluster the nodes' CPUs decide (check_ray_cluster), not this machine's cores."""
     many = (os.cpu_count() or 1) + 1
-    args = lambda **kw: argparse.Namespace(**{"workers": 1, "threads": many, "address": None, **kw})  # noqa: E731
+
+    def args(**kw: object) -> argparse.Namespace:
+        return argparse.Namespace(**{"workers": 1, "threads": many, "address": None, **kw})
+
     assert _dist.threads_per_worker(args(framework="ray", address="10.0.0.1:6379")) == many
     for framework in ("torch", "ray", "reference"):
         with pytest.raises(_dist.UserError, match=f"--threads {many} is more than this machine's"):
