@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workloads import data
+from workloads import data, procs
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ("startup", "load", "build", "compute", "total")
@@ -164,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     spec = data.DATASETS[name]
     report: dict[str, Any] = {"dataset": name, "bytes": inp.stat().st_size, "edges": spec.edges,
                               "workers": args.workers, "iterations": args.iters, "repeat": args.repeat,
-                              "cpus": os.cpu_count()}
+                              "cpus": procs.usable_cpus()}
     lines = [f"dataset {name}: {inp} ({inp.stat().st_size / 1e9:.2f} GB, {spec.edges:,} edges), "
              f"{args.workers} workers, {args.iters} iterations, Ray and torch {args.repeat}x each (median shown), "
-             f"{os.cpu_count()} CPUs, "
+             f"{procs.usable_cpus()} CPUs, "
              f"load average at start {os.getloadavg()[0]:.1f} (other work on the machine skews every time)"]
     jobs = {"pagerank": ["--tol", "0", "--max-iter", str(args.iters)],
             "kmeans": ["--method", "global", "--k", str(args.k), "--max-iter", str(args.iters)]}

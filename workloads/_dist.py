@@ -472,10 +472,14 @@ def stop_ray(exiting: bool = False) -> None:
 
 @contextmanager
 def ray_session(workers: int, address: str | None) -> Iterator[None]:
-    """Reuse a connected Ray, join ``address``, or start a local one; check there are CPUs for ``workers``."""
+    """Reuse a connected Ray, join ``address``, or start a local one; check there are CPUs for ``workers``
+    (on SCALELAB_RAY_NODES distinct nodes where it is set)."""
     owned = ray_connect(address, workers)
     try:
         check_ray_cluster("cpu", workers, 1)
+        nodes = ray_nodes_wanted()
+        if nodes and (wrong := placement_fit_error(workers, nodes, node_resources()[0])) is not None:
+            raise UserError(wrong)
         yield
     finally:
         if owned:
@@ -489,6 +493,19 @@ def ray_nodes_wanted() -> int | None:
     """SCALELAB_RAY_NODES=N (set by `fab run-experiment`): run on exactly N distinct nodes."""
     raw = os.environ.get("SCALELAB_RAY_NODES")
     return int(raw) if raw else None
+
+
+def placement_fit_error(workers: int, nodes: int, cpus: list[int]) -> str | None:
+    """Why ``workers`` 1-CPU actors cannot be spread over exactly ``nodes`` distinct nodes of ``cpus``
+    CPUs (:func:`ray_actors`' placement group: ceil(workers / nodes) CPUs on each); None where they can.
+    Ray would wait for such a group until the placement timeout."""
+    per_node = -(-workers // nodes)
+    fit = sum(c >= per_node for c in cpus)
+    if fit >= nodes:
+        return None
+    return (f"{workers} workers on {nodes} distinct nodes need {per_node} CPU(s) on each, but {fit} of the Ray "
+            f"cluster's {len(cpus)} node(s) have that ({'+'.join(map(str, cpus)) or 'no'} CPUs); "
+            f"{f'run on {fit} node(s) or ' if fit else ''}add nodes")
 
 
 def ray_actors(cls: type, workers: int, *args: Any, threads: int = 1) -> list[Any]:
@@ -1068,13 +1085,14 @@ def check_device(requested: str, ray: bool = False) -> None:
 
 
 def default_threads(workers: int) -> int:
-    """Threads per worker when not given: this machine's cores split over the workers on it.
+    """Threads per worker when not given: the CPUs this process may use (:func:`procs.usable_cpus`)
+    split over the workers on this machine.
 
     Under torchrun the workers on this node are LOCAL_WORLD_SIZE; locally all `workers` share it.
     On a cluster the orchestrator should pass --threads explicitly (cores per node / workers per node).
     """
     local = int(os.environ.get("LOCAL_WORLD_SIZE", workers if not torchrun_env() else 1))
-    return max(1, (os.cpu_count() or 1) // max(1, local))
+    return max(1, procs.usable_cpus() // max(1, local))
 
 
 def threads_per_worker(args: argparse.Namespace) -> int:
@@ -1084,9 +1102,9 @@ def threads_per_worker(args: argparse.Namespace) -> int:
     against its nodes instead (:func:`check_ray_cluster`)."""
     if args.threads is None:
         return default_threads(args.workers)
-    cores = os.cpu_count() or 1
+    cores = procs.usable_cpus()
     if args.threads > cores and not (args.framework == "ray" and args.address):
-        raise UserError(f"--threads {args.threads} is more than this machine's {cores} cores; "
+        raise UserError(f"--threads {args.threads} is more than the {cores} CPU(s) this machine lets the run use; "
                         f"use --threads {cores} or fewer")
     return args.threads
 
@@ -1095,7 +1113,7 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
     """The options every learning workload takes (its --framework and --input are its own)."""
     p.add_argument("--workers", type=int, default=1, help="data-parallel workers (default 1)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per worker, the same in both frameworks (default: cores // workers)")
+                   help="torch threads per worker, the same in both frameworks (default: usable CPUs // workers)")
     p.add_argument("--output", help="write the result record (JSON) here")
     p.add_argument("--nodes", type=int, default=1, help="nodes the run spans (recorded; set by the orchestrator)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

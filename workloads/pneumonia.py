@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from workloads import _dist, vision
+from workloads import _dist, procs, vision
 from workloads.record import UserError, run_main, timer
 
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -272,7 +272,7 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> dict[str, Any] |
 
 
 def run_ray(args: argparse.Namespace, cfg: dict) -> dict[str, Any]:
-    _dist.ray_connect(args.address, train=True, num_cpus=max(os.cpu_count() or 1, args.workers * cfg["threads"]))
+    _dist.ray_connect(args.address, train=True, num_cpus=max(procs.usable_cpus(), args.workers * cfg["threads"]))
     use_gpu = args.device == "cuda" or (args.device == "auto" and _dist.ray_has_gpu())
     _dist.check_ray_cluster(args.device, args.workers, cfg["threads"], use_gpu)
     cfg = {**cfg, "device": "auto"}  # Ray picks the worker's device from use_gpu

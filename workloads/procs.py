@@ -1,5 +1,6 @@
 """The processes a run starts, and their end: a run leaves nothing running (by PID, never by name).
 
+* :func:`usable_cpus`: the CPUs a run's workers share;
 * :func:`children` and :func:`end_leftovers`: another program's children (a local Ray's raylet's
   workers), each known by its PID and start time, ended if still there after a grace period;
 * :func:`die_with_parent`, :func:`spawning` and :func:`stop`: the local torch ranks
@@ -17,6 +18,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (a container's cpuset, ``taskset``, a batch
+    scheduler's share), not every CPU the machine has, which ``os.cpu_count()`` counts; ``nproc``'s number."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def stat(pid: int | str) -> list[str] | None:

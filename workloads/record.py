@@ -45,7 +45,7 @@ def environment(hosts: list[str] | None = None) -> dict[str, Any]:
         "ray": _version("ray"),
         "torch": _version("torch"),
         "hosts": hosts or [socket.gethostname()],
-        "cpus_per_node": os.cpu_count() or 1,
+        "cpus_per_node": procs.usable_cpus(),
     }
 
 

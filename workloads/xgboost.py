@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from workloads import _dist
+from workloads import _dist, procs
 from workloads.record import UserError, run_main, timer
 
 DEFAULT_DEPTHS = (1, 5, 50, 100)
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
             out = grid_reference(split, cfg["depths"], cfg)
     else:
         with timer(timings, "startup"):
-            _dist.ray_connect(args.address, train=True, num_cpus=max(os.cpu_count() or 1,
+            _dist.ray_connect(args.address, train=True, num_cpus=max(procs.usable_cpus(),
                                                                             cfg["workers"] * cfg["threads"]))
         _dist.check_ray_cluster(args.device, cfg["workers"], cfg["threads"], cfg["use_gpu"])
         with _dist.ray_storage(args.storage) as storage, timer(timings, "compute"):

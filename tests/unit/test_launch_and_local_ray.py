@@ -171,6 +171,36 @@ def run_ray_ranks(body, workers: int) -> tuple[dict, float]:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
+@pytest.mark.parametrize("workers, nodes, cpus, message", [
+    (2, 2, [1, 1], None),
+    (3, 2, [2, 4, 1], None),
+    (2, 2, [4], "2 workers on 2 distinct nodes need 1 CPU(s) on each, but 1 of the Ray cluster's 1 node(s) have that "
+                "(4 CPUs); run on 1 node(s) or add nodes"),
+    (6, 3, [2, 1, 2], "6 workers on 3 distinct nodes need 2 CPU(s) on each, but 2 of the Ray cluster's 3 node(s) have "
+                      "that (2+1+2 CPUs); run on 2 node(s) or add nodes"),
+    (4, 2, [1, 1], "4 workers on 2 distinct nodes need 2 CPU(s) on each, but 0 of the Ray cluster's 2 node(s) have "
+                   "that (1+1 CPUs); add nodes"),
+])
+def test_a_placement_on_n_distinct_nodes_must_fit(workers, nodes, cpus, message):
+    """SCALELAB_RAY_NODES=N: a STRICT_SPREAD group of N bundles of ceil(workers / N) CPUs, one per node."""
+    assert _dist.placement_fit_error(workers, nodes, cpus) == message
+
+
+def never_runs(args, info, rec, comm) -> None:
+    raise AssertionError("the ranks started on a cluster that cannot place them")
+
+
+@pytest.mark.slow
+def test_ranks_asked_on_more_nodes_than_the_cluster_has_stop_at_once(monkeypatch):
+    """The placement group used to wait PLACEMENT_TIMEOUT_S (60 s) for a node that is not there."""
+    monkeypatch.setenv("SCALELAB_RAY_NODES", "2")
+    started = time.monotonic()
+    with pytest.raises(_dist.UserError, match=r"^2 workers on 2 distinct nodes need 1 CPU\(s\) on each, but 1 of the "
+                                              r"Ray cluster's 1 node\(s\) have that \(2 CPUs\); run on 1 node"):
+        run_ray_ranks(never_runs, 2)
+    assert time.monotonic() - started < _dist.PLACEMENT_TIMEOUT_S
+
+
 @pytest.mark.slow
 def test_ray_block_gatherer_puts_unequal_blocks_in_rank_order():
     rec, _ = run_ray_ranks(gather_body, 3)

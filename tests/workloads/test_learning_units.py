@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workloads import _dist, cifar_pbt, pneumonia, vision
+from workloads import _dist, cifar_pbt, pneumonia, procs, vision
 from workloads import xgboost as xgb_workload
 
 REPO = Path(__file__).resolve().parents[2]
@@ -231,8 +231,9 @@ def test_xgboost_seed_is_the_boosters():
     ("workloads.cifar_pbt", ["--framework", "ray", "--val-fraction", "0.0001"], "leaves 0 to validate"),
     # (any count was taken: thousands of threads per rank, or a local Ray with CPUs it does not have)
     ("workloads.pneumonia", ["--framework", "torch", "--threads", "4096"],
-     f"--threads 4096 is more than this machine's {os.cpu_count()} cores; use --threads {os.cpu_count()} or fewer"),
-    ("workloads.cifar_pbt", ["--framework", "ray", "--threads", "4096"], "--threads 4096 is more than this machine's"),
+     f"--threads 4096 is more than the {procs.usable_cpus()} CPU(s) this machine lets the run use; "
+     f"use --threads {procs.usable_cpus()} or fewer"),
+    ("workloads.cifar_pbt", ["--framework", "ray", "--threads", "4096"], "--threads 4096 is more than the"),
     ("workloads.xgboost", ["--framework", "reference", "--threads", "4096"], "--threads 4096 is more than"),
 ])
 def test_user_errors_are_one_line_exit_2_and_a_failed_record(tmp_path, module, args, needle):
@@ -279,16 +280,37 @@ def test_a_tune_trial_too_large_for_every_node_is_named_as_a_trial():
 
 def test_threads_above_the_cores_are_refused_only_where_the_workers_run_here():
     """On a joined Ray cluster the nodes' CPUs decide (check_ray_cluster), not this machine's cores."""
-    many = (os.cpu_count() or 1) + 1
+    many = procs.usable_cpus() + 1
 
     def args(**kw: object) -> argparse.Namespace:
         return argparse.Namespace(**{"workers": 1, "threads": many, "address": None, **kw})
 
     assert _dist.threads_per_worker(args(framework="ray", address="10.0.0.1:6379")) == many
     for framework in ("torch", "ray", "reference"):
-        with pytest.raises(_dist.UserError, match=f"--threads {many} is more than this machine's"):
+        with pytest.raises(_dist.UserError, match=f"--threads {many} is more than the {many - 1} CPU"):
             _dist.threads_per_worker(args(framework=framework))
-    assert _dist.threads_per_worker(args(framework="torch", threads=None, workers=1)) == os.cpu_count()
+    assert _dist.threads_per_worker(args(framework="torch", threads=None, workers=1)) == procs.usable_cpus()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one usable CPU: no smaller set to run on")
+def test_the_cpus_counted_are_those_the_run_may_use(tmp_path):
+    """Under a CPU set smaller than the machine (a container's cpuset, taskset, a batch scheduler),
+    os.cpu_count() still counts every CPU: default threads, the --threads bound and the record's
+    cpus_per_node follow the affinity mask, as `nproc` (the orchestrator's count) does."""
+    def on_one_cpu() -> None:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+    probe = ("from workloads import _dist, procs, record; "
+             "print(procs.usable_cpus(), _dist.default_threads(1), record.environment()['cpus_per_node'])")
+    proc = subprocess.run([PY, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+                          preexec_fn=on_one_cpu)
+    assert proc.stdout.split() == ["1", "1", "1"], proc.stdout
+    out = tmp_path / "rec.json"
+    proc = subprocess.run([PY, "-m", "workloads.xgboost", "--framework", "reference", "--threads", "2", "--output",
+                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=120, preexec_fn=on_one_cpu)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: --threads 2 is more than the 1 CPU(s) this machine lets the run use; use --threads 1 or fewer"), proc.stderr
+    assert json.loads(out.read_text())["status"] == "failed"
 
 
 def test_an_output_in_the_input_is_refused_before_anything_is_written(tmp_path):
