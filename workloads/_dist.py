@@ -472,14 +472,10 @@ def stop_ray(exiting: bool = False) -> None:
 
 @contextmanager
 def ray_session(workers: int, address: str | None) -> Iterator[None]:
-    """Reuse a connected Ray, join ``address``, or start a local one; check there are CPUs for ``workers``
-    (on SCALELAB_RAY_NODES distinct nodes where it is set)."""
+    """Reuse a connected Ray, join ``address``, or start a local one; check there are CPUs for ``workers``."""
     owned = ray_connect(address, workers)
     try:
         check_ray_cluster("cpu", workers, 1)
-        nodes = ray_nodes_wanted()
-        if nodes and (wrong := placement_fit_error(workers, nodes, node_resources()[0])) is not None:
-            raise UserError(wrong)
         yield
     finally:
         if owned:
@@ -497,8 +493,7 @@ def ray_nodes_wanted() -> int | None:
 
 def placement_fit_error(workers: int, nodes: int, cpus: list[int]) -> str | None:
     """Why ``workers`` 1-CPU actors cannot be spread over exactly ``nodes`` distinct nodes of ``cpus``
-    CPUs (:func:`ray_actors`' placement group: ceil(workers / nodes) CPUs on each); None where they can.
-    Ray would wait for such a group until the placement timeout."""
+    CPUs (:func:`ray_actors`' placement group: ceil(workers / nodes) CPUs on each); None where they can."""
     per_node = -(-workers // nodes)
     fit = sum(c >= per_node for c in cpus)
     if fit >= nodes:
@@ -522,8 +517,9 @@ def ray_actors(cls: type, workers: int, *args: Any, threads: int = 1) -> list[An
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    per_node = -(-workers // nodes)
-    pg = placement_group([{"CPU": per_node}] * nodes, strategy="STRICT_SPREAD")
+    if (wrong := placement_fit_error(workers, nodes, node_resources()[0])) is not None:
+        raise UserError(wrong)  # before the group: Ray would wait for it until the timeout below
+    pg = placement_group([{"CPU": -(-workers // nodes)}] * nodes, strategy="STRICT_SPREAD")
     try:
         ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
