@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                               "cpus": procs.usable_cpus()}
     lines = [f"dataset {name}: {inp} ({inp.stat().st_size / 1e9:.2f} GB, {spec.edges:,} edges), "
              f"{args.workers} workers, {args.iters} iterations, Ray and torch {args.repeat}x each (median shown), "
-             f"{procs.usable_cpus()} CPUs, "
+             f"{report['cpus']} CPUs, "
              f"load average at start {os.getloadavg()[0]:.1f} (other work on the machine skews every time)"]
     jobs = {"pagerank": ["--tol", "0", "--max-iter", str(args.iters)],
             "kmeans": ["--method", "global", "--k", str(args.k), "--max-iter", str(args.iters)]}

@@ -491,10 +491,15 @@ def ray_nodes_wanted() -> int | None:
     return int(raw) if raw else None
 
 
+def bundle_cpus(workers: int, nodes: int) -> int:
+    """The CPUs of each of :func:`ray_actors`' ``nodes`` bundles for ``workers`` 1-CPU actors."""
+    return -(-workers // nodes)
+
+
 def placement_fit_error(workers: int, nodes: int, cpus: list[int]) -> str | None:
     """Why ``workers`` 1-CPU actors cannot be spread over exactly ``nodes`` distinct nodes of ``cpus``
-    CPUs (:func:`ray_actors`' placement group: ceil(workers / nodes) CPUs on each); None where they can."""
-    per_node = -(-workers // nodes)
+    CPUs (:func:`ray_actors`' placement group, :func:`bundle_cpus` on each); None where they can."""
+    per_node = bundle_cpus(workers, nodes)
     fit = sum(c >= per_node for c in cpus)
     if fit >= nodes:
         return None
@@ -519,7 +524,7 @@ def ray_actors(cls: type, workers: int, *args: Any, threads: int = 1) -> list[An
 
     if (wrong := placement_fit_error(workers, nodes, node_resources()[0])) is not None:
         raise UserError(wrong)  # before the group: Ray would wait for it until the timeout below
-    pg = placement_group([{"CPU": -(-workers // nodes)}] * nodes, strategy="STRICT_SPREAD")
+    pg = placement_group([{"CPU": bundle_cpus(workers, nodes)}] * nodes, strategy="STRICT_SPREAD")
     try:
         ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
