@@ -391,13 +391,14 @@ def ray_connect(address: str | None, num_cpus: int | None, train: bool = False) 
     if not address:
         start_local_ray(num_cpus, train)
         return True
-    check_reachable(address)
     # The workers must import this driver's workloads package.  Where the roles shipped it, every node's
     # venv has it on its path already (a .pth file), and Ray gives the actors the workers it prestarted;
     # a runtime_env makes it start new ones with that environment (:func:`local_ray_env`).  A driver
     # run from another checkout sends its path (the same on every node, or the workers fail to import).
     env = None if on_site_path(REPO_ROOT) else {"env_vars": {"PYTHONPATH": REPO_ROOT}}
     try:
+        if check_reachable(address):
+            check_token(address)
         ray.init(address=address, log_to_driver=train, configure_logging=train, runtime_env=env)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:  # RayError: the token
         raise UserError(f"cannot join the Ray cluster at {address}: {_first_sentence(exc)}; check that it is up "
@@ -424,12 +425,12 @@ def on_site_path(directory: str) -> bool:
     return False
 
 
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+def check_reachable(address: str, timeout_s: float = 5.0) -> bool:
     """Fail in seconds, where Ray would try for minutes, when nothing answers at a ``host:port``
-    address (``auto`` and ``ray://`` addresses are left to Ray)."""
+    address.  Returns whether it checked: ``auto`` and ``ray://`` addresses are left to Ray."""
     host, sep, port = address.rpartition(":")
     if not sep or "://" in address or not port.isdigit() or (":" in host and not host.startswith("[")):
-        return  # (an IPv6 address without brackets has no port to split off)
+        return False  # (an IPv6 address without brackets has no port to split off)
     host = host.strip("[]")
     try:
         socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
@@ -442,6 +443,25 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise UserError(f"cannot join the Ray cluster at {address}: nothing answers there "
                         f"({exc.strerror or exc}); check the address and that the cluster is up "
                         "(`fab status`)") from None
+    return True
+
+
+def check_token(address: str) -> None:
+    """Raise Ray's AuthenticationError at once where the GCS at ``address`` (``host:port``) wants a
+    token that this process does not send.  With RAY_AUTH_MODE unset, ``ray.init`` asks again every
+    second and gives up after ~20 s; with it set to ``token`` and no token, ``ray.init`` says so at
+    once (and this probe would abort the process: Ray's client treats that as a fatal error)."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return
+    import ray
+    from ray._raylet import GcsClient
+
+    try:
+        GcsClient(address=address)
+    except ray.exceptions.AuthenticationError:
+        raise
+    except Exception:  # noqa: BLE001 (anything else is ray.init's to retry and to say)
+        return
 
 
 LEFTOVER_GRACE_S = 3.0

@@ -133,14 +133,14 @@ def test_a_host_whose_sshd_never_starts_gets_one_restart_then_ssh_words_and_its_
     said: list[str] = []
     try:
         with pytest.raises(lab.HostUnreachable) as failed:
-            lab.boot(tlab, [tlab.host("worker2")], say=said.append, timeout=15)
+            lab.boot(tlab, [tlab.host("worker2")], say=said.append, timeout=8)
     finally:  # unmasked on its disk; then it boots as before
         for unit in ("ssh.service", "ssh.socket"):
             (lab._root(tlab, "worker2") / "etc/systemd/system" / unit).unlink(missing_ok=True)
         lab.kill_host(tlab, "worker2")
         lab.boot(tlab, [tlab.host("worker2")])
     msg = str(failed.value)
-    assert msg.startswith("worker2 did not answer on ssh within 15 s; ssh said: "), msg
+    assert msg.startswith("worker2 did not answer on ssh within 8 s; ssh said: "), msg
     head, _, console = msg.partition("\n--- console of worker2 (last lines) ---\n")
     assert len(head.split("ssh said: ")[1]) > 0 and len(console.splitlines()) >= 3, msg
     assert "\x1b[" not in console

@@ -502,7 +502,8 @@ def test_cli_bad_option_names_it(tmp_path, module, flags, message):
 @pytest.mark.parametrize("mode", ["token", None], ids=["auth-mode-set", "auth-mode-unset"])
 def test_joining_a_ray_without_its_token_says_what_to_do(tmp_path, mode):
     """Without the token (no RAY_AUTH_TOKEN, no token file; with RAY_AUTH_MODE=token, as the nodes'
-    profile sets it, or without, as a bare shell) the run fails in one line that names the token."""
+    profile sets it, or without, as a bare shell) the run fails at once in one line that names the
+    token (without the mode Ray's own client asks again every second for ~20 s)."""
     import ray
 
     addr = ray.get_runtime_context().gcs_address  # the module's Ray, with a token this run does not have
@@ -511,15 +512,20 @@ def test_joining_a_ray_without_its_token_says_what_to_do(tmp_path, mode):
     env.update(PYTHONPATH=str(REPO), HOME=str(tmp_path), SCALELAB_NO_PROGRESS="1")  # (no ~/.ray/auth_token)
     if mode:
         env["RAY_AUTH_MODE"] = mode
+    t0 = time.monotonic()
     p = subprocess.run([sys.executable, "-m", "workloads.pagerank", "--framework", "ray", "--address", addr,
                         "--input", str(write_edges(tmp_path / "g.csv", [(0, 1)]))], capture_output=True,
                        text=True, env=env, cwd=REPO, timeout=200)
+    took = time.monotonic() - t0
     last = p.stderr.strip().splitlines()[-1]
     assert p.returncode == 2 and last.startswith(f"error: cannot join the Ray cluster at {addr}: "), p.stderr
     assert last.endswith("check that it is up (`fab status`) and that this shell has its token "
                          "(RAY_AUTH_TOKEN_PATH, set on the nodes by /etc/profile.d/scalelab-ray.sh)"), last
     if mode:  # Ray says what is missing
         assert "Token authentication is enabled but no authentication token was found; " in last, last
+    else:  # what the cluster answered
+        assert "Authentication token is missing or incorrect" in last, last
+    assert took < 12, f"the refusal took {took:.0f} s"
 
 
 @pytest.mark.parametrize("module, flags, message", [

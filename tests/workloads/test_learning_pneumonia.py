@@ -93,14 +93,14 @@ def test_ray_train_run_past_its_timeout_fails_in_one_line(tmp_path, cache) -> No
     Train workers belong to its job)."""
     out = tmp_path / "rec.json"
     cmd = [sys.executable, "-m", "workloads.pneumonia", "--framework", "ray", *ARGS[:-4], "--epochs", "50",
-           "--timeout", "20", "--storage", str(tmp_path / "storage"), "--output", str(out)]
+           "--timeout", "10", "--storage", str(tmp_path / "storage"), "--output", str(out)]
     env = {**os.environ, "SCALELAB_CACHE": cache}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env=env)
     rec = json.loads(out.read_text())
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert rec["status"] == "failed" and "Ray Train workers did not finish within 20 s" in rec["error"], rec["error"]
+    assert rec["status"] == "failed" and "Ray Train workers did not finish within 10 s" in rec["error"], rec["error"]
     # our one line (Ray may still forward its actors' logs around it while it shuts down)
     assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")] == [
-        ln for ln in proc.stderr.splitlines() if ln.startswith("error: the 2 Ray Train workers did not finish within 20 s")], proc.stderr[-2000:]
-    assert "error: the 2 Ray Train workers did not finish within 20 s" in proc.stderr
+        ln for ln in proc.stderr.splitlines() if ln.startswith("error: the 2 Ray Train workers did not finish within 10 s")], proc.stderr[-2000:]
+    assert "error: the 2 Ray Train workers did not finish within 10 s" in proc.stderr
