@@ -101,7 +101,7 @@ def against_baseline(module: str, recs: dict[str, dict[str, Any]], base: dict[st
     for fw, total in totals.items():
         ratio = total / base["wall_s"]
         lines.append(f"  {fw}: total {total:.2f} s = {ratio:.2f}x {name}  "
-                     f"[target <= {limit:.0f} s and <= {share}x: {verdict(total <= limit and ratio <= share)}]")
+                     f"[target <= {limit:.0f} s: {verdict(total <= limit)}; <= {share}x: {verdict(ratio <= share)}]")
     rt = max(totals.values()) / min(totals.values())
     lines.append(f"  slower/faster runtime: {rt:.2f}x  [target <= {RAY_TORCH}x: {verdict(rt <= RAY_TORCH)}]")
     return lines

@@ -27,3 +27,9 @@ def test_the_ratios_compare_the_runtimes_medians() -> None:
     assert round(graph_bench.ratios(recs, 20, None)["ray/torch total"], 4) == round(11.3 / 8.9, 4)
     lines = graph_bench.against_baseline("kmeans", recs, {"timings_s": {"compute": 20.6}, "wall_s": 34.7}, "data_1")
     assert lines[-1] == "  slower/faster runtime: 1.27x  [target <= 1.15x: NOT met]"
+    # each target has its own verdict (11.3 s against 34.7 s and 24.0 s: 0.33x and 0.47x)
+    assert lines[1] == "  ray: total 11.30 s = 0.33x scikit-learn KMeans  [target <= 15 s: met; <= 0.5x: met]", lines
+    lines = graph_bench.against_baseline("pagerank", recs, {"timings_s": {"compute": 20.6}, "wall_s": 24.0}, "data_1")
+    assert lines[1].endswith("[target <= 20 s: met; <= 0.4x: NOT met]"), lines
+    lines = graph_bench.against_baseline("pagerank", recs, {"timings_s": {"compute": 20.6}, "wall_s": 24.0}, "data_2")
+    assert lines[1].endswith("[target <= 20 s: set for data_1; <= 0.4x: set for data_1]"), lines
