@@ -10,7 +10,8 @@ runtime's median run and the ratios compare medians (one run each gave Ray/torch
 the same k-means within the hour).  Prints the per-step timings side by side and the
 ratios the DESIGN.md targets are about: our end-to-end ``total`` against a plain scipy PageRank pipeline and
 scikit-learn's ``KMeans`` from the same start (:mod:`bench.baselines`, same iterations), and Ray against
-torch.  Writes everything to ``results/bench/``.
+torch, and draws each workload's steps as stacked bars beside the pipeline's (``<workload>.png``).
+Writes everything to ``results/bench/``.
 """
 from __future__ import annotations
 
@@ -107,6 +108,50 @@ def against_baseline(module: str, recs: dict[str, dict[str, Any]], base: dict[st
     return lines
 
 
+# One colour per step, whoever ran it (the baseline's k-means++ start is its `init`).
+STEP_COLORS = {"startup": "#9e9e9e", "load": "#8fbbd9", "build": "#f4a259", "init": "#b07cc6",
+               "compute": "#5b8e3e", "other": "#e0e0e0"}
+
+
+def stacks(recs: dict[str, dict[str, Any]], base: dict[str, Any], name: str) -> dict[str, dict[str, float]]:
+    """Each bar of :func:`figure`, bottom to top: the runtimes' median runs by step up to their ``total``,
+    and the plain pipeline's steps up to its process wall; ``other`` is what no step covers."""
+    bars = {fw: ({s: recs[fw]["timings_s"].get(s) or 0.0 for s in STEPS[:-1]}, recs[fw]["timings_s"]["total"])
+            for fw in ("ray", "torch")}
+    bars[name] = (dict(base["timings_s"]), base["wall_s"])
+    return {bar: {**steps, "other": max(0.0, height - sum(steps.values()))} for bar, (steps, height) in bars.items()}
+
+
+def figure(title: str, bars: dict[str, dict[str, float]], limit: float | None, path: Path) -> Path:
+    """A stacked bar per runtime and for the plain pipeline (:func:`stacks`); the time target as a line
+    where there is one (``limit``: the targets are set for data_1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    drawn: set[str] = set()
+    for x, steps in enumerate(bars.values()):
+        bottom = 0.0
+        for step, seconds in steps.items():
+            ax.bar(x, seconds, bottom=bottom, color=STEP_COLORS.get(step, "#cccccc"), edgecolor="white",
+                   label=None if step in drawn else step)
+            drawn.add(step)
+            bottom += seconds
+        ax.annotate(f"{bottom:.1f} s", (x, bottom), xytext=(0, 2), textcoords="offset points", ha="center",
+                    va="bottom", fontsize=8)
+    if limit is not None:
+        ax.axhline(limit, color="#b00020", ls="--", lw=1, label=f"target <= {limit:.0f} s")
+    ax.set_xticks(range(len(bars)), list(bars), fontsize=8)
+    ax.set(title=title, ylabel="seconds (median run)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def work_time(rec: dict[str, Any]) -> float:
     """load + build + compute: the job without runtime start-up."""
     t = rec["timings_s"]
@@ -198,13 +243,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {module} baseline ...", flush=True)
         base = run_baseline(module, inp, outdir / f"{module}-baseline.json", args)
         lines += against_baseline(module, recs, base, name)
+        limit, _, base_name = TARGETS[module]
+        fig = figure(f"{module} on {name}, {args.workers} workers: where the time goes",
+                     stacks(recs, base, base_name), limit if name == "data_1" else None, outdir / f"{module}.png")
+        lines.append(f"  figure: {fig}")
         print("\n".join(lines), flush=True)
         report[module] = {"ratios": r, "records": {fw: rec["run_id"] for fw, rec in recs.items()},
                           "timings_s": {fw: rec["timings_s"] for fw, rec in recs.items()},
                           "wall_s": {fw: rec["wall_s"] for fw, rec in recs.items()},
                           "runs": {fw: [{"run_id": rec["run_id"], "timings_s": rec["timings_s"],
                                          "wall_s": rec["wall_s"]} for rec in done] for fw, done in runs.items()},
-                          "baseline": base}
+                          "baseline": base, "figure": fig.name}
     (outdir / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
     (outdir / "summary.txt").write_text("\n".join(lines) + "\n")
     print(f"\nrecords and summary: {outdir}")

@@ -33,3 +33,26 @@ def test_the_ratios_compare_the_runtimes_medians() -> None:
     assert lines[1].endswith("[target <= 20 s: met; <= 0.4x: NOT met]"), lines
     lines = graph_bench.against_baseline("pagerank", recs, {"timings_s": {"compute": 20.6}, "wall_s": 24.0}, "data_2")
     assert lines[1].endswith("[target <= 20 s: set for data_1; <= 0.4x: set for data_1]"), lines
+
+
+def test_the_figure_stacks_each_bar_up_to_its_total_and_writes_a_png(tmp_path) -> None:
+    """Each runtime's bar is its median run's steps topped up to its ``total`` by ``other``; the pipeline's
+    bar its own steps up to its process wall; nothing negative where the steps cover more than the total."""
+    import matplotlib.image
+
+    ray, torch = run(11.3, "r"), run(8.9, "t")
+    torch["timings_s"]["startup"] = None            # a step a record may lack counts as 0
+    torch["timings_s"]["compute"] = 9.5             # steps above the total (rounding): no negative "other"
+    base = {"timings_s": {"load": 9.5, "init": 2.9, "compute": 16.0}, "wall_s": 29.8}
+    bars = graph_bench.stacks({"ray": ray, "torch": torch}, base, "scikit-learn KMeans")
+    assert list(bars) == ["ray", "torch", "scikit-learn KMeans"]
+    assert list(bars["ray"]) == ["startup", "load", "build", "compute", "other"]
+    assert abs(sum(bars["ray"].values()) - 11.3) < 1e-9 and bars["ray"]["other"] < 1e-9
+    assert bars["torch"]["startup"] == 0.0 and bars["torch"]["other"] == 0.0
+    assert list(bars["scikit-learn KMeans"]) == ["load", "init", "compute", "other"]
+    assert abs(sum(bars["scikit-learn KMeans"].values()) - 29.8) < 1e-9
+    path = graph_bench.figure("kmeans on data_1", bars, 15.0, tmp_path / "kmeans.png")
+    assert path == tmp_path / "kmeans.png"
+    height, width, _ = matplotlib.image.imread(path).shape
+    assert (width, height) == (715, 440)   # 6.5 x 4 in at 110 dpi
+    assert graph_bench.figure("kmeans on tiny", bars, None, tmp_path / "tiny.png").is_file()   # no target line
