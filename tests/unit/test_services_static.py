@@ -152,6 +152,8 @@ def test_hadoop_site_files_are_xml_with_per_host_properties(tmp_path, inventory)
         assert _props(files["capacity-scheduler.xml"])["yarn.scheduler.capacity.root.queues"] == "default"
         assert files["workers"].split() == list(ips.values())
         assert "JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64" in files["hadoop-env.sh"]
+        heap = {"lab": 256, "okeanos": 1024}[inventory]   # the inventory's value, not the role default's
+        assert f"HADOOP_HEAPSIZE_MAX={heap}m" in files["hadoop-env.sh"]
         units = {k for k in files if k.startswith("hadoop-") and k.endswith(".service")}
         expected = {"hadoop-datanode.service", "hadoop-nodemanager.service"}
         if host == "master":
