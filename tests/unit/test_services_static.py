@@ -164,9 +164,14 @@ def test_hadoop_site_files_are_xml_with_per_host_properties(tmp_path, inventory)
 
 @needs_ansible
 @pytest.mark.slow
-def test_default_replication_follows_the_cluster_size(tmp_path):
+def test_default_replication_follows_the_cluster_size_and_the_lab_leaves_safe_mode_sooner(tmp_path):
     rendered = _render(tmp_path, ROOT / "inventory/lab")
-    assert _props(rendered["master"]["hdfs-site.xml"])["dfs.replication"] == "3"
+    hdfs = _props(rendered["master"]["hdfs-site.xml"])
+    assert hdfs["dfs.replication"] == "3"
+    # the lab's DataNodes share one machine: 5 s of safe-mode extension; a real cluster keeps Hadoop's 30 s
+    assert hdfs["dfs.namenode.safemode.extension"] == "5000"
+    okeanos = yaml.safe_load((ROOT / "inventory/okeanos/group_vars/all/hadoop.yml").read_text())
+    assert "dfs.namenode.safemode.extension" not in (okeanos.get("hadoop_hdfs_site") or {})
 
 
 @needs_ansible
