@@ -165,7 +165,7 @@ def details(recs: list[dict]) -> tuple[dict[tuple, dict[str, Any]], list[dict[st
     return out, table
 
 
-def _save(fig, outdir: Path, name: str) -> Path:
+def save_figure(fig, outdir: Path, name: str) -> Path:
     """Save ``fig`` in ``outdir`` as ``name``.png, made a plain file name (a dataset or cluster name may
     hold ``/``, a space or ``#``, which break the path or the pages' links) and kept apart from the
     figures already there."""
@@ -184,7 +184,7 @@ def _finish(fig, ax, outdir: Path, name: str, title: str) -> dict:
     """Grid, legend, save: the figure's entry for the pages."""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return {"path": _save(fig, outdir, name).name, "title": title}
+    return {"path": save_figure(fig, outdir, name).name, "title": title}
 
 
 def fig_time_vs_nodes(summary: list[dict], seed: dict, outdir: Path) -> list[dict]:
@@ -297,7 +297,7 @@ def fig_resources(recs: list[dict], outdir: Path) -> list[dict]:
         ax.set_yticklabels(labels if ax is axes[0] else [""] * len(rows), fontsize=7)
         ax.set(title=f"{key.upper()} per node ({unit})")
         ax.legend(fontsize=8)
-    p = _save(fig, outdir, "resources")
+    p = save_figure(fig, outdir, "resources")
     return [{"path": p.name, "title": "CPU and memory per node"}]
 
 
