@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workloads import _dist
 from workloads.comm import Comm, RayComm
+from workloads.harness import raylaunch, torchlaunch
 
 SIZES_KB = (8, 64, 640, 4000, 45000)  # up to data_1's blocks for 2 ranks (11.2 M nodes / 2, float64)
 WARM_ROUNDS = 3
@@ -72,16 +72,16 @@ def run_ray(args: argparse.Namespace) -> dict[str, float]:
     rec: dict = {"timings_s": {}}
     ns = argparse.Namespace(workers=args.workers, address=args.address, timeout=args.timeout,
                             launch_t=time.time(), sizes=args.sizes, rounds=args.rounds)
-    _dist.ray_ranks(ray_body)(ns, None, rec, None)
+    raylaunch.ray_ranks(ray_body)(ns, None, rec, None)
     return rec["ms_per_round"]
 
 
 def run_torch(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="scalelab-comm-") as tmp:
         out = Path(tmp) / "times.json"
-        codes = _dist.spawn_torch(args.workers, _dist.torch_rank,
-                                  (torch_target, (tuple(args.sizes), args.rounds, str(out))),
-                                  timeout_s=args.timeout)
+        codes = torchlaunch.spawn_torch(args.workers, torchlaunch.torch_rank,
+                                        (torch_target, (tuple(args.sizes), args.rounds, str(out))),
+                                        timeout_s=args.timeout)
         if any(codes) or not out.exists():
             raise SystemExit(f"error: the torch ranks exited with codes {codes}")
         return json.loads(out.read_text())

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from workloads import _dist, vision
+from workloads import vision
+from workloads.harness import cli, learning, raylaunch, runs, track
 from workloads.record import UserError, run_main, timer
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -267,7 +268,7 @@ def run_pbt(data: dict, cfg: dict, storage: str, timeout_s: float | None = None)
                                                                                  max_concurrent=cfg["workers"])),
         run_config=tune.RunConfig(storage_path=storage, name=f"cifar-pbt-{uuid.uuid4().hex[:6]}", verbose=1,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
-    grid = _dist.fit_within(tuner.fit, timeout_s, f"the {cfg['trials']} PBT trials")
+    grid = learning.fit_within(tuner.fit, timeout_s, f"the {cfg['trials']} PBT trials")
     if grid.errors:
         raise RuntimeError(f"{len(grid.errors)} of {cfg['trials']} PBT trials failed: {grid.errors[0]}")
     best = grid.get_best_result(metric="val_accuracy", mode="max", scope="last")
@@ -297,19 +298,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--no-baseline", action="store_true", help="skip the single-run baseline")
     p.add_argument("--cache-dir", help="where the synthetic set is cached (default $SCALELAB_CACHE or ~/.cache/scalelab)")
-    _dist.add_learning_args(p)
+    cli.add_learning_args(p)
     return p.parse_args(argv)
 
 
 def make_config(args: argparse.Namespace) -> dict[str, Any]:
-    _dist.check_positive(workers=args.workers, threads=args.threads, trials=args.trials, epochs=args.epochs,
-                          perturbation_interval=args.perturbation_interval, nodes=args.nodes)
+    cli.check_positive(workers=args.workers, threads=args.threads, trials=args.trials, epochs=args.epochs,
+                       perturbation_interval=args.perturbation_interval, nodes=args.nodes)
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     src = args.input or str(synthetic_cifar(Path(args.cache_dir) if args.cache_dir else None))
-    use_gpu = args.device == "cuda" or (args.device == "auto" and _dist.pick_device("auto").type == "cuda")
+    use_gpu = args.device == "cuda" or (args.device == "auto" and learning.pick_device("auto").type == "cuda")
     return {"input": src, "trials": args.trials, "epochs": args.epochs, "workers": args.workers,
-            "threads": _dist.threads_per_worker(args), "seed": args.seed,
+            "threads": cli.threads_per_worker(args), "seed": args.seed,
             "perturbation_interval": args.perturbation_interval, "val_fraction": args.val_fraction,
             "use_gpu": use_gpu}
 
@@ -324,11 +325,11 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
                       "records": int(sum(len(v[1]) for v in data.values())),
                       "bytes": int(sum(f.stat().st_size for f in Path(cfg["input"]).iterdir() if f.is_file()))}
     with timer(timings, "startup"):
-        _dist.ray_connect(args.address, train=True, num_cpus=cfg["workers"] * cfg["threads"])
-    _dist.check_ray_cluster(args.device, 1, cfg["threads"], cfg["use_gpu"], unit="trial")  # the rest queue
-    with _dist.ray_storage(args.storage) as storage, timer(timings, "compute"):
+        raylaunch.ray_connect(args.address, train=True, num_cpus=cfg["workers"] * cfg["threads"])
+    raylaunch.check_ray_cluster(args.device, 1, cfg["threads"], cfg["use_gpu"], unit="trial")  # the rest queue
+    with learning.ray_storage(args.storage) as storage, timer(timings, "compute"):
         tuned = run_pbt(data, cfg, storage, args.timeout)
-    rec["experiment_dir"] = _dist.experiment_dir(args.storage, tuned.pop("experiment_dir"))
+    rec["experiment_dir"] = learning.experiment_dir(args.storage, tuned.pop("experiment_dir"))
     baseline = None
     if not args.no_baseline:
         with timer(timings, "baseline"):
@@ -336,8 +337,8 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
     rec["metrics"] = {**tuned, "baseline": baseline, "chance": 0.1,
                       "split_sizes": {k: int(len(v[1])) for k, v in data.items()}}
     rec["verification"] = {"reference": "test accuracy vs chance (0.1) and vs the single-run baseline",
-                           "error": None, **_dist.verdict(tuned["accuracy"] > 0.2,
-                                                         f"test accuracy {tuned['accuracy']:.3f} <= 0.2 (chance 0.1)")}
+                           "error": None, **track.verdict(tuned["accuracy"] > 0.2,
+                                                          f"test accuracy {tuned['accuracy']:.3f} <= 0.2 (chance 0.1)")}
     timings["total"] = time.time() - t_start
 
 
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return (f"cifar_pbt ray trials={args.trials}: test accuracy {m['accuracy']:.4f}{base} (chance 0.1), "
                 f"best config {m['best_config']}, total {rec['timings_s']['total']:.1f}s")
 
-    return _dist.record_run("cifar-pbt", args, lambda rec, t0: run(args, rec, t0), summary)
+    return runs.record_run("cifar-pbt", args, lambda rec, t0: run(args, rec, t0), summary)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The workloads' one communication interface: :class:`Comm` (a rank, the world size and collectives on
 numpy arrays) and its three implementations, :class:`LocalComm` (one process), :class:`TorchComm`
 (torch.distributed's gloo) and :class:`RayComm` (Ray actors calling each other).  A workload's body
-sees only a ``Comm``; :mod:`workloads._dist` launches the ranks and hands each its own.
+sees only a ``Comm``; :mod:`workloads.harness` launches the ranks and hands each its own.
 """
 from __future__ import annotations
 
@@ -180,7 +180,7 @@ class TorchComm(Comm):
 
 class RayComm(Comm):
     """Collectives of Ray actors, peer to peer: in round r every rank calls each other rank's
-    ``deliver`` (:class:`workloads._dist.RayRank`) with what it sends there, and waits until every
+    ``deliver`` (:class:`workloads.harness.raylaunch.RayRank`) with what it sends there, and waits until every
     peer's item of round r is in its mailbox (one call between two ranks, no meeting point: a round
     through a hub actor took two calls and, between the lab's nodes, two object-store pulls per rank).
 

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from workloads import _dist
+from workloads.harness import track
 from workloads.record import UserError, run_main
 
 FRIENDSTER_MAX_ID = 124_836_180  # largest id in com-friendster.ungraph.txt
@@ -236,10 +236,10 @@ def generate(name: str, out_dir: str | Path, from_snap: str | Path | None = None
             if not src.is_file():
                 raise UserError(f"SNAP file not found: {src} (download com-friendster.ungraph.txt.gz from SNAP)")
             total = spec.cut_bytes or spec.edges
-            with _dist.progress(f"cutting {name} from {src.name}", total) as advance:
+            with track.progress(f"cutting {name} from {src.name}", total) as advance:
                 cut_snap(src, part, spec, advance)
         else:
-            with _dist.progress(f"generating {name} ({spec.edges:,} edges)", 3 * spec.edges) as advance:
+            with track.progress(f"generating {name} ({spec.edges:,} edges)", 3 * spec.edges) as advance:
                 synthesize(spec, part, seed, tmp, advance)
         part.replace(final)
     finally:

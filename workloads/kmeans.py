@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from workloads import _dist
 from workloads.comm import Comm
 from workloads.graphio import InputInfo, block_ranges, read_range, split_ranges
+from workloads.harness import cli, runs, track
 from workloads.pointgrid import CHUNK, PointGrid, assign, cluster_stats, within_sse
 from workloads.record import UserError, run_main, timer
 
@@ -297,7 +297,7 @@ def verify(args: argparse.Namespace, info: InputInfo, metrics: dict[str, Any]) -
                                  len(block_ranges(info, args.block_mb << 20)))
         err = relative_error(metrics["ch_score"], ref["ch_score"])
         return {"reference": "single-process blockwise", "error": err,
-                **_dist.verdict(err <= VERIFY_TOL, f"mean CH relative error {err:.3g} > {VERIFY_TOL:g}")}
+                **track.verdict(err <= VERIFY_TOL, f"mean CH relative error {err:.3g} > {VERIFY_TOL:g}")}
     x, y = as_points(*read_range(info, info.data_start, info.size))
     ref = reference_kmeans(x, y, args.k, args.seed, args.max_iter)
     err = max(relative_error(metrics["centroids"], ref["centroids"]), relative_error(metrics["ch_score"], ref["ch_score"]))
@@ -306,7 +306,7 @@ def verify(args: argparse.Namespace, info: InputInfo, metrics: dict[str, Any]) -
     why = (f"centroids/CH relative error {err:.3g} > {VERIFY_TOL:g}" if same_stop else
            f"the reference stopped after {ref['iterations']} iterations ({how}), this run after {metrics['iterations']}")
     return {"reference": "single-process plain Lloyd (no grid)", "error": err, "reference_iterations": ref["iterations"],
-            "reference_converged": ref["converged"], **_dist.verdict(err <= VERIFY_TOL and same_stop, why)}
+            "reference_converged": ref["converged"], **track.verdict(err <= VERIFY_TOL and same_stop, why)}
 
 
 def _check_points(total: int, extent: int, k: int, uri: str) -> None:
@@ -325,7 +325,7 @@ def _record(args: argparse.Namespace, info: InputInfo, rec: dict, metrics: dict[
     """Rank 0's record: the metrics, the verification (``--verify``) and every rank's phase peaks, then
     its own while it made these (``results``)."""
     rec["metrics"] = metrics
-    with _dist.results_phase(rec, peaks_gib):
+    with track.results_phase(rec, peaks_gib):
         rec["dataset"]["records"] = metrics["points"]
         if args.verify:
             with timer(rec["timings_s"], "verify"):
@@ -335,7 +335,7 @@ def _record(args: argparse.Namespace, info: InputInfo, rec: dict, metrics: dict[
 def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> None:
     """One rank of k-means (every runtime, and one process for ``--framework reference``)."""
     t = rec["timings_s"]
-    _dist.mark_startup(args, rec)
+    track.mark_startup(args, rec)
     rec["nodes"] = len(comm.hosts())
     part = KMeansPart(comm.rank, comm.world, info)
     lead = comm.rank == 0
@@ -346,7 +346,7 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
             rows = np.concatenate(comm.allgather(np.array(mine, dtype=np.float64).reshape(-1))).reshape(-1, 4)
             res = [(int(b), float(ch), float(sse), int(n)) for b, ch, sse, n in rows]
         metrics = comm.guard(_blockwise_metrics, args, res, len(block_ranges(info, args.block_mb << 20)))
-        peaks_gib = _dist.rank_peaks(comm, peaks)
+        peaks_gib = track.rank_peaks(comm, peaks)
         if lead:
             _record(args, info, rec, metrics, peaks_gib)
         return
@@ -379,10 +379,10 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
         return red[:-1].reshape(3, -1), int(red[-1])
 
     label = f"k-means ({args.framework})"
-    with timer(t, "compute", peaks), _dist.maybe(lead, _dist.progress(label, args.max_iter)) as adv:
+    with timer(t, "compute", peaks), track.maybe(lead, track.progress(label, args.max_iter)) as adv:
         stats, centers, iters, done = lloyd_loop(init, args.max_iter, step, adv)
         sse = comm.allreduce(part.sse(centers))
-    peaks_gib = _dist.rank_peaks(comm, peaks)
+    peaks_gib = track.rank_peaks(comm, peaks)
     if lead:
         _record(args, info, rec, _global_metrics(args, stats, centers, sse, iters, done), peaks_gib)
         rec["metrics"]["build_steps_s"] = steps
@@ -391,7 +391,7 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
 # ---------------------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m workloads.kmeans", description=__doc__.split("\n")[0])
-    _dist.add_common_args(p)
+    cli.add_common_args(p)
     p.add_argument("--method", choices=("blockwise", "global"), default="global")
     p.add_argument("--k", type=int, default=16, help="clusters (the seed: 16)")
     p.add_argument("--seed", type=int, default=42, help="k-means++ / sklearn random_state (the seed: 42)")
@@ -399,20 +399,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="global: Lloyd iterations at most (it stops when no label changes; data_1 needs 446)")
     p.add_argument("--block-mb", type=int, default=20, help="blockwise: block size in MiB (the seed: 20)")
     args = p.parse_args(argv)
-    _dist.check_run_options(p, args)
-    _dist.at_least(p, 2, k=args.k)
-    if (wrong := _dist.wrong_seed("seed", args.seed)) is not None:
+    cli.check_run_options(p, args)
+    cli.at_least(p, 2, k=args.k)
+    if (wrong := cli.wrong_seed("seed", args.seed)) is not None:
         p.error(wrong)
-    _dist.at_least(p, 1, max_iter=args.max_iter, block_mb=args.block_mb)
+    cli.at_least(p, 1, max_iter=args.max_iter, block_mb=args.block_mb)
     if args.method == "blockwise":  # (global's reference is plain Lloyd, not the grid run)
-        _dist.refuse_self_verify(p, args)
+        cli.refuse_self_verify(p, args)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = {k: getattr(args, k) for k in ("method", "k", "seed", "max_iter", "block_mb")}
-    return _dist.execute("kmeans", args, params, run)
+    return runs.execute("kmeans", args, params, run)
 
 
 if __name__ == "__main__":

@@ -44,10 +44,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from workloads import _dist, graphbuild
+from workloads import graphbuild
 from workloads.comm import Comm
 from workloads.graphbuild import GraphPart, RowBlock, check_ids, node_ids, spmv_blocks
 from workloads.graphio import InputInfo, block_ranges, read_range
+from workloads.harness import cli, runs, track
 from workloads.record import run_main, timer
 
 
@@ -393,30 +394,30 @@ def verify(args: argparse.Namespace, info: InputInfo, ids: np.ndarray, x: np.nda
                            "mode": "same-iterations" if same else "converged", "reference_iterations": r_iters,
                            "error": None, "l1_error": None}
     if len(rids) != len(ids) or not np.array_equal(rids, ids):
-        return {**out, **_dist.verdict(False, "the node sets differ")}
+        return {**out, **track.verdict(False, "the node sets differ")}
     l1, rel, low = compare(ids, x, rx, args.top)
     out.update(error=rel, l1_error=l1)
     off = f"L1 distance {l1:.3g}, top-{max(args.top, 1)} relative error {rel:.3g}"
     if same:
         return {**out, "accuracy": SAME_ITER_TOL,
-                **_dist.verdict(l1 <= SAME_ITER_TOL and rel <= SAME_ITER_TOL,
+                **track.verdict(l1 <= SAME_ITER_TOL and rel <= SAME_ITER_TOL,
                                 f"after the same {iterations} iterations: {off}; both must be <= {SAME_ITER_TOL:g}")}
     if r_stop == "max_iter":
-        return {**out, **_dist.verdict(
+        return {**out, **track.verdict(
             False, f"the reference did not converge in {r_iters} iterations (L1 change {r_change:.3g})")}
     ref_bound = error_bound(r_change, args.damping)
     l1_allowed = error_bound(change, args.damping) + rounding + ref_bound + r_rounding
     rel_allowed = l1_allowed / low
     return {**out, "reference_error_bound": ref_bound, "reference_rounding_bound": r_rounding,
             "accuracy": rel_allowed,
-            "l1_accuracy": l1_allowed, **_dist.verdict(
+            "l1_accuracy": l1_allowed, **track.verdict(
                 l1 <= l1_allowed and rel <= rel_allowed,
                 f"{off}; the run's error bound allows {l1_allowed:.3g} and {rel_allowed:.3g}")}
 
 
 def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Any) -> None:
     t = rec["timings_s"]
-    _dist.mark_startup(args, rec)
+    track.mark_startup(args, rec)
     peaks: dict[str, int] = {}
     with timer(t, "load", peaks):
         src, dst = read_range(info, info.data_start, info.size)
@@ -435,7 +436,7 @@ def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: An
     if args.method == "seed":
         with timer(t, "seed", peaks):
             seed = PageRankPart(0, 1, info, args.directed, args.damping).seed_batches(args.block_mb << 20)
-    with _dist.results_phase(rec, _dist.rank_peaks(None, peaks)):
+    with track.results_phase(rec, track.rank_peaks(None, peaks)):
         _finish(args, info, rec, ids, x, iters, stopped_by, change, rounding, n_edges, nnz, seed)
     rec["metrics"]["spmv_s_per_iter"] = t["compute"] / max(iters, 1)
 
@@ -443,7 +444,7 @@ def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: An
 def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> None:
     """One rank of the distributed PageRank (every runtime): load, build, iterate; rank 0 records."""
     t = rec["timings_s"]
-    _dist.mark_startup(args, rec)
+    track.mark_startup(args, rec)
     w = comm.world
     part = PageRankPart(comm.rank, w, info, args.directed, args.damping, args.inject_fault)
     rec["nodes"] = len(comm.hosts())
@@ -462,7 +463,7 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
     n, rank, bounds = len(g.outdeg), g.rank, g.bounds
     g.outdeg = None  # the part keeps what the iterations need; every n-long vector is memory on every rank
     label = f"pagerank ({args.framework})"
-    with timer(t, "compute", peaks), _dist.maybe(comm.rank == 0, _dist.progress(label, args.max_iter)) as adv:
+    with timer(t, "compute", peaks), track.maybe(comm.rank == 0, track.progress(label, args.max_iter)) as adv:
         x, iters, stopped_by, change = iterate(part, comm, bounds, n, args, adv)
     rounding = rounding_bound(float(comm.allreduce(np.array([part.row_weight(x)]))[0]), n, args.damping)
     part.release()  # the rank's rows and vectors go before rank 0 makes the results (n-long arrays of its own)
@@ -472,9 +473,9 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
     if args.method == "seed":
         with timer(t, "seed", peaks):
             seed = gather_batches(comm, comm.guard(part.seed_batches, args.block_mb << 20))
-    peaks_gib = _dist.rank_peaks(comm, peaks)
+    peaks_gib = track.rank_peaks(comm, peaks)
     if comm.rank == 0:
-        with _dist.results_phase(rec, peaks_gib):
+        with track.results_phase(rec, peaks_gib):
             _finish(args, info, rec, node_ids(g.node_set, g.dense), x, iters, stopped_by, change, rounding,
                     n_edges, nnz, seed)
         rec["metrics"]["spmv_s_per_iter"] = spmv / max(iters, 1)
@@ -511,7 +512,7 @@ def gather_batches(comm: Comm, mine: list[tuple[int, np.ndarray, np.ndarray]]
 # ---------------------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m workloads.pagerank", description=__doc__.split("\n")[0])
-    _dist.add_common_args(p)
+    cli.add_common_args(p)
     p.add_argument("--damping", type=float, default=0.85, help="0.95 = torch_ppr's alpha=0.05 (the seed)")
     p.add_argument("--tol", type=float, default=DEFAULT_TOL,
                    help="stop when the L1 change sum|x'-x| < TOL (absolute, any graph size); "
@@ -528,10 +529,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0.0 < args.damping < 1.0:
         p.error("--damping must be in (0, 1)")
-    _dist.check_run_options(p, args)
-    _dist.at_least(p, 0, tol=args.tol, top=args.top)
-    _dist.at_least(p, 1, max_iter=args.max_iter, block_mb=args.block_mb)
-    _dist.refuse_self_verify(p, args)
+    cli.check_run_options(p, args)
+    cli.at_least(p, 0, tol=args.tol, top=args.top)
+    cli.at_least(p, 1, max_iter=args.max_iter, block_mb=args.block_mb)
+    cli.refuse_self_verify(p, args)
     if args.max_iter is None:
         if args.tol == 0:
             p.error("--tol 0 runs exactly --max-iter iterations: give --max-iter")
@@ -544,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {k: getattr(args, k) for k in ("damping", "tol", "max_iter", "top", "directed", "method")}
     if args.method == "seed":
         params["block_mb"] = args.block_mb
-    return _dist.execute("pagerank", args, params, run, reference=run_reference)
+    return runs.execute("pagerank", args, params, run, reference=run_reference)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from workloads import _dist, procs, vision
+from workloads import procs, vision
+from workloads.harness import cli, learning, raylaunch, runs, track
 from workloads.record import UserError, run_main, timer
 
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -89,7 +90,7 @@ def eval_view(data: vision.ImageSet, idx: np.ndarray, cfg: dict) -> np.ndarray:
 # training / evaluation (one function for both runtimes)
 # ------------------------------------------------------------------------------------------
 
-def train_epoch(model, opt, data: vision.ImageSet, cfg: dict, ctx: _dist.WorkerContext, epoch: int
+def train_epoch(model, opt, data: vision.ImageSet, cfg: dict, ctx: learning.WorkerContext, epoch: int
                 ) -> tuple[float, int]:
     """One epoch of global-batch SGD; returns (mean train loss over all ranks, optimiser steps)."""
     import torch
@@ -112,7 +113,7 @@ def train_epoch(model, opt, data: vision.ImageSet, cfg: dict, ctx: _dist.WorkerC
     return total_loss / max(total, 1.0), steps
 
 
-def evaluate(model, data: vision.ImageSet, cfg: dict, ctx: _dist.WorkerContext, shard: bool
+def evaluate(model, data: vision.ImageSet, cfg: dict, ctx: learning.WorkerContext, shard: bool
              ) -> tuple[float, float]:
     """Batched (loss, accuracy); shard=True splits the set over ranks and sums the counts."""
     import torch
@@ -135,7 +136,7 @@ def evaluate(model, data: vision.ImageSet, cfg: dict, ctx: _dist.WorkerContext, 
     return loss_sum / len(data), correct / len(data)
 
 
-def recalibrate(model, data: vision.ImageSet, cfg: dict, ctx: _dist.WorkerContext) -> None:
+def recalibrate(model, data: vision.ImageSet, cfg: dict, ctx: learning.WorkerContext) -> None:
     """Precise BN (:func:`vision.recalibrate_batchnorm`) over this rank's share of the training set,
     seen through the eval transform."""
     idx_all = np.arange(ctx.rank, len(data), ctx.world)
@@ -149,7 +150,7 @@ def better(val: tuple[float, float], best: tuple[float, float] | None) -> bool:
     return best is None or (val[1], -val[0]) > (best[1], -best[0])
 
 
-def fit(model, opt, data: dict[str, vision.ImageSet], cfg: dict, ctx: _dist.WorkerContext,
+def fit(model, opt, data: dict[str, vision.ImageSet], cfg: dict, ctx: learning.WorkerContext,
         timings: dict[str, float]) -> dict[str, Any]:
     """Train cfg['epochs'] epochs, keeping the weights of the best-val epoch; the timed span is the epochs."""
     hist: dict[str, list] = {"loss_per_epoch": [], "val_loss_per_epoch": [], "val_accuracy_per_epoch": [],
@@ -181,7 +182,7 @@ def fit(model, opt, data: dict[str, vision.ImageSet], cfg: dict, ctx: _dist.Work
     return hist
 
 
-def train_worker(cfg: dict, ctx: _dist.WorkerContext) -> dict[str, Any]:
+def train_worker(cfg: dict, ctx: learning.WorkerContext) -> dict[str, Any]:
     """The whole per-worker job, identical under torch.distributed and Ray Train."""
     import torch
     torch.set_num_threads(cfg["threads"])
@@ -225,14 +226,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-batch", type=int, default=128)
     p.add_argument("--synthetic-size", type=int, default=128, help="pixel size of generated images")
     p.add_argument("--cache-dir", help="where the synthetic set is cached (default $SCALELAB_CACHE or ~/.cache/scalelab)")
-    _dist.add_learning_args(p)
+    cli.add_learning_args(p)
     return p.parse_args(argv)
 
 
 def make_config(args: argparse.Namespace) -> dict[str, Any]:
-    _dist.check_positive(workers=args.workers, threads=args.threads, epochs=args.epochs,
-                          global_batch=args.global_batch, image_size=args.image_size,
-                          eval_batch=args.eval_batch, nodes=args.nodes, synthetic_size=args.synthetic_size)
+    cli.check_positive(workers=args.workers, threads=args.threads, epochs=args.epochs,
+                       global_batch=args.global_batch, image_size=args.image_size,
+                       eval_batch=args.eval_batch, nodes=args.nodes, synthetic_size=args.synthetic_size)
     if args.global_batch < args.workers:
         raise UserError(f"--global-batch {args.global_batch} is smaller than --workers {args.workers}; "
                         "every worker needs at least one sample per step")
@@ -240,7 +241,7 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--image-size must be even (the model pools by 2), got {args.image_size}")
     cfg = {k: getattr(args, k) for k in ("epochs", "global_batch", "lr", "image_size", "eval_batch",
                                          "synthetic_size", "cache_dir", "input", "device", "seed")}
-    cfg["threads"] = _dist.threads_per_worker(args)
+    cfg["threads"] = cli.threads_per_worker(args)
     cfg["input_resolved"] = resolve_input(cfg)
     return cfg
 
@@ -261,24 +262,24 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> dict[str, Any] |
     rec["params"].update({k: v for k, v in cfg.items() if k != "input_resolved"})
     rec["dataset"] = dataset_info(cfg)
     if args.framework == "torch":
-        _dist.check_device(args.device)
-        result = _dist.launch_torch(train_worker, cfg, args.workers, args.timeout)
+        learning.check_device(args.device)
+        result = learning.launch_torch(train_worker, cfg, args.workers, args.timeout)
     else:
         result = run_ray(args, cfg)
-        rec["experiment_dir"] = _dist.experiment_dir(args.storage, result.pop("experiment_dir", None))
+        rec["experiment_dir"] = learning.experiment_dir(args.storage, result.pop("experiment_dir", None))
     if int(os.environ.get("RANK", "0")) != 0:
         return None
     return result
 
 
 def run_ray(args: argparse.Namespace, cfg: dict) -> dict[str, Any]:
-    _dist.ray_connect(args.address, train=True, num_cpus=max(procs.usable_cpus(), args.workers * cfg["threads"]))
-    use_gpu = args.device == "cuda" or (args.device == "auto" and _dist.ray_has_gpu())
-    _dist.check_ray_cluster(args.device, args.workers, cfg["threads"], use_gpu)
+    raylaunch.ray_connect(args.address, train=True, num_cpus=max(procs.usable_cpus(), args.workers * cfg["threads"]))
+    use_gpu = args.device == "cuda" or (args.device == "auto" and raylaunch.ray_has_gpu())
+    raylaunch.check_ray_cluster(args.device, args.workers, cfg["threads"], use_gpu)
     cfg = {**cfg, "device": "auto"}  # Ray picks the worker's device from use_gpu
-    with _dist.ray_storage(args.storage) as storage:
-        return _dist.launch_ray_torch(train_worker, cfg, args.workers, cfg["threads"], use_gpu,
-                                       storage, f"pneumonia-{int(time.time())}", args.timeout)
+    with learning.ray_storage(args.storage) as storage:
+        return learning.launch_ray_torch(train_worker, cfg, args.workers, cfg["threads"], use_gpu,
+                                         storage, f"pneumonia-{int(time.time())}", args.timeout)
 
 
 def fill_record(rec: dict, result: dict, t_start: float) -> None:
@@ -295,8 +296,8 @@ def fill_record(rec: dict, result: dict, t_start: float) -> None:
     rec["params"]["per_worker_batch"] = [len(b) for b in np.array_split(np.arange(rec["params"]["global_batch"]),
                                                                         rec["workers"])]
     rec["verification"] = {"reference": "test accuracy vs always-majority-class baseline",
-                           "error": None, **_dist.verdict(result["accuracy"] > majority,
-                                                         f"test accuracy {result['accuracy']:.3f} <= the majority "
+                           "error": None, **track.verdict(result["accuracy"] > majority,
+                                                          f"test accuracy {result['accuracy']:.3f} <= the majority "
                                                          f"class's share {majority:.3f}")}
 
 
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(majority {m['majority_baseline']:.3f}), steps/epoch {m['steps_per_epoch'][0]}, "
                 f"train {rec['timings_s']['compute']:.1f}s, total {rec['timings_s']['total']:.1f}s")
 
-    return _dist.record_run("pneumonia", args, body, summary)
+    return runs.record_run("pneumonia", args, body, summary)
 
 
 if __name__ == "__main__":

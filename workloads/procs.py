@@ -4,7 +4,7 @@
 * :func:`children` and :func:`end_leftovers`: another program's children (a local Ray's raylet's
   workers), each known by its PID and start time, ended if still there after a grace period;
 * :func:`die_with_parent`, :func:`spawning` and :func:`stop`: the local torch ranks
-  (:func:`workloads._dist.spawn_torch`), which end with their parent, ignore SIGINT until their
+  (:func:`workloads.harness.torchlaunch.spawn_torch`), which end with their parent, ignore SIGINT until their
   target runs, and are terminated, then killed, by their handles.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@
 * the synthetic chest X-ray generator used when no real data is given;
 * the global-batch sampler (the same optimiser steps at every worker count) and precise BatchNorm.
 
-Launching, the worker context and the record are the harness's (:mod:`workloads._dist`).
+Launching, the worker context and the record are the harness's (:mod:`workloads.harness`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 from workloads.record import UserError
 
 if TYPE_CHECKING:
-    from workloads._dist import WorkerContext
+    from workloads.harness.learning import WorkerContext
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from workloads import _dist, procs
+from workloads import procs
+from workloads.harness import cli, learning, raylaunch, runs, track
 from workloads.record import UserError, run_main, timer
 
 DEFAULT_DEPTHS = (1, 5, 50, 100)
@@ -134,14 +135,14 @@ def tune_trial(config: dict, data: dict, cfg: dict) -> None:
 
 def grid_ray(split: dict, depths: list[int], cfg: dict, timeout_s: float | None = None) -> dict[str, Any]:
     from ray import tune
-    cpus, gpus = _dist.node_resources()  # trials at once: as many trainers as the nodes hold workers for
-    concurrent = max(1, _dist.worker_room(cfg["threads"], cpus, gpus if cfg["use_gpu"] else None) // cfg["workers"])
+    cpus, gpus = raylaunch.node_resources()  # trials at once: as many trainers as the nodes hold workers for
+    concurrent = max(1, raylaunch.worker_room(cfg["threads"], cpus, gpus if cfg["use_gpu"] else None) // cfg["workers"])
     trainable = tune.with_resources(tune.with_parameters(tune_trial, data={k: split[k] for k in ('train', 'valid')}, cfg=cfg), {"cpu": 0, "memory": 1 << 20})
     tuner = tune.Tuner(
         trainable, param_space={"max_depth": tune.grid_search(list(depths))},
         tune_config=tune.TuneConfig(metric=METRIC, mode="min", max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(storage_path=cfg["storage"], name=f"xgb-grid-{uuid.uuid4().hex[:6]}", verbose=0))
-    grid = _dist.fit_within(tuner.fit, timeout_s, f"the {len(depths)} Ray Tune trials")
+    grid = learning.fit_within(tuner.fit, timeout_s, f"the {len(depths)} Ray Tune trials")
     if grid.errors:
         raise RuntimeError(f"{len(grid.errors)} Ray Tune trial(s) failed: {grid.errors[0]}")
     trials = [{"max_depth": res.config["max_depth"], "history": res.metrics["history"],
@@ -163,7 +164,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--depths", default=",".join(map(str, DEFAULT_DEPTHS)), help="max_depth grid (comma list)")
     p.add_argument("--eta", type=float, default=0.3, help="learning rate (xgboost default, as the seed)")
     p.add_argument("--split-seed", type=int, default=13, help="random_state of the split (the seed's baseline: 13)")
-    _dist.add_learning_args(p)
+    cli.add_learning_args(p)
     return p.parse_args(argv)
 
 
@@ -178,15 +179,15 @@ def parse_depths(text: str) -> list[int]:
 
 
 def make_config(args: argparse.Namespace) -> dict[str, Any]:
-    _dist.check_positive(workers=args.workers, threads=args.threads, rounds=args.rounds, nodes=args.nodes)
+    cli.check_positive(workers=args.workers, threads=args.threads, rounds=args.rounds, nodes=args.nodes)
     if args.framework == "reference" and args.workers != 1:
         raise UserError("--framework reference runs in one process; use --workers 1 (or --framework ray)")
     if not (math.isfinite(args.eta) and args.eta > 0):  # xgboost's own error was a trace
         raise UserError(f"--eta must be a learning rate > 0, not {args.eta:g}")
-    if (wrong := _dist.wrong_seed("split-seed", args.split_seed)) is not None:
+    if (wrong := cli.wrong_seed("split-seed", args.split_seed)) is not None:
         raise UserError(wrong)
     use_gpu = args.device == "cuda" or (args.device == "auto" and _torch_cuda())
-    return {"workers": args.workers, "threads": _dist.threads_per_worker(args),
+    return {"workers": args.workers, "threads": cli.threads_per_worker(args),
             "rounds": args.rounds, "eta": args.eta, "depths": parse_depths(args.depths),
             "split_seed": args.split_seed, "seed": args.seed, "use_gpu": use_gpu,
             "xgb_device": "cuda" if use_gpu else "cpu"}
@@ -210,17 +211,17 @@ def run(args: argparse.Namespace, rec: dict, t_start: float) -> None:
                       "records": int(sum(len(v[1]) for v in split.values())),
                       "bytes": int(sum(v[0].nbytes + v[1].nbytes for v in split.values()))}
     if args.framework == "reference":
-        _dist.check_device(args.device)
+        learning.check_device(args.device)
         with timer(timings, "compute"):
             out = grid_reference(split, cfg["depths"], cfg)
     else:
         with timer(timings, "startup"):
-            _dist.ray_connect(args.address, train=True, num_cpus=max(procs.usable_cpus(),
-                                                                            cfg["workers"] * cfg["threads"]))
-        _dist.check_ray_cluster(args.device, cfg["workers"], cfg["threads"], cfg["use_gpu"])
-        with _dist.ray_storage(args.storage) as storage, timer(timings, "compute"):
+            raylaunch.ray_connect(args.address, train=True, num_cpus=max(procs.usable_cpus(),
+                                                                         cfg["workers"] * cfg["threads"]))
+        raylaunch.check_ray_cluster(args.device, cfg["workers"], cfg["threads"], cfg["use_gpu"])
+        with learning.ray_storage(args.storage) as storage, timer(timings, "compute"):
             out = grid_ray(split, cfg["depths"], {**cfg, "storage": storage}, args.timeout)
-    rec["experiment_dir"] = _dist.experiment_dir(args.storage, out.get("experiment_dir"))
+    rec["experiment_dir"] = learning.experiment_dir(args.storage, out.get("experiment_dir"))
     fill_metrics(rec, out, split, cfg)
     timings["total"] = time.time() - t_start
 
@@ -241,7 +242,7 @@ def fill_metrics(rec: dict, out: dict, split: dict, cfg: dict) -> None:
     if "concurrent_trials" in out:
         rec["params"]["concurrent_trials"] = out["concurrent_trials"]
     rec["verification"] = {"reference": "held-out test accuracy >= 0.93", "error": None,
-                           **_dist.verdict(test["accuracy"] >= 0.93, f"held-out test accuracy {test['accuracy']:.3f} < 0.93")}
+                           **track.verdict(test["accuracy"] >= 0.93, f"held-out test accuracy {test['accuracy']:.3f} < 0.93")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(valid logloss), test accuracy {m['accuracy']:.4f}, logloss {m['logloss']:.4f}, "
                 f"total {rec['timings_s']['total']:.1f}s")
 
-    return _dist.record_run("xgboost", args, lambda rec, t0: run(args, rec, t0), summary)
+    return runs.record_run("xgboost", args, lambda rec, t0: run(args, rec, t0), summary)
 
 
 if __name__ == "__main__":

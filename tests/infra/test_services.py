@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from workloads._dist import RayComm
+from workloads.comm import RayComm
 
 VENV = "/opt/scalelab/venv"
 RAY_ENV = "/etc/scalelab/ray.env"

@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pytest
 from sklearn.metrics import calinski_harabasz_score
 
-from workloads import _dist, data, graphbuild, graphio, kmeans, pagerank, pointgrid
+from workloads import data, graphbuild, graphio, harness, kmeans, pagerank, pointgrid
 from workloads.record import UserError
 
 
@@ -267,9 +267,9 @@ def resident_peak(script: str) -> dict:
     import subprocess
     import sys
 
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 18), "PYTHONPATH": _dist.REPO_ROOT}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 18), "PYTHONPATH": harness.REPO_ROOT}
     run = subprocess.run([sys.executable, "-c", _STATUS + script], env=env, capture_output=True, text=True,
-                         timeout=300, cwd=_dist.REPO_ROOT)
+                         timeout=300, cwd=harness.REPO_ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
     return json.loads(run.stdout)
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from workloads import _dist, procs, record
+from workloads import harness, procs, record
 from workloads.comm import Comm, LocalComm, RayComm
+from workloads.harness import raylaunch, torchlaunch
 
 
 def test_process_start_time_is_this_process_start():
@@ -37,7 +38,7 @@ def test_a_workload_run_as_a_program_counts_its_interpreter_start():
             "from workloads import record; "
             "print(record.run_main(lambda argv: print(t - record.launch_time()) or 0))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=_dist.REPO_ROOT, env={**os.environ, "PYTHONPATH": _dist.REPO_ROOT}).stdout.split()
+                         cwd=harness.REPO_ROOT, env={**os.environ, "PYTHONPATH": harness.REPO_ROOT}).stdout.split()
     assert 0.0 < float(out[0]) < 5.0 and out[1] == "0"  # the start was before the script's first line
 
 
@@ -47,14 +48,14 @@ CONNECT_RETRY = ("RAY_raylet_client_connect_timeout_milliseconds", "RAY_raylet_c
 def test_local_ray_env_turns_token_auth_on_with_a_fresh_token(monkeypatch):
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_worker_niceness", *CONNECT_RETRY):
         monkeypatch.delenv(var, raising=False)
-    _dist.local_ray_env()
+    raylaunch.local_ray_env()
     first = os.environ["RAY_AUTH_TOKEN"]
     assert os.environ["RAY_AUTH_MODE"] == "token" and len(first) == 64
     assert os.environ["RAY_worker_niceness"] == "0"
     # a socket not listening yet is tried again after 0.1 s, not Ray's 1 s, as long in all (10 s)
     assert [os.environ[v] for v in CONNECT_RETRY] == ["100", "100"]
     monkeypatch.delenv("RAY_AUTH_MODE")
-    _dist.local_ray_env()
+    raylaunch.local_ray_env()
     assert os.environ["RAY_AUTH_TOKEN"] != first
 
 
@@ -64,7 +65,7 @@ def test_local_ray_env_keeps_what_the_user_set(monkeypatch):
     monkeypatch.setenv("RAY_worker_niceness", "15")
     for var in CONNECT_RETRY:
         monkeypatch.setenv(var, "7")
-    _dist.local_ray_env()
+    raylaunch.local_ray_env()
     assert os.environ["RAY_AUTH_MODE"] == "disabled" and "RAY_AUTH_TOKEN" not in os.environ
     assert os.environ["RAY_worker_niceness"] == "15"
     assert [os.environ[v] for v in CONNECT_RETRY] == ["7", "7"]
@@ -151,7 +152,7 @@ def gather_body(args, info, rec, comm) -> None:
 
 @pytest.mark.slow
 def test_torch_block_gatherer_puts_unequal_blocks_in_rank_order():
-    assert _dist.spawn_torch(3, _dist.torch_rank, (gather_blocks_on_this_rank, ()), timeout_s=300) == [0, 0, 0]
+    assert torchlaunch.spawn_torch(3, torchlaunch.torch_rank, (gather_blocks_on_this_rank, ()), timeout_s=300) == [0, 0, 0]
 
 
 def run_ray_ranks(body, workers: int) -> tuple[dict, float]:
@@ -165,7 +166,7 @@ def run_ray_ranks(body, workers: int) -> tuple[dict, float]:
     try:
         rec: dict = {"timings_s": {}}
         args = argparse.Namespace(workers=workers, address=None, timeout=300, launch_t=time.time())
-        _dist.ray_ranks(body)(args, None, rec, None)
+        raylaunch.ray_ranks(body)(args, None, rec, None)
         return rec, time.time() - args.launch_t
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
@@ -183,7 +184,7 @@ def run_ray_ranks(body, workers: int) -> tuple[dict, float]:
 ])
 def test_a_placement_on_n_distinct_nodes_must_fit(workers, nodes, cpus, message):
     """SCALELAB_RAY_NODES=N: a STRICT_SPREAD group of N bundles of ceil(workers / N) CPUs, one per node."""
-    assert _dist.placement_fit_error(workers, nodes, cpus) == message
+    assert raylaunch.placement_fit_error(workers, nodes, cpus) == message
 
 
 def never_runs(args, info, rec, comm) -> None:
@@ -195,10 +196,10 @@ def test_ranks_asked_on_more_nodes_than_the_cluster_has_stop_at_once(monkeypatch
     """The placement group used to wait PLACEMENT_TIMEOUT_S (60 s) for a node that is not there."""
     monkeypatch.setenv("SCALELAB_RAY_NODES", "2")
     started = time.monotonic()
-    with pytest.raises(_dist.UserError, match=r"^2 workers on 2 distinct nodes need 1 CPU\(s\) on each, but 1 of the "
+    with pytest.raises(record.UserError, match=r"^2 workers on 2 distinct nodes need 1 CPU\(s\) on each, but 1 of the "
                                               r"Ray cluster's 1 node\(s\) have that \(2 CPUs\); run on 1 node"):
         run_ray_ranks(never_runs, 2)
-    assert time.monotonic() - started < _dist.PLACEMENT_TIMEOUT_S
+    assert time.monotonic() - started < raylaunch.PLACEMENT_TIMEOUT_S
 
 
 @pytest.mark.slow
@@ -214,7 +215,7 @@ def alltoall_body(args, info, rec, comm) -> None:
 
 @pytest.mark.slow
 def test_torch_alltoall_delivers_every_piece_and_empties_the_senders_list():
-    assert _dist.spawn_torch(2, _dist.torch_rank, (alltoall_on_this_rank, ()), timeout_s=300) == [0, 0]
+    assert torchlaunch.spawn_torch(2, torchlaunch.torch_rank, (alltoall_on_this_rank, ()), timeout_s=300) == [0, 0]
 
 
 @pytest.mark.slow
@@ -259,13 +260,13 @@ def test_guard_raises_a_peers_user_error_on_every_rank_sent_as_text_not_a_pickle
 
 def test_a_hung_local_launch_times_out_and_its_ranks_are_stopped():
     t0 = time.monotonic()
-    with pytest.raises(_dist.LaunchTimeout, match="did not finish within 2 s"):
-        _dist.spawn_torch(2, time.sleep, (120,), timeout_s=2)
+    with pytest.raises(harness.LaunchTimeout, match="did not finish within 2 s"):
+        torchlaunch.spawn_torch(2, time.sleep, (120,), timeout_s=2)
     assert time.monotonic() - t0 < 60
 
 
-SLEEPING_LAUNCH = ("import sys, time; from workloads import _dist, record; "
-                   "sys.exit(record.run_main(lambda argv: _dist.spawn_torch(2, time.sleep, (240,)) and 0))")
+SLEEPING_LAUNCH = ("import sys, time; from workloads import record; from workloads.harness import torchlaunch; "
+                   "sys.exit(record.run_main(lambda argv: torchlaunch.spawn_torch(2, time.sleep, (240,)) and 0))")
 
 
 def rank_pids(parent: int) -> list[int]:
@@ -280,7 +281,7 @@ def test_a_local_torch_launch_stopped_takes_its_ranks_with_it(to, sig):
     the launching process alone stops its ranks instead of waiting for them; a launch killed outright
     leaves no rank running (they die with their parent)."""
     proc = subprocess.Popen([sys.executable, "-c", SLEEPING_LAUNCH], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=_dist.REPO_ROOT, env={**os.environ, "PYTHONPATH": _dist.REPO_ROOT},
+                            text=True, cwd=harness.REPO_ROOT, env={**os.environ, "PYTHONPATH": harness.REPO_ROOT},
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ranks: list[int] = []
     try:
@@ -307,14 +308,14 @@ def test_a_local_torch_launch_stopped_takes_its_ranks_with_it(to, sig):
 
 def test_the_torch_rendezvous_store_listens_on_the_master_address_only():
     """Rank 0 hosts the store on MASTER_ADDR (127.0.0.1 locally), not on every interface."""
-    port = _dist.free_port()
-    code = ("import os, socket; from workloads import _dist; _dist.init_torch(); "
+    port = harness.free_port()
+    code = ("from workloads.harness import torchlaunch; torchlaunch.init_torch(); "
             "print('TCP'); print(open('/proc/net/tcp').read())")
-    env = {**os.environ, "PYTHONPATH": _dist.REPO_ROOT, "RANK": "0", "WORLD_SIZE": "1",
+    env = {**os.environ, "PYTHONPATH": harness.REPO_ROOT, "RANK": "0", "WORLD_SIZE": "1",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     env.pop("TORCHELASTIC_RUN_ID", None)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
-                         cwd=_dist.REPO_ROOT)
+                         cwd=harness.REPO_ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     table = [line.split() for line in out.stdout.split("TCP\n", 1)[1].splitlines()[1:] if line.strip()]
     listening = [cols[1] for cols in table if cols[3] == "0A"]
@@ -326,7 +327,8 @@ def test_the_torch_rendezvous_store_listens_on_the_master_address_only():
 LINGERING_ACTOR = """
 import os, sys, threading, time
 import ray
-from workloads import _dist, procs
+from workloads import procs
+from workloads.harness import raylaunch
 
 @ray.remote(num_cpus=1)
 class Lingering:
@@ -348,10 +350,10 @@ def main():
     print(pid, "left-behind" if procs.start_time(pid) else "ended", flush=True)  # before this process's Ray ends
 
 if sys.argv[1] == "session":
-    with _dist.ray_session(1, None):
+    with raylaunch.ray_session(1, None):
         main()
 else:  # as the learning workloads do: Ray left to the exit
-    _dist.ray_connect(None, 1, train=False)
+    raylaunch.ray_connect(None, 1, train=False)
     main()
 """
 
@@ -367,7 +369,7 @@ def test_a_local_ray_ends_its_workers_that_ray_let_go_but_did_not_exit(ends):
     """An actor that leaves gracefully with a non-daemon thread running (as Ray Train's controller now
     and then does) is ended with the Ray that this process started, not left behind to PID 1."""
     proc = subprocess.run([sys.executable, "-c", LINGERING_ACTOR, ends], capture_output=True, text=True,
-                          timeout=120, cwd=_dist.REPO_ROOT, env={**os.environ, "PYTHONPATH": _dist.REPO_ROOT})
+                          timeout=120, cwd=harness.REPO_ROOT, env={**os.environ, "PYTHONPATH": harness.REPO_ROOT})
     assert proc.returncode == 0, proc.stderr[-2000:]
     pid, before = proc.stdout.split()[:2]
     pid = int(pid)
@@ -384,10 +386,10 @@ def test_a_local_ray_ends_its_workers_that_ray_let_go_but_did_not_exit(ends):
 
 def test_joining_checks_only_a_host_port_address_and_at_once():
     for address in ("auto", "ray://head:10001", "::1", "fe80::1"):  # Ray's to resolve (no port of their own here)
-        _dist.check_reachable(address)
-    for address in (f"127.0.0.1:{_dist.free_port()}", f"[::1]:{_dist.free_port()}"):
+        raylaunch.check_reachable(address)
+    for address in (f"127.0.0.1:{harness.free_port()}", f"[::1]:{harness.free_port()}"):
         with pytest.raises(record.UserError, match=r"^cannot join the Ray cluster at .*: nothing answers there \("):
-            _dist.check_reachable(address)
+            raylaunch.check_reachable(address)
 
 
 def test_a_checkout_on_the_venvs_path_through_a_pth_file_is_recognised(tmp_path, monkeypatch):
@@ -400,9 +402,9 @@ def test_a_checkout_on_the_venvs_path_through_a_pth_file_is_recognised(tmp_path,
     sp.mkdir()
     monkeypatch.setattr(site, "getsitepackages", lambda: [str(sp)])
     (sp / "other.pth").write_text(f"# {src}\nimport sys; sys.path.append({str(src)!r})\n{tmp_path}\n")
-    assert not _dist.on_site_path(str(src))  # a comment, an import line, another directory
+    assert not raylaunch.on_site_path(str(src))  # a comment, an import line, another directory
     (sp / "scalelab-src.pth").write_text(f"{src}\n")  # python_env's file: the absolute path
-    assert _dist.on_site_path(str(src)) and _dist.on_site_path(f"{src}/")
+    assert raylaunch.on_site_path(str(src)) and raylaunch.on_site_path(f"{src}/")
     (sp / "scalelab-src.pth").write_text("../srv/scalelab\n")  # a relative line counts from site-packages
-    assert _dist.on_site_path(str(src))
-    assert not _dist.on_site_path(str(tmp_path / "srv"))
+    assert raylaunch.on_site_path(str(src))
+    assert not raylaunch.on_site_path(str(tmp_path / "srv"))

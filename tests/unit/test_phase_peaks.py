@@ -5,12 +5,12 @@ import json
 import subprocess
 import sys
 
-from workloads import _dist
+from workloads import harness
 
 _PHASES = """
 import json, time
 import numpy as np
-from workloads import _dist
+from workloads.harness import track
 from workloads.record import timer
 
 timings, peaks = {}, {}
@@ -21,14 +21,14 @@ with timer(timings, "large", peaks):
     del b
 with timer(timings, "after", peaks):
     time.sleep(0.01)
-print(json.dumps({"gib": _dist.rank_peaks(None, peaks), "timed": sorted(timings)}))
+print(json.dumps({"gib": track.rank_peaks(None, peaks), "timed": sorted(timings)}))
 """
 
 
 def run_phases() -> subprocess.CompletedProcess:
     """:data:`_PHASES` in a fresh interpreter."""
     return subprocess.run([sys.executable, "-c", _PHASES], capture_output=True, text=True, timeout=120,
-                          cwd=_dist.REPO_ROOT, env={"PYTHONPATH": _dist.REPO_ROOT, "PATH": "/usr/bin:/bin"})
+                          cwd=harness.REPO_ROOT, env={"PYTHONPATH": harness.REPO_ROOT, "PATH": "/usr/bin:/bin"})
 
 
 def test_each_phase_has_its_own_peak() -> None:

@@ -20,7 +20,7 @@ import yaml
 from scalelab import cluster, wheelhouse
 from scalelab.errors import UserError
 from scalelab.inventory import Cluster, Node
-from workloads._dist import RayComm
+from workloads.comm import RayComm
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv/bin"

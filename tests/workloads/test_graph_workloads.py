@@ -21,7 +21,8 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import calinski_harabasz_score
 
-from workloads import _dist, data, graphio, kmeans, pagerank, pointgrid, procs
+from workloads import data, graphio, harness, kmeans, pagerank, pointgrid, procs
+from workloads.harness import raylaunch
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = [("ray", 1), ("ray", 2), ("ray", 3), ("torch", 1), ("torch", 2), ("torch", 3)]
@@ -34,9 +35,9 @@ def local_ray():
 
     os.environ["SCALELAB_NO_PROGRESS"] = "1"
     if not ray.is_initialized():
-        _dist.start_local_ray(3)
+        raylaunch.start_local_ray(3)
     yield
-    _dist.stop_ray()
+    raylaunch.stop_ray()
 
 
 def test_local_ray_is_on_loopback_with_a_token_and_workers_at_nice_0():
@@ -556,7 +557,7 @@ def test_joining_a_ray_too_small_for_the_workers_says_so_at_once(tmp_path, modul
 
 def test_joining_an_address_where_nothing_listens_fails_at_once(tmp_path):
     """Ray alone retries such an address for minutes; the subprocess's 120 s would end that."""
-    addr = f"127.0.0.1:{_dist.free_port()}"
+    addr = f"127.0.0.1:{harness.free_port()}"
     p = cli("kmeans", "--framework", "ray", "--address", addr, "--input", str(write_edges(tmp_path / "g.csv", [(0, 1)])))
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
         f"error: cannot join the Ray cluster at {addr}: nothing answers there (Connection refused); check the "

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workloads import _dist, cifar_pbt, pneumonia, procs, vision
+from workloads import cifar_pbt, pneumonia, procs, record, vision
 from workloads import xgboost as xgb_workload
+from workloads.harness import cli, learning, raylaunch
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -83,7 +84,7 @@ def test_recalibrated_batchnorm_describes_the_current_weights():
     bn.running_var.fill_(1e-3)
     model.eval()
     batches = [torch.randn(8, 3, 5, 5) * 2 + 1 for _ in range(3)]
-    ctx = _dist.WorkerContext(0, 1, torch.device("cpu"), "torch", lambda m: m, lambda _m: None)
+    ctx = learning.WorkerContext(0, 1, torch.device("cpu"), "torch", lambda m: m, lambda _m: None)
     vision.recalibrate_batchnorm(model, iter(batches), ctx)
     with torch.no_grad():
         feats = [model[0](x) for x in batches]
@@ -267,13 +268,13 @@ def test_user_errors_are_one_line_exit_2_and_a_failed_record(tmp_path, module, a
 def test_ray_workers_must_fit_on_the_nodes(workers, threads, cpus, gpus, message):
     """A worker's CPUs are on one node: 3+3 CPUs hold two workers of 2, not three (Ray Train and Tune
     waited forever for the third); a GPU run's worker needs a GPU on the same node."""
-    assert _dist.ray_fit_error(workers, threads, cpus, gpus) == message
+    assert raylaunch.ray_fit_error(workers, threads, cpus, gpus) == message
 
 
 def test_a_tune_trial_too_large_for_every_node_is_named_as_a_trial():
     """cifar-pbt: --workers is trials at once, and more than fit wait their turn; one must fit."""
-    assert _dist.ray_fit_error(1, 2, [4, 4], None, unit="trial") is None
-    assert _dist.ray_fit_error(1, 8, [4, 4], [1, 1], unit="trial") == (
+    assert raylaunch.ray_fit_error(1, 2, [4, 4], None, unit="trial") is None
+    assert raylaunch.ray_fit_error(1, 8, [4, 4], [1, 1], unit="trial") == (
         "--threads 8 needs 1 trial(s) of 8 CPU(s) and a GPU each but the Ray cluster's 2 node(s) have 4+4 CPUs and "
         "1+1 GPUs, room for 0; use --threads 4 or --device cpu or add nodes")
 
@@ -285,11 +286,11 @@ def test_threads_above_the_cores_are_refused_only_where_the_workers_run_here():
     def args(**kw: object) -> argparse.Namespace:
         return argparse.Namespace(**{"workers": 1, "threads": many, "address": None, **kw})
 
-    assert _dist.threads_per_worker(args(framework="ray", address="10.0.0.1:6379")) == many
+    assert cli.threads_per_worker(args(framework="ray", address="10.0.0.1:6379")) == many
     for framework in ("torch", "ray", "reference"):
-        with pytest.raises(_dist.UserError, match=f"--threads {many} is more than the {many - 1} CPU"):
-            _dist.threads_per_worker(args(framework=framework))
-    assert _dist.threads_per_worker(args(framework="torch", threads=None, workers=1)) == procs.usable_cpus()
+        with pytest.raises(record.UserError, match=f"--threads {many} is more than the {many - 1} CPU"):
+            cli.threads_per_worker(args(framework=framework))
+    assert cli.threads_per_worker(args(framework="torch", threads=None, workers=1)) == procs.usable_cpus()
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one usable CPU: no smaller set to run on")
@@ -300,8 +301,8 @@ def test_the_cpus_counted_are_those_the_run_may_use(tmp_path):
     def on_one_cpu() -> None:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
-    probe = ("from workloads import _dist, procs, record; "
-             "print(procs.usable_cpus(), _dist.default_threads(1), record.environment()['cpus_per_node'])")
+    probe = ("from workloads import procs, record; from workloads.harness import cli; "
+             "print(procs.usable_cpus(), cli.default_threads(1), record.environment()['cpus_per_node'])")
     proc = subprocess.run([PY, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
                           preexec_fn=on_one_cpu)
     assert proc.stdout.split() == ["1", "1", "1"], proc.stdout
@@ -348,7 +349,7 @@ def test_a_ray_storage_that_is_a_file_is_one_line(tmp_path):
     from workloads.record import UserError
 
     (tmp_path / "f").write_text("x")
-    with pytest.raises(UserError, match=r"--storage .*f is a file; give a directory"), _dist.ray_storage(str(tmp_path / "f")):
+    with pytest.raises(UserError, match=r"--storage .*f is a file; give a directory"), learning.ray_storage(str(tmp_path / "f")):
         pass
-    with _dist.ray_storage(str(tmp_path / "d")) as got:
+    with learning.ray_storage(str(tmp_path / "d")) as got:
         assert got == str((tmp_path / "d").resolve())
