@@ -87,6 +87,8 @@ def refuse_self_verify(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def check_common_args(args: argparse.Namespace) -> None:
+    """In every rank, before the input is read: ``--workers`` >= 1, and under torchrun the world it
+    started is the worker count."""
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, not {args.workers}")
     if torchrun_env() and args.framework == "torch":

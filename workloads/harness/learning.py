@@ -22,10 +22,11 @@ from workloads.harness.torchlaunch import init_torch, spawn_torch, torchrun_env
 from workloads.record import UserError, write_json
 
 
-# One training function ``fn(cfg, ctx)`` runs unchanged as a torch rank (our spawn or torchrun) or as
-# a Ray Train worker; the :class:`WorkerContext` hides which set up torch.distributed.
 @dataclass
 class WorkerContext:
+    """What a training function sees of its runtime: its rank and world, its device, how to wrap its
+    model for data parallelism, and how to report a result."""
+
     rank: int
     world: int
     device: Any
@@ -60,6 +61,8 @@ def check_device(requested: str) -> None:
 
 
 def pick_device(requested: str, local_rank: int = 0):
+    """The rank's torch device: GPU ``local_rank`` where cuda is asked for (:func:`check_device`) or
+    ``auto`` finds one, else the CPU."""
     import torch
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         check_device(requested)

@@ -415,4 +415,5 @@ def check_ray_cluster(device: str, workers: int, threads: int, use_gpu: bool = F
 
 
 def ray_has_gpu() -> bool:
+    """Whether an alive node of the connected Ray cluster has a GPU (what ``--device auto`` uses)."""
     return any(node_resources()[1])

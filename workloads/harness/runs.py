@@ -32,6 +32,7 @@ from workloads.record import (
 
 
 def dataset_entry(info: InputInfo, name: str | None) -> dict[str, Any]:
+    """The record's ``dataset``: ``--dataset`` or the file's stem, the input's URI and size."""
     stem = Path(info.uri.split("://", 1)[-1]).name.split(".")[0]
     return {"name": name or stem, "uri": info.uri, "bytes": info.size, "records": None}
 
@@ -117,6 +118,8 @@ def _report_failure(rec: dict, args: argparse.Namespace, leader: bool, message: 
 
 
 def summary_line(rec: dict) -> str:
+    """The line a graph run prints: its metrics (the top 3, not the whole top-k), its step times, and
+    NOT CONVERGED where ``--max-iter`` stopped it."""
     m = rec["metrics"]
     keep = {k: v for k, v in m.items() if k not in ("top", "centroids", "peak_rss_gib")}  # (in the record)
     if "top" in m:

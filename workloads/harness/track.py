@@ -16,6 +16,7 @@ from workloads.record import phase_peak
 
 
 def progress_enabled() -> bool:
+    """A bar only where someone watches: stderr is a terminal and SCALELAB_NO_PROGRESS is unset."""
     return sys.stderr.isatty() and not os.environ.get("SCALELAB_NO_PROGRESS")
 
 
@@ -72,4 +73,5 @@ def results_phase(rec: dict, peaks_gib: dict[str, list[float | None]]) -> Iterat
 
 
 def maybe(flag: bool, cm: Any) -> Any:
+    """``cm`` where ``flag`` holds (rank 0's progress bar), else a context that does nothing."""
     return cm if flag else nullcontext()
