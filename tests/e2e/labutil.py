@@ -94,7 +94,7 @@ def running_lab(inventory: Path) -> Iterator[labspec.LabSpec]:
 def ssh(spec: labspec.LabSpec, host: str, command: str, timeout: float = 60,
         check: bool = True) -> subprocess.CompletedProcess[str]:
     """`command` as root on a lab host: logged in as the lab's login user, through its sudo."""
-    proc = subprocess.run(lab.ssh_cmd(spec, host, f"sudo -n sh -c {shlex.quote(command)}"),
+    proc = subprocess.run(lab.hosts.ssh_cmd(spec, host, f"sudo -n sh -c {shlex.quote(command)}"),
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"ssh {host} {command!r} failed ({proc.returncode}): {proc.stderr.strip()}")

@@ -61,7 +61,7 @@ def test_hosts_log_in_as_a_sudo_user_and_refuse_root(tlab) -> None:
     """As the seed's cloud VMs: the controller's key opens `user`, whose sudo needs no password; root
     cannot log in over SSH, not even with the same key."""
     for h in tlab.hosts:
-        me = subprocess.run(lab.ssh_cmd(tlab, h.name, "id -un; sudo -n id -u"), capture_output=True, text=True,
+        me = subprocess.run(lab.hosts.ssh_cmd(tlab, h.name, "id -un; sudo -n id -u"), capture_output=True, text=True,
                             timeout=60)
         assert me.returncode == 0 and me.stdout.split() == ["user", "0"], me.stdout + me.stderr
         as_root = subprocess.run(["ssh", "-F", str(tlab.ssh_config), "-o", "BatchMode=yes", "-o", "User=root",
@@ -108,7 +108,7 @@ def test_kill_is_a_power_cut_and_start_keeps_the_disk(tlab, host: str) -> None:
     inv = str(tlab.inventory_dir)
     ssh(tlab, host, "echo precious > /root/keep.txt && sync")
     fab("lab-kill", host, "--inventory", inv)
-    assert not lab.host_running(tlab, host)
+    assert not lab.cgroups.host_running(tlab, host)
     try:   # refused, unreachable, or no answer at all (the master's connect() to a neighbour it still
         # thinks alive keeps retrying): anything but a shell
         answered = ssh(tlab, host, "true", timeout=30, check=False).returncode == 0
@@ -129,16 +129,16 @@ def test_a_host_whose_sshd_never_starts_gets_one_restart_then_ssh_words_and_its_
     """The lab gives a silent host one more boot, then names it with what ssh said and the tail of its
     console (what a failed `fab lab-up` in CI shows: the boot messages say why)."""
     ssh(tlab, "worker2", "systemctl mask ssh.service ssh.socket")
-    lab.kill_host(tlab, "worker2")
+    lab.hosts.kill_host(tlab, "worker2")
     said: list[str] = []
     try:
-        with pytest.raises(lab.HostUnreachable) as failed:
-            lab.boot(tlab, [tlab.host("worker2")], say=said.append, timeout=8)
+        with pytest.raises(lab.hosts.HostUnreachable) as failed:
+            lab.hosts.boot(tlab, [tlab.host("worker2")], say=said.append, timeout=8)
     finally:  # unmasked on its disk; then it boots as before
         for unit in ("ssh.service", "ssh.socket"):
-            (lab._root(tlab, "worker2") / "etc/systemd/system" / unit).unlink(missing_ok=True)
-        lab.kill_host(tlab, "worker2")
-        lab.boot(tlab, [tlab.host("worker2")])
+            (lab.hosts.host_root(tlab, "worker2") / "etc/systemd/system" / unit).unlink(missing_ok=True)
+        lab.hosts.kill_host(tlab, "worker2")
+        lab.hosts.boot(tlab, [tlab.host("worker2")])
     msg = str(failed.value)
     assert msg.startswith("worker2 did not answer on ssh within 8 s; ssh said: "), msg
     head, _, console = msg.partition("\n--- console of worker2 (last lines) ---\n")
@@ -191,7 +191,7 @@ def test_down_leaves_nothing_behind(tlab) -> None:
         assert tlab.chain not in rules
     procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(tlab.state_dir) not in procs
-    assert not any(Path(r, tlab.name).exists() for r in lab.CGROUP_ROOTS)
+    assert not any(Path(r, tlab.name).exists() for r in lab.cgroups.CGROUP_ROOTS)
     assert not tlab.hosts_file.exists()
     assert not tlab.ssh_config.exists() and not tlab.known_hosts.exists()
 
@@ -202,19 +202,19 @@ def test_a_process_left_in_only_one_cgroup_hierarchy_still_counts_and_dies(tmp_p
     leaves the host running."""
     require_lab_machine()
     spec = lab.labspec.load_spec(make_inventory(tmp_path / "lab", "slcg", 74))
-    v1 = lab.CGROUP_ROOTS[1] / spec.name / "worker1" / "supervisor"
+    v1 = lab.cgroups.CGROUP_ROOTS[1] / spec.name / "worker1" / "supervisor"
     v1.mkdir(parents=True)
     proc = subprocess.Popen(["sleep", "300"])
     try:
         (v1 / "cgroup.procs").write_text(str(proc.pid))
-        assert not (lab.CGROUP_ROOTS[0] / spec.name / "worker1").exists()
-        assert lab.host_running(spec, "worker1")
-        lab.kill_host(spec, "worker1", timeout=10)
+        assert not (lab.cgroups.CGROUP_ROOTS[0] / spec.name / "worker1").exists()
+        assert lab.cgroups.host_running(spec, "worker1")
+        lab.hosts.kill_host(spec, "worker1", timeout=10)
         assert proc.wait(timeout=10) == -9
-        assert not lab.host_running(spec, "worker1")
+        assert not lab.cgroups.host_running(spec, "worker1")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for root in lab.CGROUP_ROOTS:
-            lab._rmdir_tree(root / spec.name)
+        for root in lab.cgroups.CGROUP_ROOTS:
+            lab.cgroups.rmdir_tree(root / spec.name)

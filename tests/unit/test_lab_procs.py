@@ -13,6 +13,7 @@ import pytest
 
 from scalelab import lab, labspec
 from scalelab.errors import UserError
+from scalelab.lab import cgroups, network
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     unified, v1 = tmp_path / "unified", tmp_path / "systemd"
-    monkeypatch.setattr(lab, "CGROUP_ROOTS", (unified, v1))
+    monkeypatch.setattr(cgroups, "CGROUP_ROOTS", (unified, v1))
     return unified, v1
 
 
@@ -53,10 +54,10 @@ def test_host_pids_span_both_hierarchies_and_survive_a_vanishing_cgroup(
     _cgroup(v1 / "payload/system.slice/ray.service", [105])
     _vanishes_when_listed(monkeypatch, gone)
 
-    assert lab.host_pids(spec, "worker1") == {101, 102, 104, 105}
+    assert cgroups.host_pids(spec, "worker1") == {101, 102, 104, 105}
     assert not gone.exists()
-    assert lab.host_pids(spec, "worker2") == set()
-    assert lab.host_running(spec, "worker1") and not lab.host_running(spec, "worker2")
+    assert cgroups.host_pids(spec, "worker2") == set()
+    assert cgroups.host_running(spec, "worker1") and not cgroups.host_running(spec, "worker2")
 
 
 def test_rmdir_tree_removes_empty_cgroups_deepest_first_and_keeps_a_busy_one(
@@ -68,24 +69,24 @@ def test_rmdir_tree_removes_empty_cgroups_deepest_first_and_keeps_a_busy_one(
     busy = _cgroup(top / "worker1/payload", [7])  # a directory with a file stands for a cgroup in use
     _vanishes_when_listed(monkeypatch, gone)
 
-    lab._rmdir_tree(top)
+    cgroups.rmdir_tree(top)
 
     assert not (top / "master").exists()
     assert busy.is_dir() and top.is_dir()
-    lab._rmdir_tree(tmp_path / "absent")  # nothing there: nothing to do
+    cgroups.rmdir_tree(tmp_path / "absent")  # nothing there: nothing to do
 
 
 def test_comm_names_a_live_process_and_is_empty_for_a_gone_one() -> None:
     proc = subprocess.Popen(["sleep", "60"])  # a name of our choosing (pytest's own is pytest or python)
     try:
         deadline = time.monotonic() + 10  # the child may not have reached its exec yet
-        while lab._comm(proc.pid) != "sleep" and time.monotonic() < deadline:
+        while network._comm(proc.pid) != "sleep" and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert lab._comm(proc.pid) == "sleep"
+        assert network._comm(proc.pid) == "sleep"
     finally:
         proc.kill()
         proc.wait()
-    assert lab._comm(proc.pid) == ""  # reaped: its /proc entry is gone
+    assert network._comm(proc.pid) == ""  # reaped: its /proc entry is gone
 
 
 HOLD = """
@@ -131,7 +132,7 @@ def test_rebuild_base_under_a_running_lab_stops_and_keeps_the_base(
                                base_cache=tmp_path / "cache")
     (spec.state_dir).mkdir()
     (spec.state_dir / "lab.json").write_text('{"name": "lab", "workers": 2}')
-    base = lab.base_path(spec)
+    base = lab.base.base_path(spec)
     base.mkdir(parents=True)
     monkeypatch.setattr(lab, "check_prerequisites", lambda: None)
     with pytest.raises(UserError, match=r"the lab is up and its hosts run on the base: `fab lab-down` first"):

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scalelab import lab, labspec
+from scalelab import labspec
+from scalelab.lab import egress, network, shared
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _rules():
     spec = labspec.load_spec(REPO / "inventory/lab")
-    return spec, lab._iptables_rules(spec, ["203.0.113.7", "203.0.113.8"])
+    return spec, network._iptables_rules(spec, ["203.0.113.7", "203.0.113.8"])
 
 
 def test_only_registry_addresses_are_accepted_out_of_the_lab() -> None:
@@ -45,7 +46,7 @@ def test_controller_offers_the_lab_dns_only() -> None:
 
 
 def test_registry_hosts_come_from_apt_and_pip_defaults() -> None:
-    hosts = lab.registry_hosts("http://mirror.example/debian")
+    hosts = egress.registry_hosts("http://mirror.example/debian")
     assert "mirror.example" in hosts and "pypi.org" in hosts
 
 
@@ -54,22 +55,22 @@ def test_ip_forwarding_stays_on_until_the_last_lab_is_down(tmp_path, monkeypatch
     the other (it cut that lab's egress: apt hung in its provision); the last one down restores it."""
     fwd, up = tmp_path / "ip_forward", []
     fwd.write_text("0\n")
-    monkeypatch.setattr(lab, "IP_FORWARD", fwd)
-    monkeypatch.setattr(lab, "SHARED_STATE", tmp_path / "run")
-    monkeypatch.setattr(lab, "NSPAWN_RUNDIR", tmp_path / "nspawn")
-    monkeypatch.setattr(lab, "labs_up", lambda: list(up))
+    monkeypatch.setattr(shared, "IP_FORWARD", fwd)
+    monkeypatch.setattr(shared, "SHARED_STATE", tmp_path / "run")
+    monkeypatch.setattr(shared, "NSPAWN_RUNDIR", tmp_path / "nspawn")
+    monkeypatch.setattr(shared, "labs_up", lambda: list(up))
 
     def bring_up(chain: str) -> None:
-        lab._claim_ip_forward()
+        shared.claim_ip_forward()
         up.append(chain)
 
     def bring_down(chain: str) -> None:
         up.remove(chain)
-        lab._release_shared({"ip_forward_before": "1"})   # what an older lab's state says: ignored here
+        shared.release_shared({"ip_forward_before": "1"})   # what an older lab's state says: ignored here
 
     bring_up("A-LAB")
     bring_up("B-LAB")
-    lab._claim_ip_forward()             # A grows (lab-up again while up): the record stays the machine's
+    shared.claim_ip_forward()             # A grows (lab-up again while up): the record stays the machine's
     assert fwd.read_text() == "1\n"
     bring_down("A-LAB")
     assert fwd.read_text() == "1\n", "the first lab down turned forwarding off under the other"
@@ -82,5 +83,5 @@ def test_ip_forwarding_stays_on_until_the_last_lab_is_down(tmp_path, monkeypatch
     assert fwd.read_text() == "0\n"
     # a lab brought up by an older scalelab has its record in its own state only
     fwd.write_text("1\n")
-    lab._release_shared({"ip_forward_before": "0"})
+    shared.release_shared({"ip_forward_before": "0"})
     assert fwd.read_text() == "0\n"

@@ -58,7 +58,7 @@ def test_markup_in_a_message_is_printed_as_it_is(capsys) -> None:
 
 
 def test_a_lab_host_that_will_not_boot_is_its_message_and_exit_1_not_a_traceback(capsys) -> None:
-    from scalelab.lab import HostUnreachable
+    from scalelab.lab.hosts import HostUnreachable
 
     @cli.user_errors
     def task() -> None:
