@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scalelab import lab
+from scalelab import lab, labspec
 from tests.e2e.labutil import BIN, REPO, fab, make_inventory, require_lab_machine, running_lab, ssh
 
 pytestmark = pytest.mark.lab
@@ -201,7 +201,7 @@ def test_a_process_left_in_only_one_cgroup_hierarchy_still_counts_and_dies(tmp_p
     unified cgroup gone). ``host_running`` must still see it and ``kill_host`` must end it, or ``lab-down``
     leaves the host running."""
     require_lab_machine()
-    spec = lab.labspec.load_spec(make_inventory(tmp_path / "lab", "slcg", 74))
+    spec = labspec.load_spec(make_inventory(tmp_path / "lab", "slcg", 74))
     v1 = lab.cgroups.CGROUP_ROOTS[1] / spec.name / "worker1" / "supervisor"
     v1.mkdir(parents=True)
     proc = subprocess.Popen(["sleep", "300"])
