@@ -22,7 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv/bin"
 ROLES_DIR = ROOT / "roles"
-# The roles of the base layer (issue 3); other layers' roles are checked by their own tests.
+# The roles of the base layer; other layers' roles are checked by their own tests.
 ROLES = ["apt_cache", "os_upgrade", "hosts", "nat_gateway", "nat_client", "ssh_mesh", "public_firewall", "iptables_loader"]
 LOADER = ROLES_DIR / "iptables_loader/files/scalelab-firewall"
 FAKE = Path(__file__).with_name("fake_iptables.py")
