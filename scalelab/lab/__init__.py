@@ -14,8 +14,8 @@ lab's subnets can leave the machine (the private subnet has an ``unreachable`` r
 
 Needs root and: debootstrap, systemd-container, iptables, dnsmasq-base (``make lab-deps``).
 
-This file holds the verbs (`fab lab-up`, `lab-down`, `lab-kill`, `lab-start`, `lab-status`), one at a
-time per lab; each concern they use is a module of its own: :mod:`.prereqs`, :mod:`.base`,
+This file holds the verbs (`fab lab-up`, `lab-down`, `lab-kill`, `lab-start`, one at a time per lab;
+`lab-status` only reads); each concern they use is a module of its own: :mod:`.prereqs`, :mod:`.base`,
 :mod:`.statefile`, :mod:`.cgroups`, :mod:`.shared`, :mod:`.network`, :mod:`.egress`, :mod:`.hosts`,
 and :mod:`.system` beneath them all.
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from scalelab import labspec
 from scalelab.errors import Failure, UserError
-from scalelab.lab.cgroups import CGROUP_ROOTS, host_cgroups, host_pids, host_running, rmdir_tree
+from scalelab.lab.cgroups import host_cgroups, host_pids, host_running, rmdir_tree
 from scalelab.lab.system import Progress, echo, is_mounted, link_exists, sh, wait_for
 from scalelab.labspec import Host, LabSpec
 
@@ -138,7 +138,7 @@ def start_host(spec: LabSpec, host: Host) -> int:
 
 def kill_host(spec: LabSpec, host: str, timeout: float = 15) -> None:
     """Power cut: every process of the host (supervisor, nspawn, the guest) dies at once."""
-    kill = CGROUP_ROOTS[0] / spec.name / host / "cgroup.kill"
+    kill = host_cgroups(spec, host)[0] / "cgroup.kill"  # the unified hierarchy's
     if kill.exists():
         kill.write_text("1")
 

@@ -1,4 +1,5 @@
-"""What the lab does on this machine: run a command, wait for a condition, look at mounts and links."""
+"""What the lab does on this machine: run a command, wait for a condition, look at mounts and links,
+and print the verbs' progress lines."""
 from __future__ import annotations
 
 import shlex

@@ -29,6 +29,7 @@ This file holds what they share.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -53,3 +54,8 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def torchrun_env() -> bool:
+    """This process is one rank of a torchrun job (or of :func:`torchlaunch.spawn_torch`)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))

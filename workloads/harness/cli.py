@@ -7,7 +7,7 @@ import math
 import os
 
 from workloads import procs
-from workloads.harness.torchlaunch import torchrun_env
+from workloads.harness import torchrun_env
 from workloads.record import UserError
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workloads.harness import LaunchTimeout
-from workloads.harness.torchlaunch import init_torch, spawn_torch, torchrun_env
+from workloads.harness import LaunchTimeout, torchrun_env
+from workloads.harness.torchlaunch import init_torch, spawn_torch
 from workloads.record import UserError, write_json
 
 

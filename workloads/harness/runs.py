@@ -14,10 +14,10 @@ from typing import Any
 
 from workloads.comm import LocalComm, TorchComm
 from workloads.graphio import InputInfo, inspect_input
-from workloads.harness import Body, LaunchTimeout
+from workloads.harness import Body, LaunchTimeout, torchrun_env
 from workloads.harness.cli import check_common_args, output_replaces_input, wrong_seed, wrong_timeout
 from workloads.harness.raylaunch import ray_ranks
-from workloads.harness.torchlaunch import spawn_torch, torch_rank, torchrun_env
+from workloads.harness.torchlaunch import spawn_torch, torch_rank
 from workloads.harness.track import since_launch
 from workloads.record import (
     UserError,

@@ -17,12 +17,6 @@ from workloads import procs
 from workloads.comm import COLLECTIVE_TIMEOUT_S, TorchComm
 from workloads.harness import REPO_ROOT, STOPPED, LaunchTimeout, free_port
 
-
-def torchrun_env() -> bool:
-    """This process is one rank of a torchrun job (or of :func:`spawn_torch`)."""
-    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
-
-
 RENDEZVOUS_TIMEOUT = dt.timedelta(seconds=COLLECTIVE_TIMEOUT_S)  # the rendezvous and every gloo collective
 
 
