@@ -5,24 +5,27 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-
-
 REGISTRY_PORTS = (80, 443)
+
+
+def _apt_sources(pattern: str) -> Iterator[str]:
+    """The text of each of apt's source files: those in sources.list.d matching ``pattern``, then
+    sources.list (one that cannot be read is skipped)."""
+    for path in [*Path("/etc/apt/sources.list.d").glob(pattern), Path("/etc/apt/sources.list")]:
+        try:
+            yield path.read_text()
+        except OSError:
+            continue
 
 
 def apt_mirror() -> str:
     """The Debian mirror this machine's apt uses (so the lab uses the same reachable archive)."""
-    candidates = list(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]
-    for path in candidates:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
+    for text in _apt_sources("*.sources"):
         for m in re.finditer(r"^(?:URIs:\s*|deb\s+(?:\[[^\]]*\]\s*)?)(\S+)", text, re.M):
             uri = m.group(1)
             if "security" not in uri and uri.startswith(("http://", "https://")):
@@ -32,11 +35,7 @@ def apt_mirror() -> str:
 
 def _apt_hosts() -> set[str]:
     hosts = set()
-    for path in list(Path("/etc/apt/sources.list.d").glob("*")) + [Path("/etc/apt/sources.list")]:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
+    for text in _apt_sources("*"):
         for uri in re.findall(r"(https?://[^\s\]]+)", text):
             if (h := urlparse(uri).hostname):
                 hosts.add(h)
