@@ -291,6 +291,13 @@ def block_ranges(info: InputInfo, block_bytes: int) -> list[tuple[int, int]]:
     return [(s, min(s + block_bytes, info.size)) for s in starts]
 
 
+def rank_blocks(info: InputInfo, block_bytes: int, rank: int, world: int) -> list[tuple[int, tuple[int, int]]]:
+    """Rank ``rank`` of ``world``'s contiguous share of :func:`block_ranges`: (block index, its range)."""
+    blocks = block_ranges(info, block_bytes)
+    cut = np.linspace(0, len(blocks), world + 1).round().astype(int)
+    return [(b, blocks[b]) for b in range(cut[rank], cut[rank + 1])]
+
+
 def _line_end(f: pa.NativeFile, pos: int, size: int) -> int:
     """Offset just past the newline at or after ``pos`` (or ``size``)."""
     step = _FIRST_SCAN

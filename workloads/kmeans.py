@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from workloads.comm import Comm
-from workloads.graphio import InputInfo, block_ranges, read_range, split_ranges
+from workloads.graphio import InputInfo, block_ranges, rank_blocks, read_range, split_ranges
 from workloads.harness import cli, runs, track
 from workloads.pointgrid import CHUNK, PointGrid, assign, cluster_stats, within_sse
 from workloads.record import UserError, run_main, timer
@@ -135,11 +135,9 @@ class KMeansPart:
 
     def blocks(self, block_bytes: int, k: int, seed: int) -> list[tuple[int, float, float, int]]:
         """Run the seed's KMeans on this worker's contiguous share of the fixed blocks."""
-        blocks = block_ranges(self.info, block_bytes)
-        cut = np.linspace(0, len(blocks), self.world + 1).round().astype(int)
         out = []
-        for b in range(cut[self.rank], cut[self.rank + 1]):
-            x, y = as_points(*read_range(self.info, *blocks[b]))
+        for b, (lo, hi) in rank_blocks(self.info, block_bytes, self.rank, self.world):
+            x, y = as_points(*read_range(self.info, lo, hi))
             res = blockwise_block(x, y, k, seed)
             if res is not None:
                 out.append((b, res[0], res[1], len(x)))

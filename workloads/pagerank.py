@@ -26,28 +26,26 @@ products as ``A @ x`` with ``A[v, u] = 1/outdeg(u)`` -- plus their L1 change, th
 
 :func:`reference_pagerank` is the single-process scipy version used to verify a run (gapbs style).
 
-``--method seed`` also runs the seed paper's algorithm beside this one (:func:`seed_batch`,
-:func:`seed_metrics`): torch_ppr's PageRank on each fixed ``--block-mb`` batch of the file, scores
-summed per node; the record holds its top-k, their overlap with ours and the L1 distance.
+``--method seed`` also runs the seed paper's algorithm beside this one (:mod:`workloads.pagerank_seed`):
+torch_ppr's PageRank on each fixed ``--block-mb`` batch of the file, scores summed per node; the record
+holds its top-k, their overlap with ours and the L1 distance.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import sys
-import threading
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from workloads import graphbuild
+from workloads import graphbuild, pagerank_seed
 from workloads.comm import Comm
 from workloads.graphbuild import GraphPart, RowBlock, check_ids, node_ids, spmv_blocks
-from workloads.graphio import InputInfo, block_ranges, read_range
+from workloads.graphio import InputInfo, read_range
 from workloads.harness import cli, runs, track
 from workloads.record import run_main, timer
 
@@ -216,58 +214,6 @@ def reference_pagerank(src: np.ndarray, dst: np.ndarray, *, directed: bool = Fal
     return ids, x, it, why, change
 
 
-# ---------------------------------------------------------------------- the seed's algorithm
-SEED_KEEP = 10_000  # the seed kept and normalised the top 10,000 summed scores
-
-
-def seed_batch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One batch of the seed's ``--method seed``: ids renumbered 0..k-1 in id order, then
-    ``torch_ppr.page_rank`` with its defaults (alpha 0.05 = damping 0.95, edges symmetrised, float32,
-    stop at an L-inf change of 1e-4).  Returns (ids, scores); the batch's scores sum to 1."""
-    import torch
-    from torch_ppr import page_rank
-    from tqdm import tqdm
-
-    if not hasattr(tqdm, "_lock"):  # torch_ppr's progress bar, disabled, still takes tqdm's lock, by
-        # default a process-shared one: a named semaphore that a torch rank, leaving by os._exit, never
-        # gives back (the driver's resource tracker then warns of "leaked semaphore objects")
-        tqdm.set_lock(threading.RLock())
-    ids, inverse = np.unique(np.concatenate([src, dst]), return_inverse=True)
-    edge_index = torch.from_numpy(inverse.astype(np.int64).reshape(2, -1))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the seed's 1-CPU tasks: float32 sums in one order, whatever the process
-    try:
-        with warnings.catch_warnings():  # torch's notes on its beta sparse tensors, once per process
-            warnings.simplefilter("ignore", UserWarning)
-            return ids, page_rank(edge_index=edge_index, num_nodes=len(ids)).numpy().astype(np.float64)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def seed_metrics(args: argparse.Namespace, ids: np.ndarray, x: np.ndarray, top: list[list[Any]],
-                 batches: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    """The seed's result beside ours: per-batch scores summed per node (batches in file order, so
-    any worker count gives the same sums), the top 10,000 normalised to sum 1, its top-k; compared
-    with this run's PageRank by the overlap of the top-k and the L1 distance of the whole summed
-    vector (normalised to sum 1).  Kept apart from the seed's bugs: exact int64 ids, no batches
-    dropped."""
-    batches = sorted(batches, key=lambda b: b[0])
-    sids, inverse = np.unique(np.concatenate([b[1] for b in batches]), return_inverse=True)
-    summed = np.bincount(inverse, weights=np.concatenate([b[2] for b in batches]), minlength=len(sids))
-    keep = np.lexsort((sids, -summed))[:SEED_KEEP]
-    norm = summed[keep] / summed[keep].sum()
-    k = min(args.top, len(keep))
-    seed_top = [[int(sids[i]), float(v)] for i, v in zip(keep[:k], norm[:k], strict=True)]
-    same_nodes = len(sids) == len(ids) and np.array_equal(sids, ids)
-    overlap = len({n for n, _ in seed_top} & {n for n, _ in top[:k]}) / max(k, 1)
-    return {"algorithm": f"torch_ppr.page_rank per {args.block_mb} MiB batch, scores summed per node, "
-                         f"top {SEED_KEEP} normalised", "batches": len(batches), "top": seed_top,
-            "top_overlap": overlap,
-            "l1_error": float(np.abs(summed / summed.sum() - x).sum()) if same_nodes else None,
-            "compared_with": f"this run's PageRank, damping {args.damping}"
-                             + ("" if args.damping == 0.95 else " (torch_ppr's is 0.95: use --damping 0.95)")}
-
-
 # ------------------------------------------------------------------------------- worker state
 class PageRankPart(GraphPart):
     """One rank's share (:class:`GraphPart`) and the PageRank state of its rows."""
@@ -276,17 +222,6 @@ class PageRankPart(GraphPart):
                  fault: bool = False) -> None:
         super().__init__(rank, world, info, directed)
         self.damping, self.fault = damping, fault
-
-    def seed_batches(self, block_bytes: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """:func:`seed_batch` on this worker's contiguous share of the fixed byte blocks."""
-        blocks = block_ranges(self.info, block_bytes)
-        cut = np.linspace(0, len(blocks), self.world + 1).round().astype(int)
-        out = []
-        for b in range(cut[self.rank], cut[self.rank + 1]):
-            src, dst = read_range(self.info, *blocks[b])
-            if len(src):
-                out.append((b, *seed_batch(src, dst)))
-        return out
 
     def build(self, outdeg: np.ndarray) -> int:
         """This rank's row blocks (:meth:`GraphPart.row_blocks`) and the iteration's vectors; ``outdeg``
@@ -346,13 +281,13 @@ def convergence_metrics(top: list[list[Any]], iterations: int, stopped_by: str, 
 
 def _finish(args: argparse.Namespace, info: InputInfo, rec: dict, ids: np.ndarray, x: np.ndarray,
             iterations: int, stopped_by: str, change: float, rounding: float, n_edges: int, nnz: int,
-            seed: list[tuple[int, np.ndarray, np.ndarray]] | None = None) -> None:
+            seed: list[pagerank_seed.Batch] | None = None) -> None:
     rec["dataset"]["records"] = n_edges
     top = top_k(ids, x, args.top)
     rec["metrics"] = {**convergence_metrics(top, iterations, stopped_by, change, args.damping),
                       "rounding_bound": rounding, "nodes": len(x), "edges": n_edges, "arcs": nnz, "top": top}
     if seed is not None:
-        rec["metrics"]["seed"] = seed_metrics(args, ids, x, top, seed)
+        rec["metrics"]["seed"] = pagerank_seed.metrics(args, ids, x, top, seed)
     if args.verify:
         with timer(rec["timings_s"], "verify"):
             rec["verification"] = verify(args, info, ids, x, iterations, stopped_by, change, rounding)
@@ -435,7 +370,7 @@ def run_reference(args: argparse.Namespace, info: InputInfo, rec: dict, comm: An
     seed = None
     if args.method == "seed":
         with timer(t, "seed", peaks):
-            seed = PageRankPart(0, 1, info, args.directed, args.damping).seed_batches(args.block_mb << 20)
+            seed = pagerank_seed.rank_batches(info, args.block_mb << 20, 0, 1)
     with track.results_phase(rec, track.rank_peaks(None, peaks)):
         _finish(args, info, rec, ids, x, iters, stopped_by, change, rounding, n_edges, nnz, seed)
     rec["metrics"]["spmv_s_per_iter"] = t["compute"] / max(iters, 1)
@@ -472,7 +407,8 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
     seed = None
     if args.method == "seed":
         with timer(t, "seed", peaks):
-            seed = gather_batches(comm, comm.guard(part.seed_batches, args.block_mb << 20))
+            seed = pagerank_seed.gather(comm, comm.guard(pagerank_seed.rank_batches, info, args.block_mb << 20,
+                                                         comm.rank, comm.world))
     peaks_gib = track.rank_peaks(comm, peaks)
     if comm.rank == 0:
         with track.results_phase(rec, peaks_gib):
@@ -491,22 +427,6 @@ def iterate(part: PageRankPart, comm: Comm, bounds: np.ndarray, n: int, args: ar
         return gather(*part.step(x))  # the rows' new values and their L1 change, from every rank
 
     return power_iterate(step_all, n, args.tol, args.max_iter, advance)
-
-
-def gather_batches(comm: Comm, mine: list[tuple[int, np.ndarray, np.ndarray]]
-                   ) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Every rank's seed batches (block index, ids, scores) as three all-gathers of arrays."""
-    heads = comm.allgather(np.array([[b, len(i)] for b, i, _ in mine], dtype=np.int64).reshape(-1))
-    ids = comm.allgather(np.concatenate([i.astype(np.int64) for _, i, _ in mine] or [np.empty(0, np.int64)]))
-    scores = comm.allgather(np.concatenate([s for _, _, s in mine] or [np.empty(0)]))
-    out = []
-    for head, i, s in zip(heads, ids, scores, strict=True):
-        if not len(head):  # a rank given no block (a file of fewer blocks than ranks)
-            continue
-        cuts = np.cumsum(head.reshape(-1, 2)[:, 1])[:-1]
-        out += [(int(b), bi, bs) for b, bi, bs in zip(head.reshape(-1, 2)[:, 0], np.split(i, cuts),
-                                                         np.split(s, cuts), strict=True)]
-    return out
 
 
 # ---------------------------------------------------------------------------------------- CLI

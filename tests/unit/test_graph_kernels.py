@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pytest
 from sklearn.metrics import calinski_harabasz_score
 
-from workloads import data, graphbuild, graphio, harness, kmeans, pagerank, pointgrid
+from workloads import data, graphbuild, graphio, harness, kmeans, pagerank, pagerank_seed, pointgrid
 from workloads.record import UserError
 
 
@@ -32,6 +32,14 @@ def test_byte_ranges_own_every_line_exactly_once(tmp_path):
         got = [graphio.read_range(info, lo, hi) for lo, hi in graphio.split_ranges(info, parts)]
         assert np.array_equal(np.concatenate([g[0] for g in got]), a)
         assert np.array_equal(np.concatenate([g[1] for g in got]), b)
+
+    # the fixed blocks (the seed's batches): any rank count shares them out whole, in order, each once
+    blocks = graphio.block_ranges(info, 4096)
+    assert len(blocks) > 7 and blocks[0][0] == info.data_start and blocks[-1][1] == info.size
+    for world in (1, 2, 3, 7, len(blocks) + 2):
+        shares = [graphio.rank_blocks(info, 4096, r, world) for r in range(world)]
+        assert [b for share in shares for b in share] == list(enumerate(blocks))
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
 def test_reader_keeps_int64_ids_exact_and_accepts_no_header(tmp_path):
@@ -495,7 +503,7 @@ def test_reference_does_not_use_the_kernel_relabelling(monkeypatch):
 
 def test_seed_batch_is_torch_ppr_with_its_defaults_and_batches_are_summed_per_node():
     edges = np.array([(10, 20), (20, 30), (30, 10), (30, 40), (50, 60)])
-    ids, scores = pagerank.seed_batch(edges[:, 0], edges[:, 1])
+    ids, scores = pagerank_seed.batch(edges[:, 0], edges[:, 1])
     g = nx.Graph()
     g.add_edges_from(edges.tolist())
     ref = nx.pagerank(g, alpha=0.95, tol=1e-12)
@@ -504,7 +512,7 @@ def test_seed_batch_is_torch_ppr_with_its_defaults_and_batches_are_summed_per_no
     args = pagerank.parse_args(["--input", "g.csv", "--method", "seed", "--top", "2", "--damping", "0.95"])
     batches = [(1, np.array([20, 30]), np.array([0.5, 0.5])), (0, np.array([10, 20]), np.array([0.25, 0.75]))]
     x = np.array([0.2, 0.5, 0.3])
-    m = pagerank.seed_metrics(args, np.array([10, 20, 30]), x, [[20, 0.5], [30, 0.3]], batches)
+    m = pagerank_seed.metrics(args, np.array([10, 20, 30]), x, [[20, 0.5], [30, 0.3]], batches)
     assert m["batches"] == 2 and m["top"] == [[20, 1.25 / 2], [30, 0.5 / 2]]  # summed, then normalised
     assert m["top_overlap"] == 1.0 and m["l1_error"] == pytest.approx(0.075 + 0.125 + 0.05)
 

@@ -21,7 +21,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import calinski_harabasz_score
 
-from workloads import data, graphio, harness, kmeans, pagerank, pointgrid, procs
+from workloads import data, graphio, harness, kmeans, pagerank, pagerank_seed, pointgrid, procs
 from workloads.harness import raylaunch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -301,7 +301,7 @@ def test_pagerank_seed_method_is_recorded_beside_ours_the_same_for_any_worker_co
         scores = page_rank(edge_index=torch.from_numpy(inv.reshape(2, -1)), num_nodes=len(ids)).numpy()
         for node, score in zip(ids.tolist(), scores.tolist(), strict=True):
             summed[node] = summed.get(node, 0.0) + score
-    best = sorted(summed.items(), key=lambda kv: (-kv[1], kv[0]))[:pagerank.SEED_KEEP]
+    best = sorted(summed.items(), key=lambda kv: (-kv[1], kv[0]))[:pagerank_seed.KEEP]
     total = sum(score for _, score in best)
     want = [[node, score / total] for node, score in best[:10]]
     assert [node for node, _ in seeds[0]["top"]] == [node for node, _ in want]
