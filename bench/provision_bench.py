@@ -5,7 +5,7 @@ nothing to change (root: it brings up a lab of its own, `slbench` on 10.75.x, an
 
 The wheelhouse is warmed first (built once per lock on the controller), so the cold run measures the
 provisioning itself.  Then the pre-run checks of a run on every node.  Prints a table beside the targets
-(DESIGN.md: cold <= 180 s, re-run <= 45 s, checks < 1 s) and
+(cold <= 180 s, re-run <= 45 s, checks < 1 s) and
 writes results/bench/provision.json.
 """
 from __future__ import annotations

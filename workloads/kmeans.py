@@ -1,6 +1,6 @@
 """k-means over the edge list's (node1, node2) pairs as 2-D points: one kernel run by every rank, and its verifier.
 
-Two definitions (DESIGN.md):
+Two definitions:
 
 * ``--method blockwise`` is the seed's: cut the file into fixed ``--block-mb`` (20 MiB) byte blocks,
   run ``KMeans(n_clusters=16, random_state=42)`` on each block independently, report the unweighted

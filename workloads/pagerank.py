@@ -1,6 +1,6 @@
 """PageRank over an edge list: one kernel (partitioned CSR SpMV) run by every rank, and its verifier.
 
-Semantics (DESIGN.md, networkx's ``pagerank``): damping ``d`` (0.85), uniform teleport, the rank of
+Semantics (networkx's ``pagerank``): damping ``d`` (0.85), uniform teleport, the rank of
 dangling nodes spread uniformly, start at 1/n.  Edges are undirected unless ``--directed``; repeated
 lines count as parallel edges (networkx on a MultiGraph).  Nodes are the ids that occur in the file,
 relabelled densely in id order; reported ids are the file's int64 ids.

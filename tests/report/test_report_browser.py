@@ -86,6 +86,9 @@ def test_report_renders_in_chromium(built_report: Path, browser) -> None:
     assert page["tables"]["provenance"] >= 2, page["tables"]
     assert "Failed runs" in page["text"] and "k-means with --k 100000" in page["text"]
     assert "converged" in page["text"] and "verification error" in page["text"]
+    # the fixed-iteration run's group says it did not converge, and only that group
+    stopped = [g for g in groups if "no (max-iter)" in g]
+    assert len(stopped) == 1 and "no (max-iter)" in page["text"], groups
     # the screenshot is a real full-page PNG
     from PIL import Image
     with Image.open(shot) as im:

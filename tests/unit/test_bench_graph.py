@@ -35,6 +35,27 @@ def test_the_ratios_compare_the_runtimes_medians() -> None:
     assert lines[1].endswith("[target <= 20 s: set for data_1; <= 0.4x: set for data_1]"), lines
 
 
+def test_the_table_sets_the_runtimes_steps_side_by_side_per_iteration_each_made() -> None:
+    """One row per step, a column per runtime; compute per iteration divides by the iterations each run
+    made (a k-means run stops early once no label changes), so the ratios to the reference compare
+    like with like."""
+    ray, torch, ref = run(11.3, "r"), run(8.9, "t"), run(13.0, "ref")
+    ray["metrics"] = {"iterations": 20, "spmv_s_per_iter": 0.30}
+    torch["metrics"] = {"iterations": 10, "spmv_s_per_iter": 0.25}  # compute 5.9 s over 10 iterations
+    ref["metrics"] = {"spmv_s_per_iter": 0.50}                       # no count in the record: the 20 asked for
+    recs = {"ray": ray, "torch": torch, "reference": ref}
+    lines = graph_bench.table("kmeans (global, k=16)", recs, 20, "spmv_s_per_iter")
+    assert lines[0] == "kmeans (global, k=16)" and lines[1].split() == ["step", "(s)", "ray", "torch", "reference"]
+    rows = {ln[:28].strip(): ln[28:].split() for ln in lines[2:]}
+    assert rows["total"] == ["11.30", "8.90", "13.00"] and rows["load+build+compute"] == ["10.30", "7.90", "12.00"]
+    assert rows["process wall"] == ["11.80", "9.40", "13.50"]
+    assert rows["compute / iter (20)"] == ["0.415", "0.590", "0.500"]
+    assert rows["SpMV / iter (slowest worker)"] == ["0.300", "0.250", "0.500"]
+    r = graph_bench.ratios(recs, 20, "spmv_s_per_iter")
+    assert round(r["torch compute-per-iter / reference"], 4) == round(0.59 / 0.5, 4)
+    assert round(r["ray SpMV-per-iter / reference"], 4) == 0.6
+
+
 def test_the_figure_stacks_each_bar_up_to_its_total_and_writes_a_png(tmp_path) -> None:
     """Each runtime's bar is its median run's steps topped up to its ``total`` by ``other``; the pipeline's
     bar its own steps up to its process wall; nothing negative where the steps cover more than the total."""

@@ -488,17 +488,38 @@ def test_stop_rule_stops_at_the_rounding_floor_only_below_its_ceiling():
     assert all(pagerank.StopRule(0.0)(0.0) is None for _ in range(3))
 
 
-def test_reference_does_not_use_the_kernel_relabelling(monkeypatch):
-    """The verifier builds its matrix from the edge list with np.unique and scipy alone."""
-    for name in ("BitRank", "presence_mask", "relabel", "node_ids", "make_arcs", "csr_pattern", "split_edges"):
+def test_reference_does_not_use_the_kernel_relabelling(monkeypatch, tmp_path):
+    """The verifier builds its matrix from the edge list with np.unique and scipy alone, and iterates
+    it with none of the kernel's code: its verdict on a vector made here by a dense power iteration."""
+    for name in ("BitRank", "presence_mask", "relabel", "node_ids", "make_arcs", "csr_pattern", "split_edges",
+                 "distribute"):
         monkeypatch.setattr(graphbuild, name, None)
-    for name in ("node_ids", "GraphPart", "RowBlock", "spmv_blocks"):  # the builder's names pagerank uses
+    for name in ("node_ids", "GraphPart", "RowBlock", "spmv_blocks", "PageRankPart", "pagerank_step",
+                 "power_iterate"):  # the builder's names pagerank uses, and the kernel's own
         monkeypatch.setattr(pagerank, name, None)
     src, dst = np.array([5, 9, 9, 7]), np.array([9, 7, 7, 7])
     ids, mat, dangling = pagerank.reference_matrix(src, dst, directed=False)
     assert ids.tolist() == [5, 7, 9] and not dangling.any()
     assert np.allclose(mat.sum(axis=0), 1.0)  # column-stochastic; 7's self-loop counted once
     assert mat[1, 1] == pytest.approx(1 / 3) and mat[1, 2] == pytest.approx(2 / 3)
+
+    # 12 fixed steps of directed PageRank: 5 -> 9, 9 -> 7 twice, a self-loop on 7, 4 -> 5, and 9 -> 8
+    # (8 is dangling)
+    inp = write(tmp_path, "node1,node2\n5,9\n9,7\n9,7\n7,7\n4,5\n9,8\n")
+    a = np.zeros((5, 5))  # ids 4 5 7 8 9; a[v, u]: arcs u -> v
+    for u, v in [(1, 4), (4, 2), (4, 2), (2, 2), (0, 1), (4, 3)]:
+        a[v, u] += 1
+    out = a.sum(axis=0)
+    x = np.full(5, 0.2)
+    for _ in range(12):
+        x = 0.85 * (a / np.where(out, out, 1)) @ x + (0.85 * x[out == 0].sum() + 0.15) / 5
+    args = pagerank.parse_args(["--input", str(inp), "--directed", "--tol", "0", "--max-iter", "12"])
+    info = graphio.inspect_input(str(inp))
+    ids = np.array([4, 5, 7, 8, 9])
+    v = pagerank.verify(args, info, ids, x, 12, "max_iter", 0.0, 0.0)
+    assert v["passed"] and v["mode"] == "same-iterations" and v["l1_error"] <= 1e-15, v
+    x[0] += 1e-9
+    assert pagerank.verify(args, info, ids, x, 12, "max_iter", 0.0, 0.0)["passed"] is False
 
 
 def test_seed_batch_is_torch_ppr_with_its_defaults_and_batches_are_summed_per_node():

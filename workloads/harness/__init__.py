@@ -2,7 +2,7 @@
 
 Two ways to run, both for each runtime:
 
-* **local** (default, DESIGN.md): Ray starts a private single-machine cluster with ``--workers`` CPUs
+* **local** (the default): Ray starts a private single-machine cluster with ``--workers`` CPUs
   (127.0.0.1 only, token auth, workers at nice 0: :func:`raylaunch.local_ray_env`); torch spawns
   ``--workers`` processes that rendezvous with gloo on 127.0.0.1.
 * **cluster**: with ``--address`` / ``RAY_ADDRESS`` the Ray driver joins that cluster; when torchrun's

@@ -12,7 +12,7 @@ from workloads.record import UserError
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
-    """The DESIGN.md options every workload takes."""
+    """The options every workload takes."""
     p.add_argument("--framework", choices=("ray", "torch", "reference"), default="ray",
                    help="runtime; 'reference' = single process, no runtime")
     p.add_argument("--workers", type=int, default=2, help="worker processes (ranks / Ray actors)")
