@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -234,15 +233,12 @@ class PageRankPart(GraphPart):
         self.dangling = np.flatnonzero(outdeg == 0)
         self.out = np.empty(self.hi - self.lo)
         self.prev = np.empty(self.hi - self.lo)
-        self.spmv_s = 0.0
         return sum(blk.nnz for _, blk in self.blocks)
 
     def step(self, x: np.ndarray) -> tuple[np.ndarray, float]:
-        t0 = time.perf_counter()
-        out = pagerank_step(self.blocks, x, self.inv_out, self.dangling, self.damping, self.lo, self.out,
+        """:func:`pagerank_step` on this rank's rows: their new values and their L1 change."""
+        return pagerank_step(self.blocks, x, self.inv_out, self.dangling, self.damping, self.lo, self.out,
                              self.prev)
-        self.spmv_s += time.perf_counter() - t0
-        return out
 
     def row_weight(self, x: np.ndarray) -> float:
         """Sum over this rank's rows of (their arcs) * x[row], ``x`` the full vector in the rows'
@@ -254,9 +250,6 @@ class PageRankPart(GraphPart):
                 at = self.lo + first + c.first
                 total += float(np.diff(c.indptr) @ x[at:at + len(c.indptr) - 1])
         return total
-
-    def spmv_time(self) -> float:
-        return self.spmv_s
 
     def release(self) -> None:
         """Drop the row blocks and the iteration's vectors (the largest arrays a rank holds) once done."""
@@ -398,12 +391,13 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
     n, rank, bounds = len(g.outdeg), g.rank, g.bounds
     g.outdeg = None  # the part keeps what the iterations need; every n-long vector is memory on every rank
     label = f"pagerank ({args.framework})"
+    spent: dict[str, float] = {}
     with timer(t, "compute", peaks), track.maybe(comm.rank == 0, track.progress(label, args.max_iter)) as adv:
-        x, iters, stopped_by, change = iterate(part, comm, bounds, n, args, adv)
+        x, iters, stopped_by, change = iterate(part, comm, bounds, n, args, adv, spent)
     rounding = rounding_bound(float(comm.allreduce(np.array([part.row_weight(x)]))[0]), n, args.damping)
     part.release()  # the rank's rows and vectors go before rank 0 makes the results (n-long arrays of its own)
     x = x[rank]  # back to id order (x, the gather's vector, goes with this line)
-    spmv = float(comm.allreduce(np.array([part.spmv_time()]), "max")[0])
+    spmv = float(comm.allreduce(np.array([spent.get("spmv", 0.0)]), "max")[0])
     seed = None
     if args.method == "seed":
         with timer(t, "seed", peaks):
@@ -419,12 +413,15 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
 
 
 def iterate(part: PageRankPart, comm: Comm, bounds: np.ndarray, n: int, args: argparse.Namespace,
-            advance: Callable[[int], None] | None) -> tuple[np.ndarray, int, str, float]:
-    """:func:`power_iterate` over every rank's row block; the gather's buffers live only here."""
+            advance: Callable[[int], None] | None, spent: dict[str, float]) -> tuple[np.ndarray, int, str, float]:
+    """:func:`power_iterate` over every rank's row block; the gather's buffers live only here.
+    ``spent["spmv"]``: this rank's seconds in its own rows' steps, the gather left out."""
     gather = comm.block_gatherer(np.diff(bounds), np.float64)
 
     def step_all(x: np.ndarray) -> tuple[np.ndarray, float]:
-        return gather(*part.step(x))  # the rows' new values and their L1 change, from every rank
+        with timer(spent, "spmv"):
+            mine = part.step(x)
+        return gather(*mine)  # the rows' new values and their L1 change, from every rank
 
     return power_iterate(step_all, n, args.tol, args.max_iter, advance)
 

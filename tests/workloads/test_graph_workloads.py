@@ -177,6 +177,7 @@ def test_pagerank_fixed_iterations_agree_everywhere_and_say_not_converged(tmp_pa
         assert (m["iterations"], m["converged"], m["stopped_by"]) == (20, False, "max_iter")
         assert v["mode"] == "same-iterations" and v["passed"] and v["l1_error"] <= 1e-12 and v["error"] <= 1e-12
         assert v["reference_iterations"] == 20
+        assert 0.0 < m["spmv_s_per_iter"] < rec["timings_s"]["compute"] / 20  # a rank's own rows, no gather
         got = dict(map(tuple, m["top"]))
         assert got.keys() == want.keys() and max(abs(got[k] - want[k]) for k in want) <= 1e-12
         assert_rank_peaks(m["peak_rss_gib"], workers, ["load", "node_set", "degrees", "exchange", "csr", "compute"])
