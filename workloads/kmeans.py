@@ -2,10 +2,9 @@
 
 Two definitions:
 
-* ``--method blockwise`` is the seed's: cut the file into fixed ``--block-mb`` (20 MiB) byte blocks,
-  run ``KMeans(n_clusters=16, random_state=42)`` on each block independently, report the unweighted
-  mean Calinski-Harabasz score.  Blocks do not depend on the worker count, and sklearn runs with one
-  thread, so every runtime and worker count gives the same score.
+* ``--method blockwise`` is the seed's (:mod:`workloads.kmeans_seed`): scikit-learn's ``KMeans`` on
+  each fixed ``--block-mb`` byte block of the file on its own, the mean Calinski-Harabasz score over
+  the blocks; the same score for every runtime and worker count.
 * ``--method global`` is distributed Lloyd over all points with a seeded k-means++ start.  Cluster
   sums are exact (integer coordinates, summed in int64 over chunks where float64 is exact) and every
   label is the exact nearest centre (ties -> lowest index), a pure function of the point and the
@@ -16,7 +15,8 @@ once into cells with exact counts and sums, and a Lloyd step reads only the poin
 straddle a Voronoi boundary.
 
 The Calinski-Harabasz score is computed exactly over all points from cluster counts, integer sums and
-per-cluster squared distances (sklearn's loops over clusters in Python: perf-notes §4d).
+per-cluster squared distances (sklearn's ``calinski_harabasz_score`` loops over the clusters in
+Python, a pass over all points for each).
 :func:`reference_kmeans` (single process, plain Lloyd without the grid) verifies a run.
 """
 from __future__ import annotations
@@ -24,37 +24,19 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import warnings
 from typing import Any
 
 import numpy as np
 
+from workloads import kmeans_seed
 from workloads.comm import Comm
-from workloads.graphio import InputInfo, block_ranges, rank_blocks, read_range, split_ranges
+from workloads.graphio import InputInfo, block_ranges, read_range, split_ranges
 from workloads.harness import cli, runs, track
-from workloads.pointgrid import CHUNK, PointGrid, assign, cluster_stats, within_sse
+from workloads.pointgrid import CHUNK, PointGrid, as_points, assign, cluster_stats, id_extent, within_sse
 from workloads.record import UserError, run_main, timer
 
 
 # ------------------------------------------------------------------------------ pure functions
-def id_extent(a: np.ndarray, b: np.ndarray) -> int:
-    """The largest |id| in the two columns (0 for none), checked to keep float64 coordinates exact
-    (below 2**53)."""
-    if len(a) == 0:
-        return 0
-    # min/max as Python ints, not np.abs: abs(INT64_MIN) overflows to INT64_MIN and would pass
-    extent = max(-int(min(a.min(), b.min())), int(max(a.max(), b.max())))
-    if extent >= 2**53:
-        raise UserError("k-means needs every node id within +-2**53 to keep coordinates exact; renumber the ids")
-    return extent
-
-
-def as_points(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int64 ids -> float64 coordinates (exact below 2**53: :func:`id_extent` checks)."""
-    id_extent(a, b)
-    return a.astype(np.float64), b.astype(np.float64)
-
-
 def means(stats: np.ndarray, old: np.ndarray) -> np.ndarray:
     """New centres from reduced stats; an empty cluster keeps its old centre."""
     counts = stats[0]
@@ -78,12 +60,6 @@ def calinski_harabasz(stats: np.ndarray, sse: np.ndarray) -> float:
     return 1.0 if within == 0.0 else between * (n - k) / (within * (k - 1))
 
 
-def ch_score(x: np.ndarray, y: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Single-process CH of given labels (equals sklearn.metrics.calinski_harabasz_score)."""
-    stats = cluster_stats(labels, x, y, k)
-    return calinski_harabasz(stats, within_sse(labels, x, y, means(stats, np.zeros((k, 2)))))
-
-
 def pick_index(weights_cum: np.ndarray, u: float) -> int:
     """Index i with cum[i-1] <= u < cum[i] (clipped), for D^2 sampling."""
     return int(min(np.searchsorted(weights_cum, u, side="right"), len(weights_cum) - 1))
@@ -99,26 +75,9 @@ def owner_of(totals: list[float], u: float) -> tuple[int, float]:
     raise AssertionError("unreachable")
 
 
-def blockwise_block(x: np.ndarray, y: np.ndarray, k: int, seed: int) -> tuple[float, float] | None:
-    """The seed's per-block step: sklearn KMeans(k, random_state) then CH; None if the block is too small."""
-    from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
-
-    if len(x) <= k:
-        return None
-    pts = np.stack([x, y], axis=1)
-    with threadpool_limits(1), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        km = KMeans(n_clusters=k, random_state=seed, n_init=1).fit(pts)
-    labels = km.labels_.astype(np.int32)
-    if len(np.unique(labels)) < 2:
-        return None
-    return ch_score(x, y, labels, k), float(km.inertia_)
-
-
 # ------------------------------------------------------------------------------- worker state
 class KMeansPart:
-    """One worker's points (global method) or blocks (blockwise method).
+    """One worker's points (the global method).
 
     The points stay as parsed (integer ids) for the k-means++ start, then move into the
     :class:`PointGrid` (in cell order) for Lloyd's steps."""
@@ -132,16 +91,6 @@ class KMeansPart:
         lo, hi = split_ranges(self.info, self.world)[self.rank]
         self.x, self.y = read_range(self.info, lo, hi)
         return len(self.x), id_extent(self.x, self.y)
-
-    def blocks(self, block_bytes: int, k: int, seed: int) -> list[tuple[int, float, float, int]]:
-        """Run the seed's KMeans on this worker's contiguous share of the fixed blocks."""
-        out = []
-        for b, (lo, hi) in rank_blocks(self.info, block_bytes, self.rank, self.world):
-            x, y = as_points(*read_range(self.info, lo, hi))
-            res = blockwise_block(x, y, k, seed)
-            if res is not None:
-                out.append((b, res[0], res[1], len(x)))
-        return out
 
     def point(self, i: int) -> np.ndarray:
         return np.array([self.x[i], self.y[i]], dtype=np.float64)
@@ -260,17 +209,6 @@ def reference_kmeans(x: np.ndarray, y: np.ndarray, k: int, seed: int, max_iter: 
 
 
 # ------------------------------------------------------------------------------------ drivers
-def _blockwise_metrics(args: argparse.Namespace, results: list[tuple[int, float, float, int]], n_blocks: int
-                       ) -> dict[str, Any]:
-    results = sorted(results)
-    if not results:
-        raise UserError(f"no block had more than {args.k} points in 2 clusters or more; use a smaller --k, "
-                        "a bigger --block-mb or --method global")
-    return {"method": "blockwise", "k": args.k, "ch_score": math.fsum(r[1] for r in results) / len(results),
-            "inertia": math.fsum(r[2] for r in results), "centroids": None, "blocks": n_blocks,
-            "blocks_skipped": n_blocks - len(results), "points": sum(r[3] for r in results)}
-
-
 def _global_metrics(args: argparse.Namespace, stats: np.ndarray, centers: np.ndarray, sse: np.ndarray,
                     iters: int, done: bool) -> dict[str, Any]:
     return {"method": "global", "k": args.k, "ch_score": calinski_harabasz(stats, sse),
@@ -290,9 +228,8 @@ def relative_error(got: Any, want: Any) -> float:
 def verify(args: argparse.Namespace, info: InputInfo, metrics: dict[str, Any]) -> dict[str, Any]:
     """Re-run single-process and compare (global: centroids and CH; blockwise: the mean CH)."""
     if args.method == "blockwise":
-        part = KMeansPart(0, 1, info)
-        ref = _blockwise_metrics(args, part.blocks(args.block_mb << 20, args.k, args.seed),
-                                 len(block_ranges(info, args.block_mb << 20)))
+        ref = kmeans_seed.metrics(args.k, kmeans_seed.rank_scores(info, args.block_mb << 20, args.k, args.seed, 0, 1),
+                                  len(block_ranges(info, args.block_mb << 20)))
         err = relative_error(metrics["ch_score"], ref["ch_score"])
         return {"reference": "single-process blockwise", "error": err,
                 **track.verdict(err <= VERIFY_TOL, f"mean CH relative error {err:.3g} > {VERIFY_TOL:g}")}
@@ -340,10 +277,11 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
     peaks: dict[str, int] = {}
     if args.method == "blockwise":
         with timer(t, "compute", peaks):
-            mine = comm.guard(part.blocks, args.block_mb << 20, args.k, args.seed)
+            mine = comm.guard(kmeans_seed.rank_scores, info, args.block_mb << 20, args.k, args.seed, comm.rank,
+                              comm.world)
             rows = np.concatenate(comm.allgather(np.array(mine, dtype=np.float64).reshape(-1))).reshape(-1, 4)
             res = [(int(b), float(ch), float(sse), int(n)) for b, ch, sse, n in rows]
-        metrics = comm.guard(_blockwise_metrics, args, res, len(block_ranges(info, args.block_mb << 20)))
+        metrics = comm.guard(kmeans_seed.metrics, args.k, res, len(block_ranges(info, args.block_mb << 20)))
         peaks_gib = track.rank_peaks(comm, peaks)
         if lead:
             _record(args, info, rec, metrics, peaks_gib)

@@ -8,6 +8,9 @@ points counted through the cell's sums and never read; only the points of the fe
 a Voronoi boundary are compared with every centre (:func:`assign`, by direct differences).  Labels
 are the exact nearest centre (ties -> lowest index) and sums are exact integers
 (:func:`cluster_stats`), so any split of the points adds up to the same centres.
+
+The points are the edge list's (node1, node2) id pairs as float64 coordinates, exact because every
+id is checked to lie within +-2**53 (:func:`as_points`).
 """
 from __future__ import annotations
 
@@ -15,10 +18,31 @@ import math
 
 import numpy as np
 
+from workloads.record import UserError
+
 CHUNK = 1 << 16  # points per chunk of elementwise work (temporaries stay in cache)
 GRID_MAX = 512  # at most GRID_MAX x GRID_MAX cells per worker
 _EXACT = float(2**53)
 _MARGIN = 1e-9  # relative: a cell is "sure" only if its nearest centre wins by this much everywhere in it
+
+
+def id_extent(a: np.ndarray, b: np.ndarray) -> int:
+    """The largest |id| in the two columns (0 for none), checked to keep float64 coordinates exact
+    (below 2**53)."""
+    if len(a) == 0:
+        return 0
+    # min/max as Python ints, not np.abs: abs(INT64_MIN) overflows to INT64_MIN and would pass
+    extent = max(-int(min(a.min(), b.min())), int(max(a.max(), b.max())))
+    if extent >= 2**53:
+        raise UserError("k-means needs every node id within +-2**53 to keep coordinates exact; renumber the ids")
+    return extent
+
+
+def as_points(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ids -> float64 coordinates (exact below 2**53: :func:`id_extent` checks)."""
+    id_extent(a, b)
+    return a.astype(np.float64), b.astype(np.float64)
+
 
 def assign(x: np.ndarray, y: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Index of the nearest centre for each point (ties -> lowest index), int32.

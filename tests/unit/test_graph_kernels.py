@@ -550,7 +550,8 @@ def test_ch_equals_sklearn():
     rng = np.random.default_rng(2)
     x, y = rng.integers(0, 10**8, 3000).astype(float), rng.integers(0, 10**8, 3000).astype(float)
     labels = rng.integers(0, 7, 3000).astype(np.int32)
-    ours = kmeans.ch_score(x, y, labels, 7)
+    stats = pointgrid.cluster_stats(labels, x, y, 7)
+    ours = kmeans.calinski_harabasz(stats, pointgrid.within_sse(labels, x, y, kmeans.means(stats, np.zeros((7, 2)))))
     theirs = calinski_harabasz_score(np.stack([x, y], 1), labels)
     assert ours == pytest.approx(theirs, rel=1e-10)
 
@@ -771,14 +772,14 @@ def test_int64_min_is_a_valid_id_and_a_later_bad_line_is_named(tmp_path):
 def test_kmeans_rejects_every_id_outside_the_exact_range(bad):
     a = np.array([1, bad], dtype=np.int64)
     with pytest.raises(UserError, match="2\\*\\*53"):
-        kmeans.as_points(a, np.array([1, 2], dtype=np.int64))
+        pointgrid.as_points(a, np.array([1, 2], dtype=np.int64))
     with pytest.raises(UserError, match="2\\*\\*53"):
-        kmeans.as_points(np.array([1, 2], dtype=np.int64), a)
+        pointgrid.as_points(np.array([1, 2], dtype=np.int64), a)
     ok = np.array([-(2**53) + 1, 2**53 - 1], dtype=np.int64)
-    assert kmeans.as_points(ok, ok)[0].tolist() == [float(-(2**53) + 1), float(2**53 - 1)]
+    assert pointgrid.as_points(ok, ok)[0].tolist() == [float(-(2**53) + 1), float(2**53 - 1)]
     with pytest.raises(UserError, match="2\\*\\*53"):
-        kmeans.id_extent(a, a)  # what a rank's load checks, and returns for the int64 sums' bound
-    assert kmeans.id_extent(ok, ok[::-1] // 2) == 2**53 - 1 and kmeans.id_extent(ok[:0], ok[:0]) == 0
+        pointgrid.id_extent(a, a)  # what a rank's load checks, and returns for the int64 sums' bound
+    assert pointgrid.id_extent(ok, ok[::-1] // 2) == 2**53 - 1 and pointgrid.id_extent(ok[:0], ok[:0]) == 0
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 16])
