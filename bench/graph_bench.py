@@ -166,7 +166,7 @@ def table(title: str, recs: dict[str, dict[str, Any]], iters: int, per_iter_key:
     rows = [[s, *[f"{(r['timings_s'].get(s) or 0.0):.2f}" for r in recs.values()]] for s in STEPS]
     rows.append(["load+build+compute", *[f"{work_time(r):.2f}" for r in recs.values()]])
     rows.append(["process wall", *[f"{r['wall_s']:.2f}" for r in recs.values()]])
-    rows.append([f"compute / iter ({iters})", *[f"{compute_per_iter(r, iters):.3f}" for r in recs.values()]])
+    rows.append(["compute / iter", *[f"{compute_per_iter(r, iters):.3f}" for r in recs.values()]])
     if per_iter_key:
         rows.append(["SpMV / iter (slowest worker)",
                      *[f"{r['metrics'].get(per_iter_key, float('nan')):.3f}" for r in recs.values()]])

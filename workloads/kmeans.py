@@ -14,7 +14,7 @@ Assignment is grid-filtered (:class:`workloads.pointgrid.PointGrid`): each worke
 once into cells with exact counts and sums, and a Lloyd step reads only the points of the cells that
 straddle a Voronoi boundary.
 
-The Calinski-Harabasz score is computed exactly over all points from cluster counts, integer sums and
+global's Calinski-Harabasz score is computed exactly over all points from cluster counts, integer sums and
 per-cluster squared distances (sklearn's ``calinski_harabasz_score`` loops over the clusters in
 Python, a pass over all points for each).
 :func:`reference_kmeans` (single process, plain Lloyd without the grid) verifies a run.
@@ -30,7 +30,7 @@ import numpy as np
 
 from workloads import kmeans_seed
 from workloads.comm import Comm
-from workloads.graphio import InputInfo, block_ranges, read_range, split_ranges
+from workloads.graphio import InputInfo, read_range, split_ranges
 from workloads.harness import cli, runs, track
 from workloads.pointgrid import CHUNK, PointGrid, as_points, assign, cluster_stats, id_extent, within_sse
 from workloads.record import UserError, run_main, timer
@@ -228,8 +228,9 @@ def relative_error(got: Any, want: Any) -> float:
 def verify(args: argparse.Namespace, info: InputInfo, metrics: dict[str, Any]) -> dict[str, Any]:
     """Re-run single-process and compare (global: centroids and CH; blockwise: the mean CH)."""
     if args.method == "blockwise":
-        ref = kmeans_seed.metrics(args.k, kmeans_seed.rank_scores(info, args.block_mb << 20, args.k, args.seed, 0, 1),
-                                  len(block_ranges(info, args.block_mb << 20)))
+        block_bytes = args.block_mb << 20
+        ref = kmeans_seed.metrics(args.k, kmeans_seed.rank_scores(info, block_bytes, args.k, args.seed, 0, 1), info,
+                                  block_bytes)
         err = relative_error(metrics["ch_score"], ref["ch_score"])
         return {"reference": "single-process blockwise", "error": err,
                 **track.verdict(err <= VERIFY_TOL, f"mean CH relative error {err:.3g} > {VERIFY_TOL:g}")}
@@ -276,12 +277,11 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
     lead = comm.rank == 0
     peaks: dict[str, int] = {}
     if args.method == "blockwise":
+        block_bytes = args.block_mb << 20
         with timer(t, "compute", peaks):
-            mine = comm.guard(kmeans_seed.rank_scores, info, args.block_mb << 20, args.k, args.seed, comm.rank,
-                              comm.world)
-            rows = np.concatenate(comm.allgather(np.array(mine, dtype=np.float64).reshape(-1))).reshape(-1, 4)
-            res = [(int(b), float(ch), float(sse), int(n)) for b, ch, sse, n in rows]
-        metrics = comm.guard(kmeans_seed.metrics, args.k, res, len(block_ranges(info, args.block_mb << 20)))
+            scores = kmeans_seed.gather(comm, comm.guard(kmeans_seed.rank_scores, info, block_bytes, args.k,
+                                                         args.seed, comm.rank, comm.world))
+        metrics = comm.guard(kmeans_seed.metrics, args.k, scores, info, block_bytes)
         peaks_gib = track.rank_peaks(comm, peaks)
         if lead:
             _record(args, info, rec, metrics, peaks_gib)

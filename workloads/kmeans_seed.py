@@ -5,7 +5,7 @@ It cut the edge file into fixed-size byte blocks (20 MiB), ran scikit-learn's
 own (:func:`block_score`), and reported the unweighted mean of the blocks' Calinski-Harabasz scores
 (:func:`metrics`).  The blocks do not depend on the worker count and scikit-learn runs with one
 thread, so every runtime and worker count gives the same score; each rank scores its share of the
-blocks (:func:`rank_scores`).  Unlike the seed: exact int64 ids (as float64 coordinates below 2**53),
+blocks (:func:`rank_scores`) and every rank all-gathers them (:func:`gather`).  Unlike the seed: exact int64 ids (as float64 coordinates below 2**53),
 and no block dropped but those too small to cluster.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from workloads.graphio import InputInfo, rank_blocks, read_range
+from workloads.comm import Comm
+from workloads.graphio import InputInfo, block_ranges, rank_blocks, read_range
 from workloads.pointgrid import as_points
 from workloads.record import UserError
 
@@ -53,9 +54,16 @@ def rank_scores(info: InputInfo, block_bytes: int, k: int, seed: int, rank: int,
     return out
 
 
-def metrics(k: int, scores: list[Score], n_blocks: int) -> dict[str, Any]:
+def gather(comm: Comm, mine: list[Score]) -> list[Score]:
+    """Every rank's scores, as one all-gather of an array (four numbers a block)."""
+    rows = np.concatenate(comm.allgather(np.array(mine, dtype=np.float64).reshape(-1))).reshape(-1, 4)
+    return [(int(b), float(ch), float(sse), int(n)) for b, ch, sse, n in rows]
+
+
+def metrics(k: int, scores: list[Score], info: InputInfo, block_bytes: int) -> dict[str, Any]:
     """The record's metrics from every rank's :func:`rank_scores`: the mean score (a sum in block order,
     so any worker count gives the same), the summed inertia, the blocks skipped."""
+    n_blocks = len(block_ranges(info, block_bytes))
     scores = sorted(scores)
     if not scores:
         raise UserError(f"no block had more than {k} points in 2 clusters or more; use a smaller --k, "

@@ -474,6 +474,40 @@ def test_power_iterate_says_whether_it_converged():
     assert m["error_bound"] == pytest.approx(0.85 / 0.15 * change) and m["top_error_bound"] > m["error_bound"]
 
 
+def test_the_spmv_time_covers_a_ranks_own_step_and_not_the_gather(monkeypatch):
+    """``spmv_s_per_iter`` is a rank's own rows' work: the driver's timer is open around the step and
+    closed before the collective that waits for the other ranks."""
+    from contextlib import contextmanager
+
+    events = []
+
+    @contextmanager
+    def timer(timings, key, peaks=None):
+        events.append(f"open {key}")
+        yield
+        events.append(f"close {key}")
+        timings[key] = timings.get(key, 0.0) + 1.0
+
+    class Part:
+        def step(self, x):
+            events.append("step")
+            return x[:2], 0.0
+
+    class Comm:
+        def block_gatherer(self, counts, dtype):
+            def gather(mine, change):
+                events.append("gather")
+                return np.full(4, 0.25), change
+            return gather
+
+    monkeypatch.setattr(pagerank, "timer", timer)
+    args = pagerank.parse_args(["--input", "g.csv", "--tol", "0", "--max-iter", "3"])
+    spent: dict[str, float] = {}
+    x, it, why, _ = pagerank.iterate(Part(), Comm(), np.array([0, 2, 4]), 4, args, None, spent)
+    assert (it, why) == (3, "max_iter") and spent == {"spmv": 3.0}
+    assert events == ["open spmv", "step", "close spmv", "gather"] * 3
+
+
 def test_stop_rule_stops_at_the_rounding_floor_only_below_its_ceiling():
     """Rounding can hold the change above tol (a star's hub sums many terms): the run stops once the
     change has not fallen for FLOOR_STEPS steps, if it is that small; never with --tol 0."""
