@@ -273,7 +273,6 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
     t = rec["timings_s"]
     track.mark_startup(args, rec)
     rec["nodes"] = len(comm.hosts())
-    part = KMeansPart(comm.rank, comm.world, info)
     lead = comm.rank == 0
     peaks: dict[str, int] = {}
     if args.method == "blockwise":
@@ -286,6 +285,7 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
         if lead:
             _record(args, info, rec, metrics, peaks_gib)
         return
+    part = KMeansPart(comm.rank, comm.world, info)
     with timer(t, "load", peaks):
         loaded = np.stack(comm.allgather(np.array(comm.guard(part.load), dtype=np.int64)))  # [rank, (points, extent)]
         counts = [int(c) for c in loaded[:, 0]]

@@ -5,8 +5,9 @@ It cut the edge file into fixed-size byte blocks (20 MiB), ran scikit-learn's
 own (:func:`block_score`), and reported the unweighted mean of the blocks' Calinski-Harabasz scores
 (:func:`metrics`).  The blocks do not depend on the worker count and scikit-learn runs with one
 thread, so every runtime and worker count gives the same score; each rank scores its share of the
-blocks (:func:`rank_scores`) and every rank all-gathers them (:func:`gather`).  Unlike the seed: exact int64 ids (as float64 coordinates below 2**53),
-and no block dropped but those too small to cluster.
+blocks (:func:`rank_scores`) and every rank all-gathers them (:func:`gather`).  Unlike the seed:
+exact int64 ids (as float64 coordinates below 2**53), and no block dropped but those too small to
+cluster.
 """
 from __future__ import annotations
 
