@@ -5,13 +5,14 @@
 
 Each run is a fresh ``python -m workloads.<name>`` process (as a user runs it), with the same iteration
 count (PageRank ``--tol 0 --max-iter N``; k-means ``--max-iter N``, fewer only where no label changes
-before, the same in every runtime), so the runtimes do the same work.  Ray and torch run ``--repeat`` times each (3),
-alternately, so both meet the same phases of a machine whose speed drifts; the table shows each
-runtime's median run and the ratios compare medians (one run each gave Ray/torch 1.13x and 1.40x for
-the same k-means within the hour).  Prints the per-step timings side by side and the
-ratios the targets (:data:`TARGETS`) are about: our end-to-end ``total`` against a plain scipy PageRank pipeline and
-scikit-learn's ``KMeans`` from the same start (:mod:`bench.baselines`, same iterations), and Ray against
-torch, and draws each workload's steps as stacked bars beside the pipeline's (``<workload>.png``).
+before, the same in every runtime), so the runtimes do the same work.  Ray and torch run ``--repeat``
+times each (3), alternately, so both meet the same phases of a machine whose speed drifts; the table
+shows each runtime's median run and the ratios compare medians (one run each gave Ray/torch 1.13x and
+1.40x for the same k-means within the hour).  Prints the per-step timings side by side and the ratios
+the targets (:data:`TARGETS`) are about: our end-to-end ``total`` against a plain scipy PageRank
+pipeline and scikit-learn's ``KMeans`` from the same start (:mod:`bench.baselines`, same iterations),
+and Ray against torch, and draws each workload's steps as stacked bars beside the pipeline's
+(``<workload>.png``).
 Writes everything to ``results/bench/``.
 """
 from __future__ import annotations

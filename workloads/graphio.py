@@ -1,11 +1,11 @@
 """Edge-list input: open a local path or a pyarrow URI, split it into byte ranges, parse one range.
 
 Every worker calls :func:`read_range` on its own byte range, so the driver never reads the whole
-file (a cluster's driver may hold none of it).  A range ``[start, end)`` owns exactly the lines whose first byte lies in it; the
-reader looks one byte back to decide whether ``start`` begins a line and reads past ``end`` to finish
-the last line it owns.  Parsing is pyarrow's C++ CSV reader with typed integer columns: int32 when
-every id of the range fits (a third faster to parse, half the memory), else int64, so node ids stay
-exact however large they are (the seed's float32 ids were not).
+file (a cluster's driver may hold none of it).  A range ``[start, end)`` owns exactly the lines
+whose first byte lies in it; the reader looks one byte back to decide whether ``start`` begins a
+line and reads past ``end`` to finish the last line it owns.  Parsing is pyarrow's C++ CSV reader
+with typed integer columns: int32 when every id of the range fits (a third faster to parse, half the
+memory), else int64, so node ids stay exact however large they are (the seed's float32 ids were not).
 
 ``hdfs://`` URIs are read over WebHDFS (HTTP range reads from the NameNode's web address, which
 redirects each read to a DataNode holding the block): it needs no libhdfs or JVM on the reading host,

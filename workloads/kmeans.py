@@ -229,8 +229,8 @@ def verify(args: argparse.Namespace, info: InputInfo, metrics: dict[str, Any]) -
     """Re-run single-process and compare (global: centroids and CH; blockwise: the mean CH)."""
     if args.method == "blockwise":
         block_bytes = args.block_mb << 20
-        ref = kmeans_seed.metrics(args.k, kmeans_seed.rank_scores(info, block_bytes, args.k, args.seed, 0, 1), info,
-                                  block_bytes)
+        scores = kmeans_seed.rank_scores(info, block_bytes, args.k, args.seed, 0, 1)
+        ref = kmeans_seed.metrics(args.k, scores, info, block_bytes)
         err = relative_error(metrics["ch_score"], ref["ch_score"])
         return {"reference": "single-process blockwise", "error": err,
                 **track.verdict(err <= VERIFY_TOL, f"mean CH relative error {err:.3g} > {VERIFY_TOL:g}")}

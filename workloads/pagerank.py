@@ -413,7 +413,8 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
 
 
 def iterate(part: PageRankPart, comm: Comm, bounds: np.ndarray, n: int, args: argparse.Namespace,
-            advance: Callable[[int], None] | None, spent: dict[str, float]) -> tuple[np.ndarray, int, str, float]:
+            advance: Callable[[int], None] | None, spent: dict[str, float]
+            ) -> tuple[np.ndarray, int, str, float]:
     """:func:`power_iterate` over every rank's row block; the gather's buffers live only here.
     ``spent["spmv"]``: this rank's seconds in its own rows' steps, the gather left out."""
     gather = comm.block_gatherer(np.diff(bounds), np.float64)

@@ -4,7 +4,8 @@ It ran ``torch_ppr.page_rank`` on each fixed-size batch of the edge file on its 
 summed each node's scores over the batches and normalised the top 10,000 (:func:`metrics`), which
 approximates PageRank only as far as the batches are independent.  Here every rank runs the batches of
 its share of the file (:func:`rank_batches`); every rank all-gathers them (:func:`gather`) and rank 0
-records the result's top-k, their overlap with this run's converged PageRank and the L1 distance between the two.
+records the result's top-k, their overlap with this run's converged PageRank and the L1 distance
+between the two.
 Unlike the seed: exact int64 ids, and no batch dropped.
 """
 from __future__ import annotations

@@ -34,7 +34,8 @@ def id_extent(a: np.ndarray, b: np.ndarray) -> int:
     # min/max as Python ints, not np.abs: abs(INT64_MIN) overflows to INT64_MIN and would pass
     extent = max(-int(min(a.min(), b.min())), int(max(a.max(), b.max())))
     if extent >= 2**53:
-        raise UserError("k-means needs every node id within +-2**53 to keep coordinates exact; renumber the ids")
+        raise UserError("k-means needs every node id within +-2**53 to keep coordinates exact; "
+                        "renumber the ids")
     return extent
 
 
