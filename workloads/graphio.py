@@ -62,6 +62,9 @@ def open_fs(uri: str) -> tuple[pafs.FileSystem, str]:
             raise UserError(f"cannot open {uri}: no host (expected {parts.scheme}://HOST:PORT/path)")
         web = f"{parts.hostname}:{parts.port}" if parts.scheme == "webhdfs" else namenode_http_address(parts.hostname)
         return pafs.PyFileSystem(WebHdfs(web)), parts.path
+    if parts.scheme != "file":  # Arrow would try its S3 or GCS client (a minute's wait for gs://)
+        raise UserError(f"cannot open {uri}: {parts.scheme}:// is not supported; give a local path, or a "
+                        "file://, hdfs:// or webhdfs:// URI")
     try:
         return pafs.FileSystem.from_uri(uri)
     except (OSError, pa.ArrowException) as exc:

@@ -50,7 +50,10 @@ def calinski_harabasz(stats: np.ndarray, sse: np.ndarray) -> float:
     counts = stats[0]
     n, nonempty = int(counts.sum()), counts > 0
     k = int(nonempty.sum())
-    if k < 2 or k >= n:
+    if k < 2:  # k-means++ seeds a second cluster wherever a second distinct point exists
+        raise UserError(f"Calinski-Harabasz needs 2 <= clusters < points, but all {n} points are the same "
+                        "point (one cluster); use an input with distinct points")
+    if k >= n:
         raise UserError(f"Calinski-Harabasz needs 2 <= clusters < points (got {k} clusters, {n} points); "
                         "use a --k below the number of distinct points, or more of them")
     mean = stats[1:].sum(axis=1) / n

@@ -90,6 +90,8 @@ def top_k(ids: np.ndarray, x: np.ndarray, k: int) -> list[list[Any]]:
 
 DEFAULT_TOL = 1e-15  # absolute L1 change; see the module docstring for why this value
 MAX_ITER_MARGIN = 1.1  # the default --max-iter: the exact-arithmetic count plus 10% for rounding
+FLOOR_TOL = 1e-17  # below float64's floor for an L1 change: a run to it stops at the floor (StopRule)
+MAX_TOL = 2.0  # the L1 change of two probability vectors is at most 2: a --tol above stops no earlier
 TOP_REL_TARGET = 1e-9  # what the default tolerance is for: top-k scores this close (relative) to the truth
 SAME_ITER_TOL = 1e-12  # a fixed-iteration run against the reference at the same count (L1, top-k relative)
 FLOOR_STEPS = 5  # the change did not reach a new minimum for this many steps: rounding, not convergence ...
@@ -144,9 +146,11 @@ def reference_rounding(m: sp.csr_array, x: np.ndarray, damping: float) -> float:
 
 
 def iterations_for(tol: float, damping: float) -> int:
-    """Steps that bring the L1 change below ``tol`` in exact arithmetic (change_k <= 2 d^(k-1)), plus a
-    margin for rounding: the default ``--max-iter``."""
-    return int(math.ceil(MAX_ITER_MARGIN * (math.log(tol / 2.0) / math.log(damping) + 1.0)))
+    """Steps that bring the L1 change below ``tol`` (0 < tol < :data:`MAX_TOL`) in exact arithmetic
+    (change_k <= 2 d^(k-1)), plus a margin for rounding: the default ``--max-iter``.  A ``tol`` below
+    :data:`FLOOR_TOL` gets the steps to the floor, where the run stops anyway."""
+    tol = max(tol, FLOOR_TOL)
+    return int(math.ceil(MAX_ITER_MARGIN * (math.log(tol / MAX_TOL) / math.log(damping) + 1.0)))
 
 
 def power_iterate(step_all: Callable[[np.ndarray], tuple[np.ndarray, float]], n: int, tol: float, max_iter: int,
@@ -189,7 +193,7 @@ def reference_matrix(src: np.ndarray, dst: np.ndarray, directed: bool
 def reference_iterate(m: sp.csr_array, dangling: np.ndarray, *, damping: float, tol: float, max_iter: int
                       ) -> tuple[np.ndarray, int, str, float]:
     """The power iteration with scipy: (ranks, iterations, what stopped it (:class:`StopRule`), last
-    L1 change).  A tiny ``tol`` (1e-17) runs it to float64's floor."""
+    L1 change).  A tiny ``tol`` (:data:`FLOOR_TOL`) runs it to float64's floor."""
     n = m.shape[0]
     x = np.full(n, 1.0 / n)
     change, stop = math.inf, StopRule(tol)
@@ -208,7 +212,7 @@ def reference_pagerank(src: np.ndarray, dst: np.ndarray, *, directed: bool = Fal
     """Single-process scipy PageRank (the verifier): (ids, ranks, iterations, what stopped it, last change)."""
     ids, m, dangling = reference_matrix(src, dst, directed)
     if max_iter is None:
-        max_iter = iterations_for(max(tol, 1e-17), damping)
+        max_iter = iterations_for(tol, damping)
     x, it, why, change = reference_iterate(m, dangling, damping=damping, tol=tol, max_iter=max_iter)
     return ids, x, it, why, change
 
@@ -314,8 +318,8 @@ def verify(args: argparse.Namespace, info: InputInfo, ids: np.ndarray, x: np.nda
     rids, m, dangling = reference_matrix(src, dst, args.directed)
     del src, dst
     rx, r_iters, r_stop, r_change = reference_iterate(
-        m, dangling, damping=args.damping, tol=0.0 if same else 1e-17,
-        max_iter=iterations if same else iterations_for(1e-17, args.damping))
+        m, dangling, damping=args.damping, tol=0.0 if same else FLOOR_TOL,
+        max_iter=iterations if same else iterations_for(FLOOR_TOL, args.damping))
     r_rounding = reference_rounding(m, rx, args.damping)
     del m, dangling
     out: dict[str, Any] = {"reference": "scipy power iteration, single process",
@@ -380,8 +384,9 @@ def run(args: argparse.Namespace, info: InputInfo, rec: dict, comm: Comm) -> Non
     with timer(t, "load", peaks):
         m, lo_id, hi_id = comm.guard(part.load)
         n_edges = int(comm.allreduce(np.array([m], dtype=np.int64))[0])
-        neg_min, max_id = comm.allreduce(np.array([-lo_id if m else -(2**62), hi_id], dtype=np.int64), "max")
-    comm.guard(check_ids, -int(neg_min), n_edges, info.uri)
+        # ~id (-id - 1, which cannot overflow where -id can): the largest ~lo is ~ the smallest id
+        not_min, max_id = comm.allreduce(np.array([~lo_id if m else ~(2**62), hi_id], dtype=np.int64), "max")
+    comm.guard(check_ids, ~int(not_min), n_edges, info.uri)
     max_id = int(max_id)
     steps: dict[str, float] = {}
     with timer(t, "build"):
@@ -449,6 +454,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--damping must be in (0, 1)")
     cli.check_run_options(p, args)
     cli.at_least(p, 0, tol=args.tol, top=args.top)
+    if args.tol >= MAX_TOL:
+        p.error(f"--tol must be below {MAX_TOL:g}, not {args.tol:g}: the L1 change between two probability "
+                "vectors is at most 2, so every run would stop after one step (0: exactly --max-iter steps)")
     cli.at_least(p, 1, max_iter=args.max_iter, block_mb=args.block_mb)
     cli.refuse_self_verify(p, args)
     if args.max_iter is None:

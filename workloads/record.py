@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -81,9 +82,13 @@ def finish_record(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colours and the like (Ray colours a task's error)
+
+
 def fail_record(rec: dict[str, Any], error: BaseException | str) -> dict[str, Any]:
     rec["status"] = "failed"
-    rec["error"] = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    rec["error"] = _TERMINAL_CODES.sub("", text)
     rec["finished_at"] = _now()
     return rec
 
@@ -114,9 +119,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, what: str = "the rec
     path = Path(path)
     tmp = _temp_path(path)
     try:
-        if path.is_dir():
-            raise IsADirectoryError(21, "it is a directory")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _prepare_target(path)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -135,14 +138,22 @@ def check_output(path: str | os.PathLike[str]) -> None:
     path = Path(path)
     tmp = _temp_path(path)
     try:
-        if path.is_dir():
-            raise IsADirectoryError(21, "it is a directory")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _prepare_target(path)
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
     except OSError as exc:
         raise UserError(_unwritable(path, exc)) from None
     finally:
         _remove(tmp)
+
+
+def _prepare_target(path: Path) -> None:
+    """Raise OSError where ``path`` is not a file the rename can replace (a directory; a device, pipe
+    or socket, which the rename would replace by a file: ``/dev/null`` as root); make its directory."""
+    if path.is_dir():
+        raise IsADirectoryError(21, "it is a directory")
+    if path.exists() and not path.is_file():
+        raise OSError("it is not a regular file (a device, pipe or socket)")
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _temp_path(path: Path) -> Path:

@@ -190,6 +190,13 @@ def test_file_uri_goes_through_pyarrow_filesystem(tmp_path):
     assert graphio.read_range(info, info.data_start, info.size)[1].tolist() == [2]
 
 
+@pytest.mark.parametrize("uri", ["mock://bucket/g.csv", "ftp://host/g.csv"])
+def test_a_scheme_other_than_file_and_hdfs_is_refused_before_any_filesystem(uri):
+    """Arrow would open its mock, S3 or GCS filesystem (gs:// waited a minute for Google's servers)."""
+    with pytest.raises(UserError, match=f"cannot open {uri}: .* is not supported; give a local path"):
+        graphio.open_fs(uri)
+
+
 # ------------------------------------------------------------------------------------ PageRank
 def test_relabel_dense_and_sparse_agree():
     ids = np.array([5, 10**10, 7, 5, 3], dtype=np.int64)
@@ -433,6 +440,22 @@ def test_default_max_iter_allows_the_contraction_to_reach_tol(damping):
     assert pagerank.parse_args(["--input", "g.csv", "--damping", str(damping)]).max_iter == k
 
 
+@pytest.mark.parametrize("tol", [5e-324, 1e-300, 1e-20])
+def test_a_tolerance_below_the_floor_gets_the_steps_to_the_floor(tol):
+    """(5e-324 / 2 is 0: its logarithm ended the option parsing in a trace.)"""
+    assert pagerank.iterations_for(tol, 0.85) == pagerank.iterations_for(pagerank.FLOOR_TOL, 0.85) > 200
+
+
+@pytest.mark.parametrize("tol", ["2", "2.5", "10"])
+def test_a_tolerance_no_l1_change_can_exceed_is_refused(tol, capsys):
+    """An L1 change between probability vectors is at most 2: --tol 2.5 made the default --max-iter 0
+    (an ok record of the start vector), --tol 3 made it -1 (a failed record after the whole run)."""
+    with pytest.raises(SystemExit) as exc:
+        pagerank.parse_args(["--input", "g.csv", "--tol", tol])
+    assert exc.value.code == 2 and f"--tol must be below 2, not {tol}" in capsys.readouterr().err
+    assert pagerank.parse_args(["--input", "g.csv", "--tol", "1.99"]).max_iter >= 1
+
+
 def test_fixed_iterations_need_max_iter():
     with pytest.raises(SystemExit):
         pagerank.parse_args(["--input", "g.csv", "--tol", "0"])
@@ -588,6 +611,13 @@ def test_ch_equals_sklearn():
     ours = kmeans.calinski_harabasz(stats, pointgrid.within_sse(labels, x, y, kmeans.means(stats, np.zeros((7, 2)))))
     theirs = calinski_harabasz_score(np.stack([x, y], 1), labels)
     assert ours == pytest.approx(theirs, rel=1e-10)
+
+
+def test_ch_of_one_distinct_point_says_so():
+    """All points the same: one cluster whatever --k; the advice used to be a --k below 1."""
+    stats = pointgrid.cluster_stats(np.zeros(5, dtype=np.int32), np.full(5, 7.0), np.full(5, 7.0), 3)
+    with pytest.raises(UserError, match="all 5 points are the same point"):
+        kmeans.calinski_harabasz(stats, np.zeros(3))
 
 
 def test_assign_picks_the_nearest_centre():

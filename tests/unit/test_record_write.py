@@ -1,12 +1,15 @@
 """write_record / check_output: a record is written whole and durably, or not at all, with one line."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import stat
 
 import pytest
 
 from workloads import record
+from workloads.harness.cli import output_file
 from workloads.record import UserError, check_output, fail_record, new_record, write_record
 
 
@@ -53,3 +56,34 @@ def test_a_failed_rename_removes_the_temp_file(tmp_path, monkeypatch):
 def test_check_output_leaves_nothing_behind(tmp_path):
     check_output(tmp_path / "a" / "r.json")
     assert os.listdir(tmp_path / "a") == []
+
+
+def test_a_target_that_is_not_a_regular_file_is_refused_and_kept(tmp_path):
+    """A device, pipe or socket: the rename would replace it by a file (/dev/null, as root)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for fn in (lambda: write_record(rec(), fifo), lambda: check_output(fifo)):
+        with pytest.raises(UserError, match=f"cannot write the record to {fifo}: it is not a regular file"):
+            fn()
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and os.listdir(tmp_path) == ["pipe"]
+
+
+def test_a_failed_record_keeps_no_terminal_colour_codes():
+    """Ray colours a task's error for a terminal (``\\x1b[36mray::RayRank.run()\\x1b[39m``)."""
+    err = RuntimeError("\x1b[36mray::RayRank.run()\x1b[39m (pid=1) failed\x1b[0m")
+    assert fail_record(new_record("kmeans", "ray", workers=2), err)["error"] == \
+        "RuntimeError: ray::RayRank.run() (pid=1) failed"
+
+
+def test_output_takes_file_uris_and_home_as_input_does_and_refuses_what_names_no_file():
+    """``--output``: ``file:///tmp/r.json`` wrote ``./file:/tmp/r.json``, ``--output=~/r.json`` wrote
+    ``./~/r.json`` and ``--output dir/`` a file named ``dir``."""
+    assert output_file("file:///tmp/a%20b.json") == "/tmp/a b.json"
+    assert output_file("file://localhost/tmp/r.json") == "/tmp/r.json"
+    assert output_file("~/r.json") == os.path.expanduser("~/r.json") != "~/r.json"
+    assert output_file("runs/r.json") == "runs/r.json"
+    for bad, why in [("runs/", "names a directory"), (".", "names a directory"),
+                     ("runs/..", "names a directory"), ("hdfs://nn:8020/r.json", "give a local path"),
+                     ("file://other/r.json", "give a local path")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            output_file(bad)

@@ -518,6 +518,14 @@ def test_pagerank_seed_method_with_more_ranks_than_blocks_and_no_semaphore_left(
                                  "not -1"),
     ("kmeans", ["--output", "{input}"], "--output {input} is the input file: the record would replace data; "
                                         "give another path"),
+    ("pagerank", ["--tol", "2.5"], "--tol must be below 2, not 2.5: the L1 change between two probability "
+                                   "vectors is at most 2, so every run would stop after one step (0: exactly "
+                                   "--max-iter steps)"),
+    ("kmeans", ["--output", "out/"], "argument --output: out/ names a directory; name a file in it, e.g. "
+                                     "out/record.json"),
+    ("pagerank", ["--output", "hdfs://nn/r.json"], "argument --output: hdfs://nn/r.json: the record is written "
+                                                   "on this machine; give a local path (or a file:// URI), not "
+                                                   "a URI of another filesystem"),
 ])
 def test_cli_bad_option_names_it(tmp_path, module, flags, message):
     """Refused before any work, in one line, and nothing written (the input is never replaced)."""
@@ -639,10 +647,12 @@ def test_malformed_line_in_another_workers_range_fails_the_run(tmp_path, capsys,
     assert "error:" in capsys.readouterr().err or framework == "torch"  # torch: printed by rank 0's process
 
 
-def test_negative_ids_are_rejected_for_pagerank(tmp_path):
-    inp = write_edges(tmp_path / "neg.csv", [(1, 2), (-3, 4)])
+@pytest.mark.parametrize("low", [-3, -2**63])
+def test_negative_ids_are_rejected_for_pagerank(tmp_path, low):
+    """The smallest int64 too, whose negation overflows (it ended the run in a trace)."""
+    inp = write_edges(tmp_path / "neg.csv", [(1, 2), (low, 4)])
     rc, rec = run(pagerank, tmp_path, "ray", 2, inp)
-    assert rc == 2 and "non-negative" in rec["error"]
+    assert rc == 2 and rec["error"].endswith(f"node ids must be non-negative (found {low})")
 
 
 def test_more_workers_than_cpus_is_a_clear_error(tmp_path):

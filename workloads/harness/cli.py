@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import urllib.parse
 
 from workloads import procs
 from workloads.harness import torchrun_env
@@ -16,8 +17,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--framework", choices=("ray", "torch", "reference"), default="ray",
                    help="runtime; 'reference' = single process, no runtime")
     p.add_argument("--workers", type=int, default=2, help="worker processes (ranks / Ray actors)")
-    p.add_argument("--input", required=True, help="edge list: local path, file:// or hdfs:// URI")
-    p.add_argument("--output", help="write the result record (JSON) here")
+    p.add_argument("--input", required=True, help="edge list: local path, file://, hdfs:// or webhdfs:// URI")
+    add_output_arg(p)
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="join this Ray cluster instead of starting a local one (default: $RAY_ADDRESS)")
     p.add_argument("--verify", action="store_true", help="also run the single-process reference and compare")
@@ -78,6 +79,29 @@ def output_replaces_input(args: argparse.Namespace) -> str | None:
     return None
 
 
+def add_output_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", type=output_file, metavar="FILE",
+                   help="write the result record (JSON) to this file (a local path or file:// URI)")
+
+
+def output_file(value: str) -> str:
+    """``--output``, as the path of a file on this machine: ``file://`` and ``~`` taken as ``--input``
+    takes them; another URI, or a path that names a directory (``dir/``, ``.``), refused (exit 2),
+    where it would have written ``./file:/...`` or a file named like the directory."""
+    path = value
+    if "://" in value:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+            raise argparse.ArgumentTypeError(f"{value}: the record is written on this machine; give a local "
+                                             "path (or a file:// URI), not a URI of another filesystem")
+        path = urllib.parse.unquote(parts.path)
+    path = os.path.expanduser(path)
+    if not path or path.endswith(os.sep) or os.path.basename(path) in (".", ".."):
+        raise argparse.ArgumentTypeError(f"{value} names a directory; name a file in it, e.g. "
+                                         f"{os.path.join(path or '.', 'record.json')}")
+    return path
+
+
 def refuse_self_verify(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """For a workload whose ``--verify`` reruns what ``--framework reference`` runs (the same code in one
     process): that pair would compare the run with itself, so it is refused (exit 2)."""
@@ -100,7 +124,7 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="data-parallel workers (default 1)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per worker, the same in both frameworks (default: usable CPUs // workers)")
-    p.add_argument("--output", help="write the result record (JSON) here")
+    add_output_arg(p)
     p.add_argument("--nodes", type=int, default=1, help="nodes the run spans (recorded; set by the orchestrator)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
