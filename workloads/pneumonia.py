@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import time
 from pathlib import Path
@@ -237,6 +238,8 @@ def make_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.global_batch < args.workers:
         raise UserError(f"--global-batch {args.global_batch} is smaller than --workers {args.workers}; "
                         "every worker needs at least one sample per step")
+    if not (math.isfinite(args.lr) and args.lr > 0):  # Adam takes any: -1 trained away, nan gave nan losses
+        raise UserError(f"--lr must be a learning rate > 0, not {args.lr:g}")
     if args.image_size % 2:
         raise UserError(f"--image-size must be even (the model pools by 2), got {args.image_size}")
     cfg = {k: getattr(args, k) for k in ("epochs", "global_batch", "lr", "image_size", "eval_batch",

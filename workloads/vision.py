@@ -154,7 +154,13 @@ def load_images(uri: str, files: list[tuple[str, int]], size: int) -> ImageSet:
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, (path, _label) in enumerate(files):
         with fs.open_input_stream(path) as f:
-            images[i] = decode_image(f.read(), size)
+            data = f.read()
+        try:
+            images[i] = decode_image(data, size)
+        except OSError as exc:  # PIL: not an image it knows (UnidentifiedImageError), or a truncated one
+            why = str(exc).split(" <_io.", 1)[0]  # (PIL names the BytesIO object, not the file)
+            raise UserError(f"--input {uri}: {path} cannot be decoded as an image ({why}); "
+                            "replace or remove it") from None
     labels = np.array([label for _, label in files], dtype=np.int64)
     return ImageSet(images, labels, [p for p, _ in files])
 

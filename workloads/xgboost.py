@@ -164,7 +164,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--depths", default=",".join(map(str, DEFAULT_DEPTHS)), help="max_depth grid (comma list)")
     p.add_argument("--eta", type=float, default=0.3, help="learning rate (xgboost default, as the seed)")
     p.add_argument("--split-seed", type=int, default=13, help="random_state of the split (the seed's baseline: 13)")
-    cli.add_learning_args(p)
+    cli.add_learning_args(p, workers="data-parallel xgboost workers of each trial")
     return p.parse_args(argv)
 
 

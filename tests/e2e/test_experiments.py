@@ -129,7 +129,8 @@ def test_ray_learning_run_refused_without_the_shared_directory(exp) -> None:
     worker = cl.node("worker2")
     cl.ssh(worker, "umount /srv/scalelab/shared", root=True)
     try:
-        out = run(plab, results / "noshare", "cifar-pbt", "--nodes", "1", "--args", "--trials 1 --epochs 1")
+        out = run(plab, results / "noshare", "cifar-pbt", "--nodes", "1", "--args",
+                      "--trials 2 --epochs 2 --perturbation-interval 1")
     finally:
         cl.ssh(worker, "mount /srv/scalelab/shared", root=True)
     assert out.returncode == 2

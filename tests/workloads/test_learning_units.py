@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -236,6 +237,16 @@ def test_xgboost_seed_is_the_boosters():
      f"use --threads {procs.usable_cpus()} or fewer"),
     ("workloads.cifar_pbt", ["--framework", "ray", "--threads", "4096"], "--threads 4096 is more than the"),
     ("workloads.xgboost", ["--framework", "reference", "--threads", "4096"], "--threads 4096 is more than"),
+    # (Adam takes any lr: -1 trained away from the optimum and said ok, nan said ok with nan losses)
+    ("workloads.pneumonia", ["--framework", "torch", "--lr", "-1"],
+     "--lr must be a learning rate > 0, not -1"),
+    ("workloads.pneumonia", ["--framework", "torch", "--lr", "nan"],
+     "--lr must be a learning rate > 0, not nan"),
+    # (a random search recorded as PBT)
+    ("workloads.cifar_pbt", ["--framework", "ray", "--epochs", "2", "--perturbation-interval", "2"],
+     "--perturbation-interval 2 is not below --epochs 2: no trial would ever exploit or explore"),
+    # (an ok record that said nodes 2, workers 1)
+    ("workloads.xgboost", ["--framework", "reference", "--nodes", "2"], "--nodes 2 is more than --workers 1"),
 ])
 def test_user_errors_are_one_line_exit_2_and_a_failed_record(tmp_path, module, args, needle):
     out = tmp_path / "rec.json"
@@ -351,5 +362,75 @@ def test_a_ray_storage_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(UserError, match=r"--storage .*f is a file; give a directory"), learning.ray_storage(str(tmp_path / "f")):
         pass
+    with pytest.raises(UserError, match=r"--storage .*f/sub cannot be made a directory \(Not a directory\)"):
+        with learning.ray_storage(str(tmp_path / "f" / "sub")):
+            pass
     with learning.ray_storage(str(tmp_path / "d")) as got:
         assert got == str((tmp_path / "d").resolve())
+
+
+def tiny_xray_tree(root: Path, bad: str | None = None) -> Path:
+    """train|val|test/NORMAL|PNEUMONIA with two 20-px PNGs each; ``bad``: that file's bytes are text."""
+    from PIL import Image
+    for split in pneumonia.SPLITS:
+        for cls in pneumonia.CLASSES:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(2):
+                pixels = np.full((20, 20, 3), 40 * i + 60, np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+    if bad:
+        (root / bad).write_text("not an image")
+    return root
+
+
+def test_a_file_that_is_no_image_is_named_in_one_line(tmp_path):
+    """PIL's UnidentifiedImageError named a BytesIO; the torch rank printed its trace beside the line."""
+    tree = tiny_xray_tree(tmp_path / "x", bad="train/NORMAL/1.png")
+    out = tmp_path / "rec.json"
+    proc = run_module("workloads.pneumonia", "--framework", "torch", "--input", str(tree),
+                      "--image-size", "16", "--global-batch", "2", "--epochs", "1", "--threads", "1",
+                      "--output", str(out))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0] == (f"error: --input {tree}: {tree}/train/NORMAL/1.png cannot be decoded as an image "
+                        "(cannot identify image file); replace or remove it")
+    assert json.loads(out.read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"\x80\x04\x95", "UnpicklingError"),
+    (pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}), "cannot reshape"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}), "holds 2 images and 1 labels"),
+    (pickle.dumps([1, 2]), "AttributeError"),
+])
+def test_a_file_that_is_no_cifar_batch_is_one_line(tmp_path, content, needle):
+    (tmp_path / "data_batch_1").write_bytes(content)
+    with pytest.raises(record.UserError, match=f"data_batch_1 .*{needle}"):
+        cifar_pbt.read_batch(tmp_path / "data_batch_1")
+
+
+def test_a_users_error_in_a_ray_train_worker_is_the_drivers_one_line():
+    from ray.exceptions import RayTaskError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    bad = record.UserError("--input x: x/1.png cannot be decoded as an image")
+    wrapped = RayTaskError("_ray_entry", "trace", bad)
+    for exc in (WorkerGroupError("failed", {1: bad}),
+                WorkerGroupError("failed", {0: RuntimeError("x"), 1: wrapped})):
+        got = learning._user_error_of(exc)
+        assert isinstance(got, record.UserError) and str(got) == str(bad)
+    assert learning._user_error_of(WorkerGroupError("failed", {0: RuntimeError("bug")})) is None
+    assert learning._user_error_of(RuntimeError("bug")) is None
+
+
+def test_a_failed_verification_is_said_on_the_summary_line(tmp_path):
+    """A learning run below its accuracy bar is a result (exit 0, an ok record with passed false), and
+    its line says so, as a graph run stopped by --max-iter says NOT CONVERGED."""
+    out = tmp_path / "rec.json"
+    proc = run_module("workloads.xgboost", "--framework", "reference", "--threads", "1", "--rounds", "1",
+                      "--eta", "0.0001", "--depths", "1", "--output", str(out))
+    rec = json.loads(out.read_text())
+    assert proc.returncode == 0 and rec["status"] == "ok", proc.stderr
+    assert rec["verification"]["passed"] is False
+    assert proc.stdout.strip().endswith(f"NOT VERIFIED: {rec['verification']['reason']}"), proc.stdout
+    assert "< 0.93" in rec["verification"]["reason"]

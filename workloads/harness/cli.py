@@ -119,11 +119,14 @@ def check_common_args(args: argparse.Namespace) -> None:
         args.workers = int(os.environ["WORLD_SIZE"])
 
 
-def add_learning_args(p: argparse.ArgumentParser) -> None:
-    """The options every learning workload takes (its --framework and --input are its own)."""
-    p.add_argument("--workers", type=int, default=1, help="data-parallel workers (default 1)")
+def add_learning_args(p: argparse.ArgumentParser, workers: str = "data-parallel workers", each: str = "worker"
+                      ) -> None:
+    """The options every learning workload takes (its --framework and --input are its own); ``workers``
+    and ``each``: what ``--workers`` counts in this workload, and one of them."""
+    p.add_argument("--workers", type=int, default=1, help=f"{workers} (default 1)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per worker, the same in both frameworks (default: usable CPUs // workers)")
+                   help=f"threads of each {each} (torch or xgboost), the same in every framework "
+                        "(default: usable CPUs // workers)")
     add_output_arg(p)
     p.add_argument("--nodes", type=int, default=1, help="nodes the run spans (recorded; set by the orchestrator)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -133,7 +136,8 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the run's random numbers (default 0)")
     p.add_argument("--timeout", type=float, default=None,
                    help="stop the run and fail it after this many seconds (torch: the local ranks; Ray: the Train "
-                        "workers or Tune trials; default: no limit)")
+                        "workers or Tune trials; default: no limit; --framework reference has no workers to "
+                        "stop and ignores it)")
     p.add_argument("--run-id", help=argparse.SUPPRESS)  # set by `fab run-experiment`
 
 

@@ -127,7 +127,8 @@ def _learning_rank(fn: Callable, cfg: dict, outdir: str) -> int:
     except BaseException as exc:
         write_json({"error": f"rank {rank}: {type(exc).__name__}: {exc}", "user": isinstance(exc, UserError)},
                    Path(outdir) / f"error-{rank}.json", "the rank's error")
-        traceback.print_exc()
+        if not isinstance(exc, UserError):  # a user's error is the launch's one line; a bug keeps its trace
+            traceback.print_exc()
         return 1
     if rank == "0":
         write_json(result, Path(outdir) / "result.json", "the rank's result")
@@ -164,9 +165,14 @@ def ray_storage(storage: str | None) -> Iterator[str]:
         if "://" in storage:
             yield storage
             return
-        path = Path(storage).resolve()
+        path = Path(storage).expanduser().resolve()
         if path.exists() and not path.is_dir():  # Tune found it only after Ray had started: a trace
             raise UserError(f"--storage {storage} is a file; give a directory (shared by every node on a cluster)")
+        try:
+            path.mkdir(parents=True, exist_ok=True)  # (a file further up, or no permission: Tune's trace too)
+        except OSError as exc:
+            raise UserError(f"--storage {storage} cannot be made a directory ({exc.strerror or exc}); give a "
+                            "directory you can write (shared by every node on a cluster)") from None
         yield str(path)
         return
     tmp = tempfile.mkdtemp(prefix="scalelab-ray-")
@@ -221,13 +227,27 @@ def launch_ray_torch(fn: Callable, cfg: dict, workers: int, threads: int, use_gp
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": threads}),
         run_config=RunConfig(storage_path=storage, name=name))
-    result = fit_within(trainer.fit, timeout_s, f"the {workers} Ray Train workers")
+    try:
+        result = fit_within(trainer.fit, timeout_s, f"the {workers} Ray Train workers")
+    except Exception as exc:
+        raise _user_error_of(exc) or exc from None
     if result.error:
-        raise result.error
+        raise _user_error_of(result.error) or result.error
     if result.checkpoint is None:
         raise RuntimeError("the Ray workers finished without reporting a result")
     with result.checkpoint.as_directory() as d:
         return {**json.loads((Path(d) / "result.json").read_text()), "experiment_dir": result.path}
+
+
+def _user_error_of(exc: BaseException) -> UserError | None:
+    """The user's error (a bad input file, found where a Train worker reads it) behind a Ray Train
+    failure, as this driver's :class:`UserError` (one line, exit 2); None for any other failure."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for failure in (exc, *failures.values()):
+        cause = getattr(failure, "cause", failure)  # (a RayTaskError wraps the worker's exception)
+        if isinstance(cause, UserError):
+            return UserError(str(cause))
+    return None
 
 
 def _ray_entry(config: dict) -> None:

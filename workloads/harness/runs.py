@@ -207,8 +207,15 @@ def record_run(workload: str, args: argparse.Namespace, body: Callable[[dict, fl
     def work() -> bool | None:
         if (wrong := wrong_timeout(args) or wrong_seed("seed", args.seed)) is not None:
             raise UserError(wrong)
+        if 1 <= args.workers < args.nodes:  # the record would say so (a run spans at most a node per worker)
+            raise UserError(f"--nodes {args.nodes} is more than --workers {args.workers}: a run spans at "
+                            "most one node per worker")
         if leader and args.output:
             check_output(args.output)  # before the training, not after it
         return body(rec, t_start)
 
-    return conclude(rec, args, leader, work, summary)
+    def summary_and_verdict(rec: dict) -> str:  # (a failed verification is a result here, not an error)
+        ver = rec.get("verification") or {}
+        return summary(rec) + (f" NOT VERIFIED: {ver['reason']}" if ver.get("passed") is False else "")
+
+    return conclude(rec, args, leader, work, summary_and_verdict)
