@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -126,7 +127,23 @@ def _inventory_groups(path: Path) -> dict[str, Any]:
     if proc.returncode != 0:
         msg = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
         raise UserError(f"cannot read inventory {path}: {msg}")
+    if (wrong := unparsed_file(proc.stderr)) is not None:
+        raise UserError(f"cannot read inventory {path}: {wrong}")
     return json.loads(proc.stdout)
+
+
+def unparsed_file(stderr: str) -> str | None:
+    """What is wrong with an inventory file no plugin could parse, from ansible-inventory's warnings
+    (it exits 0 and lists the hosts of the other files, if any: a YAML error read as a missing group);
+    None where every file parsed."""
+    named = re.findall(r"Unable to parse (\S+) as an inventory source", stderr)
+    files = [f for f in named if Path(f).is_file()]
+    if not files:
+        return None
+    why = re.search(r"Failed to parse inventory with '(?:yaml|auto)' plugin: (.+)", stderr)
+    where = re.search(r"^Origin: (/\S+:\d+:\d+)", stderr, re.MULTILINE)
+    detail = f" ({why.group(1).strip().rstrip('.')}{f' at {where.group(1)}' if where else ''})" if why else ""
+    return f"{files[0]} is not a valid inventory{detail}; fix it"
 
 
 def rendered_hostvars(path: Path, names: Sequence[str]) -> dict[str, dict[str, Any]]:

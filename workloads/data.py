@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import math
+import re
 import shutil
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +73,11 @@ def snap_lines(path: Path, block: int = 1 << 24) -> Iterator[bytes]:
     rest = b""
     with opener(path, "rb") as f:
         while True:
-            chunk = f.read(block)
+            try:
+                chunk = f.read(block)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # named .gz, but not (or not all) gzip
+                raise UserError(f"{path} is not a whole gzip file ({exc}); give com-friendster.ungraph"
+                                ".txt.gz as SNAP serves it, or the file unpacked") from None
             if not chunk:
                 break
             data = rest + chunk
@@ -88,6 +94,9 @@ def _clean(data: bytes) -> bytes:
     return data.replace(b"\t", b",").replace(b" ", b",")
 
 
+EDGE_LINE = re.compile(rb"\d+,\d+\r?")  # a SNAP line after _clean: two ids
+
+
 def cut_snap(src: Path, dst: Path, spec: Spec, advance: Callable[[int], None]) -> int:
     """Write the seed's prefix cut of ``src`` to ``dst``; returns the number of edges written."""
     budget = spec.cut_bytes
@@ -96,6 +105,9 @@ def cut_snap(src: Path, dst: Path, spec: Spec, advance: Callable[[int], None]) -
     with open(dst, "wb") as out:
         out.write(HEADER)
         for block in snap_lines(src):
+            if edges == 0 and block and not EDGE_LINE.fullmatch(first := block.split(b"\n", 1)[0]):
+                raise UserError(f"{src}: its first edge line is {first[:60]!r}, not two node ids "
+                                "(is it com-friendster.ungraph.txt?)")
             if budget is not None and len(block) > budget:
                 block = block[:block.rfind(b"\n", 0, budget) + 1]
             if lines_left is not None:
@@ -226,7 +238,12 @@ def generate(name: str, out_dir: str | Path, from_snap: str | Path | None = None
     """Write dataset ``name`` to ``out_dir/<name>.csv`` (from SNAP if given, else synthetic)."""
     spec = spec_for(name)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # (a file in its place or further up, /proc, no permission)
+        why = "it is a file" if out_dir.is_file() else (exc.strerror or str(exc)).lower()
+        raise UserError(f"cannot write {name} to {out_dir}: {why}; give --out a directory you can "
+                        "write") from None
     final = out_dir / f"{name}.csv"
     part = out_dir / f".{name}.csv.part"
     tmp = out_dir / f".{name}.tmp"

@@ -339,6 +339,8 @@ def load(path: Any) -> dict[str, Any]:
         raise BadRecord(f"{path}: {(exc.strerror or str(exc)).lower()}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRecord(f"{path}: not JSON ({exc})") from None
+    except RecursionError:  # (json's parser recurses once per level)
+        raise BadRecord(f"{path}: not a record (JSON nested too deeply to read)") from None
     return check(rec, str(path))
 
 

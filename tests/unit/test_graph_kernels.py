@@ -795,6 +795,29 @@ def test_unknown_dataset_and_missing_snap_are_user_errors(tmp_path):
         data.generate("tiny", tmp_path, from_snap=tmp_path / "none.txt")
 
 
+def test_a_snap_file_that_is_no_edge_list_or_no_gzip_is_one_line_and_leaves_nothing(tmp_path):
+    """Any text became a dataset (``hello,world`` as an edge); a .gz that was not gzip, a trace."""
+    (tmp_path / "src").mkdir()
+    junk = tmp_path / "src" / "junk.txt"
+    junk.write_text("hello world\nnot an edge\n")
+    fake = tmp_path / "src" / "com-friendster.ungraph.txt.gz"
+    fake.write_text("1\t2\n")
+    with pytest.raises(UserError, match=r"junk.txt: its first edge line is b'hello,world', not two node ids"):
+        data.generate("tiny", tmp_path / "out", from_snap=junk)
+    with pytest.raises(UserError, match=r"ungraph.txt.gz is not a whole gzip file \(Not a gzipped file"):
+        data.generate("tiny", tmp_path / "out", from_snap=fake)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["a_file", "under_a_file"])
+def test_an_out_directory_that_cannot_be_made_is_one_line(tmp_path, case):
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if case == "a_file" else tmp_path / "f" / "sub"
+    why = "it is a file" if case == "a_file" else "not a directory"
+    with pytest.raises(UserError, match=f"cannot write tiny to {out}: {why}; give --out a directory you can"):
+        data.generate("tiny", out)
+
+
 # ------------------------------------------------------------------------- inputs at the edges
 @pytest.mark.parametrize("first", ["1,2.5", "1.5,2", "node1,2", "-1,1e3"])
 def test_a_numeric_first_line_is_not_a_header(tmp_path, first):

@@ -95,6 +95,19 @@ def test_no_master(tmp_path: Path) -> None:
         inventory.load(tmp_path / "hosts.yml")
 
 
+def test_a_hosts_file_ansible_cannot_parse_is_named_with_its_line(tmp_path: Path) -> None:
+    """ansible-inventory exits 0 and warns; the load said the inventory had no master."""
+    okeanos = _okeanos_filled(tmp_path)
+    hosts = okeanos / "hosts.yml"
+    hosts.write_text(hosts.read_text().replace("workers:", "workers: [", 1))
+    with pytest.raises(UserError) as err:
+        inventory.load(okeanos)
+    msg = str(err.value)
+    assert msg.startswith(f"cannot read inventory {okeanos}: {hosts} is not a valid inventory (YAML "
+                          "parsing failed")
+    assert f" at {hosts}:" in msg and msg.endswith("; fix it") and "\n" not in msg
+
+
 def test_node_defaults_are_the_roles_defaults() -> None:
     """The controller's fallbacks (runner, status, put-data) name the same paths and ports the roles use."""
     import yaml

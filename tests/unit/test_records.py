@@ -100,7 +100,8 @@ def test_an_invalid_record_is_one_line_naming_the_file_and_field(tmp_path: Path,
 
 
 def test_a_file_that_is_not_a_record_is_one_line(tmp_path: Path) -> None:
-    for text, says in (("{not json", "not JSON"), ("[1, 2]", "not a JSON object")):
+    for text, says in (("{not json", "not JSON"), ("[1, 2]", "not a JSON object"),
+                       ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply")):  # (it was a trace)
         (tmp_path / "x.json").write_text(text)
         with pytest.raises(recordmodel.BadRecord, match=says) as err:
             recordmodel.load(tmp_path / "x.json")

@@ -569,7 +569,7 @@ def test_joining_a_ray_without_its_token_says_what_to_do(tmp_path, mode):
     ("workloads.pneumonia", ["--workers", "2", "--threads", "2", "--image-size", "64", "--epochs", "1"],
      "--workers 2 with --threads 2 needs 2 worker(s) of 2 CPU(s) each but the Ray cluster's 1 node(s) have 3 CPUs, "
      "room for 1; use --threads 1 or add nodes"),
-    ("workloads.cifar_pbt", ["--workers", "2", "--threads", "4", "--trials", "2", "--epochs", "1"],
+    ("workloads.cifar_pbt", ["--workers", "2", "--threads", "4", "--trials", "2", "--epochs", "3"],
      "--threads 4 needs 1 trial(s) of 4 CPU(s) each but the Ray cluster's 1 node(s) have 3 CPUs, room for 0; "
      "use --threads 3 or add nodes"),
     ("workloads.xgboost", ["--workers", "1", "--threads", "4"],
