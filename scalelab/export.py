@@ -102,5 +102,8 @@ def export(fmt: str, out: Path | None = None, results_dir: Path = _results.RESUL
     recs, problems = _results.load_records(results_dir)
     if not recs:
         raise UserError(f"no records under {results_dir}: run `fab run-experiment` first (or give --results DIR)")
+    if out is not None and out.is_dir():  # (write_atomic's example would be a .json file)
+        raise UserError(f"cannot write the export to {out}: it is a directory; name a file, e.g. "
+                        f"{out / default_out(fmt).name}")
     path = write_atomic(out or default_out(fmt), encode(recs, fmt), "the export")
     return path, len(recs), problems

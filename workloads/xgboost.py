@@ -175,6 +175,8 @@ def parse_depths(text: str) -> list[int]:
         raise UserError(f"--depths must be a comma list of integers, got {text!r}") from exc
     if not depths or min(depths) < 1:
         raise UserError(f"--depths needs integers >= 1, got {text!r}")
+    if len(set(depths)) < len(depths):  # (each would be trained, and listed in the grid, twice)
+        raise UserError(f"--depths lists a depth more than once, got {text!r}; give each once")
     return depths
 
 

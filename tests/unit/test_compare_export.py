@@ -176,7 +176,8 @@ def test_export_is_atomic_and_errors_are_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr == "error: --format 'xlsx': give csv or parquet\n"
     proc = fab("export", "--out", str(tmp_path), "--results", str(res))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert proc.stderr.startswith(f"error: cannot write the export to {tmp_path}: it is a directory")
+    assert proc.stderr == (f"error: cannot write the export to {tmp_path}: it is a directory; name a file, "
+                           f"e.g. {tmp_path / 'records.csv'}\n")
     shutil.rmtree(res)
 
 
