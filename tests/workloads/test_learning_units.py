@@ -219,7 +219,8 @@ def test_xgboost_seed_is_the_boosters():
     ("workloads.pneumonia", ["--framework", "ray", "--workers", "0"], "--workers must be >= 1"),
     ("workloads.xgboost", ["--framework", "ray", "--workers", "0"], "--workers must be >= 1"),
     ("workloads.xgboost", ["--framework", "reference", "--depths", "a,b"], "--depths"),
-    ("workloads.xgboost", ["--framework", "reference", "--depths", "5,5,1"], "--depths lists a depth more than once"),
+    ("workloads.xgboost", ["--framework", "reference", "--depths", "5,5,1"],
+     "--depths lists a depth more than once"),
     ("workloads.cifar_pbt", ["--framework", "ray", "--input", "/nonexistent/cifar"], "not a directory"),
     ("workloads.cifar_pbt", ["--framework", "ray", "--trials", "0"], "--trials must be >= 1"),
     # (these used to start the workers and fail them, crash after Ray started, or end in a trace)
