@@ -242,6 +242,7 @@ def compare(a: Side, b: Side) -> Comparison:
 
 def run(a: str, b: str, *, results_dir: Path = _results.RESULTS_DIR, workload: str | None = None,
         dataset: str | None = None, nodes: int | None = None, framework: str | None = None) -> Comparison:
+    _results.require_results(results_dir)
     recs, _ = _results.load_records(results_dir)
     kw = {"results_dir": results_dir, "workload": workload, "dataset": dataset, "nodes": nodes, "framework": framework}
     return compare(side("A", a, recs, **kw), side("B", b, recs, **kw))

@@ -99,6 +99,7 @@ def export(fmt: str, out: Path | None = None, results_dir: Path = _results.RESUL
     """Write every readable record under ``results_dir``; (the file, records written, files skipped)."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: give csv or parquet")
+    _results.require_results(results_dir)
     recs, problems = _results.load_records(results_dir)
     if not recs:
         raise UserError(f"no records under {results_dir}: run `fab run-experiment` first (or give --results DIR)")

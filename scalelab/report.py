@@ -304,6 +304,7 @@ def fig_resources(recs: list[dict], outdir: Path) -> list[dict]:
 def build(results_dir: Path = results.RESULTS_DIR, out_dir: Path | None = None) -> dict[str, Path]:
     """The report from the records under ``results_dir`` into ``out_dir``: made in a directory of its
     own there, then moved in (a report that fails leaves the last one as it was)."""
+    results.require_results(results_dir)
     recs, problems = results.load_records(results_dir)
     if problems and not recs:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from scalelab.cli import REPO_ROOT
+from scalelab.errors import UserError
 from workloads.recordmodel import BadRecord as BadRecord  # the one error for a file that is not a record
 from workloads.recordmodel import check, load
 
@@ -30,6 +31,13 @@ def record_paths(root: Path = RESULTS_DIR, workloads: Iterable[str] | None = Non
     wanted = set(workloads) if workloads else None
     return [p for p in sorted(root.glob("*/*.json"))
             if p.parent.name != BENCH_DIR and (not wanted or p.parent.name in wanted)]
+
+
+def require_results(root: Path) -> None:
+    """A user's ``--results`` that does not exist is said as such (not as a directory with no records)."""
+    if not root.exists():
+        raise UserError(f"{root} does not exist: give --results a directory of runs (WORKLOAD/RUN.json), or "
+                        "run `fab run-experiment WORKLOAD --nodes N` first")
 
 
 def load_records(root: Path = RESULTS_DIR, workloads: Iterable[str] | None = None) -> tuple[list[dict], list[str]]:

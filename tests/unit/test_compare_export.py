@@ -166,12 +166,13 @@ def test_export_is_atomic_and_errors_are_one_line(tmp_path: Path) -> None:
     res = results_dir(tmp_path, [real("pagerank-torch")])
     out = tmp_path / "records.csv"
     out.write_text("the previous export\n")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no records under"):
         export.export("csv", out, tmp_path / "empty")
     assert out.read_text() == "the previous export\n"           # a failed export leaves the old file whole
     path, n, _ = export.export("csv", out, res)
     assert n == 1 and len(pd.read_csv(path)) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["records.csv", "results"]   # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "records.csv", "results"]  # no temp file
     proc = fab("export", "--format", "xlsx", "--results", str(res))
     assert proc.returncode == 2 and proc.stderr == "error: --format 'xlsx': give csv or parquet\n"
     proc = fab("export", "--out", str(tmp_path), "--results", str(res))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scalelab import report, results
+from scalelab import compare, export, report, results
 from scalelab.errors import UserError
 from workloads.record import fail_record, finish_record, new_record, write_record
 
@@ -89,8 +89,21 @@ def test_report_has_tables_figures_and_seed_numbers(resdir: Path, tmp_path: Path
 
 
 def test_report_without_records_says_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="run `fab run-experiment"):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"no result records under .*empty: run `fab run-experiment"):
         report.build(tmp_path / "empty", tmp_path / "rep")
+
+
+@pytest.mark.parametrize("command", ["report", "export", "compare"])
+def test_a_results_directory_that_does_not_exist_is_said_as_such(tmp_path: Path, command: str) -> None:
+    """It was "no result records under DIR", as if DIR held none."""
+    missing = tmp_path / "nope"
+    calls = {"report": lambda: report.build(missing, tmp_path / "rep"),
+             "export": lambda: export.export("csv", tmp_path / "r.csv", missing),
+             "compare": lambda: compare.run("ray", "torch", results_dir=missing)}
+    with pytest.raises(UserError, match=f"^{missing} does not exist: give --results a directory of runs"):
+        calls[command]()
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_a_report_that_fails_leaves_the_last_one_as_it_was(resdir: Path, tmp_path: Path, monkeypatch) -> None:
