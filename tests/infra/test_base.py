@@ -69,6 +69,16 @@ def test_ssh_mesh(host, name, cluster):
     assert failures == []
 
 
+def test_the_cluster_user_cannot_become_root(host, cluster):
+    """Ray runs whatever a token holder submits as the cluster user: it is not root and cannot sudo
+    (the login user, who can, is another user)."""
+    user = cluster.cluster_user
+    with host.sudo(user):
+        uid = host.check_output("id -u")
+        r = host.run("sudo -n true")
+    assert uid != "0" and r.rc != 0, f"{user} (uid {uid}) can sudo: {r.stdout} {r.stderr}"
+
+
 def test_workers_route_via_the_master(host, name, cluster):
     if name not in cluster.workers:
         pytest.skip("workers only")

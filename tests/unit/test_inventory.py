@@ -49,7 +49,8 @@ def test_okeanos_ssh_commands_are_rendered_and_go_through_the_master_as_user(tmp
         assert "ProxyJump=user@198.51.100.7" in w.ssh_argv()
     # not root: what needs root goes through sudo, which must not wait for a password
     assert c.master.as_root("id -u") == "sudo -n sh -c 'id -u'"
-    assert inventory.node_var(c, "scalelab_cluster_user") == "user"
+    # the cluster runs as a user without sudo: a Ray job (anyone with the token) is not root
+    assert inventory.node_var(c, "scalelab_cluster_user") == "scalelab" != c.master.login_user
 
 
 def test_a_value_ansible_cannot_render_is_one_line(tmp_path: Path) -> None:
