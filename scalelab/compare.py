@@ -62,11 +62,16 @@ def _filters(recs: list[dict], workload: str | None, dataset: str | None, nodes:
             and (nodes is None or int(r["nodes"]) == nodes) and (framework is None or r["framework"] == framework)]
 
 
+def names_a_file(token: str) -> bool:
+    """Whether a side's ``token`` is a record file (read as it is: no results directory needed)."""
+    return token.endswith(".json") or Path(token).is_file()
+
+
 def side(name: str, token: str, recs: list[dict], *, results_dir: Path, workload: str | None = None,
          dataset: str | None = None, nodes: int | None = None, framework: str | None = None) -> Side:
     """What ``token`` names: a record file, a run id, a framework, a cluster or a commit prefix."""
     path = Path(token)
-    if token.endswith(".json") or path.is_file():
+    if names_a_file(token):
         if not path.is_file():
             raise UserError(f"{name}: {token}: no such record file")
         try:
@@ -242,7 +247,8 @@ def compare(a: Side, b: Side) -> Comparison:
 
 def run(a: str, b: str, *, results_dir: Path = _results.RESULTS_DIR, workload: str | None = None,
         dataset: str | None = None, nodes: int | None = None, framework: str | None = None) -> Comparison:
-    _results.require_results(results_dir)
+    if not (names_a_file(a) and names_a_file(b)):  # (two record files need no results directory)
+        _results.require_results(results_dir)
     recs, _ = _results.load_records(results_dir)
     kw = {"results_dir": results_dir, "workload": workload, "dataset": dataset, "nodes": nodes, "framework": framework}
     return compare(side("A", a, recs, **kw), side("B", b, recs, **kw))

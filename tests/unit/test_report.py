@@ -106,6 +106,14 @@ def test_a_results_directory_that_does_not_exist_is_said_as_such(tmp_path: Path,
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_two_record_files_are_compared_without_a_results_directory(tmp_path: Path) -> None:
+    """A clean clone has no results/: comparing two record files must not need one."""
+    recs = Path(__file__).parent / "records"
+    c = compare.run(str(recs / "pagerank-torch.json"), str(recs / "pagerank-ray.json"),
+                    results_dir=tmp_path / "nope")
+    assert c.a.records and c.b.records
+
+
 def test_a_report_that_fails_leaves_the_last_one_as_it_was(resdir: Path, tmp_path: Path, monkeypatch) -> None:
     """It is made beside the last one and moved in only once whole: the old figures were deleted first,
     and a report that then failed left pages pointing at images that were gone."""
