@@ -523,9 +523,9 @@ def test_pagerank_seed_method_with_more_ranks_than_blocks_and_no_semaphore_left(
                                    "--max-iter steps)"),
     ("kmeans", ["--output", "out/"], "argument --output: out/ names a directory; name a file in it, e.g. "
                                      "out/record.json"),
-    ("pagerank", ["--output", "hdfs://nn/r.json"], "argument --output: hdfs://nn/r.json: the record is written "
-                                                   "on this machine; give a local path (or a file:// URI), not "
-                                                   "a URI of another filesystem"),
+    ("pagerank", ["--output", "hdfs://nn/r.json"],
+     "argument --output: hdfs://nn/r.json: the record is written on this machine; give a local path (or a "
+     "file:// URI), not a URI of another filesystem"),
 ])
 def test_cli_bad_option_names_it(tmp_path, module, flags, message):
     """Refused before any work, in one line, and nothing written (the input is never replaced)."""
