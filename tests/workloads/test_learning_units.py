@@ -419,10 +419,10 @@ def test_a_users_error_in_a_ray_train_worker_is_the_drivers_one_line():
     wrapped = RayTaskError("_ray_entry", "trace", bad)
     for exc in (WorkerGroupError("failed", {1: bad}),
                 WorkerGroupError("failed", {0: RuntimeError("x"), 1: wrapped})):
-        got = learning._user_error_of(exc)
+        got = raylaunch.user_error_of(exc)
         assert isinstance(got, record.UserError) and str(got) == str(bad)
-    assert learning._user_error_of(WorkerGroupError("failed", {0: RuntimeError("bug")})) is None
-    assert learning._user_error_of(RuntimeError("bug")) is None
+    assert raylaunch.user_error_of(WorkerGroupError("failed", {0: RuntimeError("bug")})) is None
+    assert raylaunch.user_error_of(RuntimeError("bug")) is None
 
 
 def test_a_failed_verification_is_said_on_the_summary_line(tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from workloads.harness import LaunchTimeout, torchrun_env
+from workloads.harness.raylaunch import user_error_of
 from workloads.harness.torchlaunch import init_torch, spawn_torch
 from workloads.record import UserError, write_json
 
@@ -166,11 +167,12 @@ def ray_storage(storage: str | None) -> Iterator[str]:
             yield storage
             return
         path = Path(storage).expanduser().resolve()
-        if path.exists() and not path.is_dir():  # Tune found it only after Ray had started: a trace
-            raise UserError(f"--storage {storage} is a file; give a directory (shared by every node on a cluster)")
-        try:
-            path.mkdir(parents=True, exist_ok=True)  # (a file further up, or no permission: Tune's trace too)
+        try:  # (Tune found a file in its place, or further up, only after Ray had started: a trace)
+            path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if path.is_file():
+                raise UserError(f"--storage {storage} is a file; give a directory (shared by every node on a "
+                                "cluster)") from None
             raise UserError(f"--storage {storage} cannot be made a directory ({exc.strerror or exc}); give a "
                             "directory you can write (shared by every node on a cluster)") from None
         yield str(path)
@@ -230,24 +232,13 @@ def launch_ray_torch(fn: Callable, cfg: dict, workers: int, threads: int, use_gp
     try:
         result = fit_within(trainer.fit, timeout_s, f"the {workers} Ray Train workers")
     except Exception as exc:
-        raise _user_error_of(exc) or exc from None
+        raise user_error_of(exc) or exc from None
     if result.error:
-        raise _user_error_of(result.error) or result.error
+        raise user_error_of(result.error) or result.error
     if result.checkpoint is None:
         raise RuntimeError("the Ray workers finished without reporting a result")
     with result.checkpoint.as_directory() as d:
         return {**json.loads((Path(d) / "result.json").read_text()), "experiment_dir": result.path}
-
-
-def _user_error_of(exc: BaseException) -> UserError | None:
-    """The user's error (a bad input file, found where a Train worker reads it) behind a Ray Train
-    failure, as this driver's :class:`UserError` (one line, exit 2); None for any other failure."""
-    failures = getattr(exc, "worker_failures", None) or {}
-    for failure in (exc, *failures.values()):
-        cause = getattr(failure, "cause", failure)  # (a RayTaskError wraps the worker's exception)
-        if isinstance(cause, UserError):
-            return UserError(str(cause))
-    return None
 
 
 def _ray_entry(config: dict) -> None:

@@ -279,6 +279,17 @@ def ray_actors(cls: type, workers: int, *args: Any, threads: int = 1) -> list[An
             for rank in range(workers)]
 
 
+def user_error_of(exc: BaseException) -> UserError | None:
+    """The user's error behind a Ray failure (raised in an actor, a task or a Ray Train worker, where
+    it read a bad input) as this driver's :class:`UserError` (one line, exit 2); None for any other."""
+    failures = getattr(exc, "worker_failures", None) or {}  # (Ray Train's WorkerGroupError: by rank)
+    for failure in (exc, *failures.values()):
+        cause = getattr(failure, "cause", failure)  # (a RayTaskError wraps the remote exception)
+        if isinstance(cause, UserError):
+            return UserError(str(cause))
+    return None
+
+
 def ray_get(refs: Any) -> Any:
     """ray.get that turns a UserError raised in an actor back into a UserError here."""
     import ray
@@ -286,9 +297,8 @@ def ray_get(refs: Any) -> Any:
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, UserError):
-            raise UserError(str(cause)) from None
+        if (user := user_error_of(exc)) is not None:
+            raise user from None
         raise
 
 
