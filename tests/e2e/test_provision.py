@@ -83,8 +83,8 @@ def _changed_by_host(out: str) -> dict[str, set[str]]:
 def test_growing_the_cluster_by_one_worker(fresh_lab) -> None:
     """`fab lab-add-worker` (and its port forward), provision: the new node is in /etc/hosts, the SSH mesh,
     the master's forwards and Ray everywhere.  On the others, whose second site.yml run this is, only
-    what names every node changed (the rest is idempotent, in a real run), Ray kept running, Hadoop,
-    whose files changed, restarted, and HDFS kept its data: the NameNode was not formatted again (same
+    what names every node changed (the rest is idempotent, in a real run), Ray and YARN kept running,
+    HDFS, whose hdfs-site.xml changed, restarted and kept its data: the NameNode was not formatted again (same
     cluster and namespace ids) and a file written before is still there."""
     old = [h.name for h in fresh_lab.spec.hosts]
     cl = _inventory.load(fresh_lab.inventory)
@@ -106,12 +106,15 @@ def test_growing_the_cluster_by_one_worker(fresh_lab) -> None:
     for h in old:
         assert _units(after[h], "ray-") == _units(before[h], "ray-"), \
             f"{h}: Ray was restarted on a node already in the cluster: {before[h]} -> {after[h]}"
-        # Hadoop's files on the old nodes did change (workers names the new node, dfs.replication 2 -> 3):
-        # the handler restarts every running Hadoop daemon with them.
-        restarted = _units(after[h], "hadoop-")
-        kept = [u for u, pid in restarted.items() if before[h].get(u) == pid]
-        assert set(restarted) == set(_units(before[h], "hadoop-")) and not kept, \
-            f"{h}: Hadoop daemons not restarted after their files changed: {before[h]} -> {after[h]}"
+        # Hadoop's files on the old nodes did change (workers names the new node, which no daemon reads;
+        # hdfs-site.xml's dfs.replication 2 -> 3): the handler restarts HDFS's daemons, which read it, and
+        # leaves YARN's running (a new NodeManager registers with the ResourceManager by itself).
+        assert set(_units(after[h], "hadoop-")) == set(_units(before[h], "hadoop-")), (h, before[h], after[h])
+        for unit, pid in _units(after[h], "hadoop-").items():
+            hdfs = unit in ("hadoop-namenode.service", "hadoop-datanode.service")
+            assert (pid != before[h][unit]) == hdfs, \
+                f"{h}: {unit} {'not ' if hdfs else ''}restarted after hdfs-site.xml changed: " \
+                f"{before[h]} -> {after[h]}"
     ids = [re.findall(r"^(clusterID|namespaceID)=(.*)$", v, re.M)
            for v in (ids_before, cl.ssh(cl.master, NAME_VERSION, root=True).stdout)]
     assert len(ids[0]) == 2 and ids[0] == ids[1], ids

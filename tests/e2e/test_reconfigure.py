@@ -3,8 +3,9 @@ restarts its daemons where they run, and nothing else.
 
 Runs last on the session lab (tests/e2e/conftest.py orders it so): it leaves the lab with a setting of
 its own, and restarting every Ray daemon again to put the default back would cost `make test` a minute;
-the lab is torn down after it.  (Hadoop's restart on a changed file is checked by the growth test in
-test_provision.py: adding a node changes its files on the others.)
+the lab is torn down after it.  (Hadoop's restart by changed file: the growth test in test_provision.py
+changes hdfs-site.xml on the old nodes, which restarts HDFS's daemons and leaves YARN's running; which
+file restarts which daemon is test_services_static's.)
 """
 from __future__ import annotations
 
@@ -48,3 +49,4 @@ def test_a_changed_ray_setting_re_runs_the_ray_layer_alone_and_restarts_ray(plab
                 assert _environ_has(plab, h, pid, SETTING), f"{h}: {unit} runs without {SETTING}"
             else:
                 assert pid == before[h][unit], f"{h}: {unit} restarted by the Ray layer"
+

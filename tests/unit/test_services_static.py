@@ -164,6 +164,26 @@ def test_hadoop_site_files_are_xml_with_per_host_properties(tmp_path, inventory)
 
 @needs_ansible
 @pytest.mark.slow
+def test_a_changed_hadoop_file_restarts_only_the_daemons_that_read_it(tmp_path):
+    """The handler's choice (`__hadoop_restart_units`) for one change at a time: a new release restarts
+    every daemon of the host, a site file only the daemons that read it, a unit only itself, and the
+    workers file or the login shells' PATH none (they restarted all four on any change)."""
+    rendered = _render(tmp_path, ROOT / "inventory/lab")
+    nn, rm, dn, nm = "hadoop-namenode", "hadoop-resourcemanager", "hadoop-datanode", "hadoop-nodemanager"
+    for host, everyone in (("master", [nn, rm, dn, nm]), ("worker1", [dn, nm])):
+        restarts = {k.removeprefix("restart "): v for k, v in rendered[host].items()
+                    if k.startswith("restart ")}
+        hdfs, yarn = [u for u in everyone if u in (nn, dn)], [u for u in everyone if u in (rm, nm)]
+        assert restarts == {
+            "release": everyone, "core-site.xml": everyone, "hadoop-env.sh": everyone,
+            "hdfs-site.xml": hdfs, "yarn-site.xml": yarn,
+            "capacity-scheduler.xml": [u for u in everyone if u == rm],
+            "workers": [], "/etc/profile.d/scalelab-hadoop.sh": [],
+            "/etc/systemd/system/hadoop-datanode.service": [dn]}, host
+
+
+@needs_ansible
+@pytest.mark.slow
 def test_default_replication_follows_the_cluster_size_and_the_lab_leaves_safe_mode_sooner(tmp_path):
     rendered = _render(tmp_path, ROOT / "inventory/lab")
     hdfs = _props(rendered["master"]["hdfs-site.xml"])
