@@ -64,8 +64,14 @@ def test_shared_dir_is_the_masters_on_every_node(host, name, cluster):
         assert host.file(SHARED).user == cluster.cluster_user
     else:
         assert mount.exists and mount.filesystem == "fuse.sshfs"
+        assert {"nosuid", "nodev"} <= set(mount.options), mount.options   # data only: no devices, no setuid
         assert mount.device == f"{cluster.cluster_user}@{cluster.private_ip(cluster.master)}:{SHARED}"
         assert host.file(SHARED).user == cluster.cluster_user
+        # the FUSE daemon and its ssh run as the cluster user: nothing of the share runs as root
+        procs = [(p.comm, p.user) for comm in ("sshfs", "ssh") for p in host.process.filter(comm=comm)
+                 if comm == "sshfs" or SHARED in p.args or "sftp" in p.args]
+        assert ("sshfs", cluster.cluster_user) in procs, procs
+        assert {user for _comm, user in procs} == {cluster.cluster_user}, procs
 
 
 def test_shared_dir_write_on_a_worker_is_seen_on_the_master(cluster):
