@@ -127,12 +127,13 @@ def test_ray_learning_run_refused_without_the_shared_directory(exp) -> None:
     plab, results = exp
     cl = _inventory.load(plab.inventory)
     worker = cl.node("worker2")
-    cl.ssh(worker, "umount /srv/scalelab/shared", root=True)
+    unit = "srv-scalelab-shared.mount"   # the role's mount unit (the lab mounts at boot, no automount)
+    cl.ssh(worker, f"systemctl stop {unit}", root=True)
     try:
         out = run(plab, results / "noshare", "cifar-pbt", "--nodes", "1", "--args",
                       "--trials 2 --epochs 2 --perturbation-interval 1")
     finally:
-        cl.ssh(worker, "mount /srv/scalelab/shared", root=True)
+        cl.ssh(worker, f"systemctl start {unit}", root=True)
     assert out.returncode == 2
     assert "shared directory /srv/scalelab/shared is not the master's on worker2" in out.stderr
     assert "fab provision" in out.stderr
