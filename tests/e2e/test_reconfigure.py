@@ -49,4 +49,3 @@ def test_a_changed_ray_setting_re_runs_the_ray_layer_alone_and_restarts_ray(plab
                 assert _environ_has(plab, h, pid, SETTING), f"{h}: {unit} runs without {SETTING}"
             else:
                 assert pid == before[h][unit], f"{h}: {unit} restarted by the Ray layer"
-
